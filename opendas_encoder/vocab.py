@@ -1,0 +1,172 @@
+"""Vocabularies (base / test / novel queries) and negative-query sets.
+
+Negative queries are stored as JSON ``{class_name: [five negatives]}`` (the paper's Appendix C).
+By default, negatives that coincide with a novel test class are dropped (and reported), so that
+novel queries stay unseen during adaptation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+NEGATIVES_PER_CLASS = 5
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.strip().lower().split())
+
+
+@dataclass
+class Vocabulary:
+    """Base (training) and test queries; novel = test - base (order of ``test`` kept)."""
+
+    base: List[str]
+    test: List[str]
+    name: str = ""
+
+    def __post_init__(self):
+        for label, names in (("base", self.base), ("test", self.test)):
+            seen = set()
+            for n in names:
+                if not isinstance(n, str) or not n.strip():
+                    raise ValueError(f"vocabulary {self.name!r}: {label} class names must be non-empty strings, got {n!r}")
+                if n in seen:
+                    raise ValueError(f"vocabulary {self.name!r}: duplicate {label} class {n!r}")
+                seen.add(n)
+        self.base = list(self.base)
+        self.test = list(self.test)
+
+    @property
+    def novel(self) -> List[str]:
+        base = set(self.base)
+        return [c for c in self.test if c not in base]
+
+    @property
+    def test_base(self) -> List[str]:
+        base = set(self.base)
+        return [c for c in self.test if c in base]
+
+    def counts(self) -> Dict[str, int]:
+        return {"base": len(self.base), "test": len(self.test), "test_base": len(self.test_base), "novel": len(self.novel)}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "base": self.base, "test": self.test, "novel": self.novel}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocabulary":
+        return cls(base=list(d["base"]), test=list(d["test"]), name=d.get("name", ""))
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str) -> "Vocabulary":
+        try:
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"vocabulary file not found: {path}") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a vocabulary JSON with 'base' and 'test' lists ({exc})") from None
+
+
+def read_class_list(path: str) -> List[str]:
+    """One class name per line; blank lines and lines starting with '#' ignored."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"class list not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    if not names:
+        raise ValueError(f"{path}: class list is empty")
+    return names
+
+
+def validate_negatives(negatives: Dict[str, Sequence[str]], classes: Iterable[str] = None,
+                       per_class: int = NEGATIVES_PER_CLASS) -> List[str]:
+    """Problems with a negative-query set (empty list = valid).
+
+    Rules: ``per_class`` negatives per class, non-empty strings, no duplicates within a class
+    (case-insensitive), never the class itself; with ``classes`` given, every class must have an entry.
+    """
+    problems = []
+    if not isinstance(negatives, dict):
+        return [f"expected a JSON object {{class: [negatives]}}, got {type(negatives).__name__}"]
+    for cls, negs in negatives.items():
+        if not isinstance(negs, (list, tuple)):
+            problems.append(f"{cls!r}: negatives must be a list, got {type(negs).__name__}")
+            continue
+        if len(negs) != per_class:
+            problems.append(f"{cls!r}: {len(negs)} negatives, expected {per_class}")
+        seen = set()
+        for n in negs:
+            if not isinstance(n, str) or not n.strip():
+                problems.append(f"{cls!r}: empty or non-string negative {n!r}")
+                continue
+            key = _norm(n)
+            if key == _norm(cls):
+                problems.append(f"{cls!r}: negative equals the class itself")
+            if key in seen:
+                problems.append(f"{cls!r}: duplicate negative {n!r}")
+            seen.add(key)
+    if classes is not None:
+        missing = [c for c in classes if c not in negatives]
+        if missing:
+            problems.append(f"no negatives for {len(missing)} classes: {missing[:10]}")
+    return problems
+
+
+def load_negatives(path: str, classes: Iterable[str] = None, per_class: int = NEGATIVES_PER_CLASS) -> Dict[str, List[str]]:
+    """Read and validate a negative-query JSON file; errors name the file and every problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"negative-query file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    problems = validate_negatives(data, classes=classes, per_class=per_class)
+    if problems:
+        raise ValueError(f"{path}: invalid negative queries:\n  " + "\n  ".join(problems[:20]))
+    return {k: list(v) for k, v in data.items()}
+
+
+@dataclass
+class NegativeQueries:
+    """The negatives used in training: the unique query list plus what was dropped and why."""
+
+    queries: List[str]
+    dropped: List[Tuple[str, str, str]] = field(default_factory=list)  # (class, negative, reason)
+
+    def summary(self) -> str:
+        s = f"{len(self.queries)} negative queries"
+        if self.dropped:
+            s += f"; dropped {len(self.dropped)}: " + ", ".join(f"{n!r} ({r})" for _, n, r in self.dropped[:8])
+        return s
+
+
+def select_negative_queries(negatives: Dict[str, Sequence[str]], base: Sequence[str], novel: Sequence[str] = (),
+                            drop_novel: bool = True) -> NegativeQueries:
+    """Negative queries for the label space base + negatives.
+
+    Only the entries of base classes are used. A negative equal to a base class is dropped (it is
+    already in the label space); with ``drop_novel`` a negative equal to a novel class is dropped so
+    that novel queries stay unseen. Duplicates across classes are kept once; order is stable.
+    """
+    base_keys = {_norm(c) for c in base}
+    novel_keys = {_norm(c) for c in novel}
+    out, seen, dropped = [], set(), []
+    for cls in base:
+        for neg in negatives.get(cls, []):
+            key = _norm(neg)
+            if key in base_keys:
+                dropped.append((cls, neg, "is a base class"))
+            elif drop_novel and key in novel_keys:
+                dropped.append((cls, neg, "is a novel test class"))
+            elif key not in seen:
+                seen.add(key)
+                out.append(neg)
+    return NegativeQueries(queries=out, dropped=dropped)
