@@ -1,0 +1,173 @@
+"""Readers for OpenMask3D's processed scene layout, its mask proposals and ScanNet ground truth.
+
+Layout (the paths of ``openmask3d/configs/openmask3d_inference.yaml``, relative to a scene folder)::
+
+    <scene>/pose/<i>.txt                     4x4 camera-to-world, i = 0, 1, ...
+    <scene>/intrinsic/intrinsic_color.txt    4x4 (or 3x3) pixel intrinsics, for ``intrinsic_resolution``
+    <scene>/color/<i>.jpg                    RGB frames
+    <scene>/depth/<i>.png                    uint16 depth, ``depth_scale`` units per metre (1000)
+    <scene>/<scene>.ply or *.ply             the scene point cloud / mesh vertices
+    <scene>/<scene>_masks.pt | .npy          class-agnostic proposals, (num_points, num_masks)
+    <root>/gt/<scene>.txt                    ScanNet GT, one ``label_id*1000+instance+1`` per point
+
+Only numpy, PIL and torch are used (no open3d).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from opendas_encoder.threed.ply import read_ply_vertices
+from opendas_encoder.threed.scene import PosedFrame, Scene3D
+
+
+@dataclass
+class ProcessedLayout:
+    """Where the parts of a processed scene live, relative to the scene folder."""
+
+    poses: str = "pose"
+    intrinsic: str = "intrinsic/intrinsic_color.txt"
+    intrinsic_resolution: Optional[Tuple[int, int]] = None  # (H, W); None = colour image size
+    color: str = "color"
+    color_ext: str = ".jpg"
+    depth: str = "depth"
+    depth_ext: str = ".png"
+    depth_scale: float = 1000.0
+    frame_step: int = 1          # OpenMask3D's ``frequency``: use every n-th frame
+    point_cloud: Optional[str] = None  # None: <scene>.ply, else the only *.ply in the folder
+
+
+def read_matrix(path: str, shape: Tuple[int, ...]) -> np.ndarray:
+    """A whitespace-separated matrix file, checked to be at least ``shape`` (top-left block returned)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"matrix file not found: {path}")
+    try:
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a numeric matrix ({exc})") from None
+    if m.shape[0] < shape[0] or m.shape[1] < shape[1]:
+        raise ValueError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, got {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"{path}: matrix contains inf/nan (invalid pose?)")
+    return m[: shape[0], : shape[1]]
+
+
+def count_frames(poses_dir: str) -> int:
+    """Number of consecutive pose files 0.txt, 1.txt, ... (OpenMask3D's ``get_number_of_images``)."""
+    n = 0
+    while os.path.isfile(os.path.join(poses_dir, f"{n}.txt")):
+        n += 1
+    return n
+
+
+def _point_cloud_path(scene_dir: str, layout: ProcessedLayout) -> str:
+    if layout.point_cloud:
+        return os.path.join(scene_dir, layout.point_cloud)
+    named = os.path.join(scene_dir, os.path.basename(os.path.normpath(scene_dir)) + ".ply")
+    if os.path.isfile(named):
+        return named
+    found = sorted(glob.glob(os.path.join(scene_dir, "*.ply")))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{scene_dir}: expected one *.ply point cloud, found {len(found)} "
+                                "(set ProcessedLayout.point_cloud)")
+    return found[0]
+
+
+def read_processed_scene(scene_dir: str, layout: ProcessedLayout = ProcessedLayout()) -> Scene3D:
+    """A :class:`Scene3D` from an OpenMask3D processed scene folder (frames decoded lazily)."""
+    if not os.path.isdir(scene_dir):
+        raise FileNotFoundError(f"scene folder not found: {scene_dir}")
+    name = os.path.basename(os.path.normpath(scene_dir))
+    poses_dir = os.path.join(scene_dir, layout.poses)
+    n = count_frames(poses_dir)
+    if n == 0:
+        raise FileNotFoundError(f"{poses_dir}: no pose files 0.txt, 1.txt, ...")
+    K = read_matrix(os.path.join(scene_dir, layout.intrinsic), (3, 3))
+    frames: List[PosedFrame] = []
+    for i in range(0, n, layout.frame_step):
+        pose = read_matrix(os.path.join(poses_dir, f"{i}.txt"), (4, 4))
+        frames.append(PosedFrame(
+            color_path=os.path.join(scene_dir, layout.color, f"{i}{layout.color_ext}"),
+            depth_path=os.path.join(scene_dir, layout.depth, f"{i}{layout.depth_ext}"),
+            cam_to_world=pose, intrinsic=K, depth_scale=layout.depth_scale,
+            intrinsic_hw=tuple(layout.intrinsic_resolution) if layout.intrinsic_resolution else None,
+            name=str(i)))
+    for f in frames:
+        for path in (f.color_path, f.depth_path):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{scene_dir}: frame {f.name} has a pose but no image {path}")
+    points = read_ply_vertices(_point_cloud_path(scene_dir, layout))["points"]
+    return Scene3D(name=name, points=points, frames=frames)
+
+
+def read_mask_proposals(path: str, num_points: Optional[int] = None) -> np.ndarray:
+    """Class-agnostic proposals as bool (num_points, num_masks) from a torch ``.pt`` (read with
+    ``weights_only=True``, as OpenMask3D's Mask3D step saves them) or a ``.npy`` file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mask proposals not found: {path}")
+    if path.endswith(".npy"):
+        arr = np.load(path, allow_pickle=False)
+    elif path.endswith((".pt", ".pth")):
+        import torch
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise ValueError(f"{path}: cannot read as a tensor file with weights_only=True ({exc})") from None
+        if not isinstance(obj, torch.Tensor):
+            raise ValueError(f"{path}: expected a tensor (num_points, num_masks), got {type(obj).__name__}")
+        arr = obj.numpy()
+    else:
+        raise ValueError(f"{path}: mask proposals must be .pt or .npy")
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: proposals must be 2-D (num_points, num_masks), got shape {arr.shape}")
+    if num_points is not None and arr.shape[0] != num_points:
+        if arr.shape[1] == num_points:
+            raise ValueError(f"{path}: proposals are (num_masks, num_points) = {arr.shape}; expected "
+                             f"(num_points={num_points}, num_masks) - transpose the file")
+        raise ValueError(f"{path}: proposals have {arr.shape[0]} points, the scene has {num_points}")
+    return arr > 0
+
+
+def find_mask_proposals(scene_dir: str, masks_dir: Optional[str] = None) -> str:
+    """The proposal file of a scene: ``<masks_dir or scene_dir>/<scene>*_masks.{pt,npy}``."""
+    name = os.path.basename(os.path.normpath(scene_dir))
+    where = masks_dir or scene_dir
+    found = sorted(glob.glob(os.path.join(where, f"{name}*_masks.pt")) + glob.glob(os.path.join(where, f"{name}*_masks.npy")))
+    if not found:
+        raise FileNotFoundError(f"no mask proposals {name}*_masks.pt/.npy in {where} "
+                                "(compute them with Mask3D, see integrations/openmask3d/README.md, or use --proposals gt)")
+    return found[0]
+
+
+def read_scannet_gt(path: str, num_points: Optional[int] = None) -> np.ndarray:
+    """ScanNet instance ground truth txt: int64 (num_points,) of ``label_id * 1000 + instance + 1``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ground truth file not found: {path}")
+    try:
+        ids = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except ValueError as exc:
+        raise ValueError(f"{path}: expected one integer per line ({exc})") from None
+    if num_points is not None and len(ids) != num_points:
+        raise ValueError(f"{path}: {len(ids)} ground-truth ids but the scene has {num_points} points")
+    return ids
+
+
+def read_classes_json(path: str) -> dict:
+    """``{"class_ids": [...], "class_names": [...], "base": [...]}`` (see generated_scene)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"class list not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: corrupt JSON ({exc})") from None
+    if not isinstance(d, dict) or len(d.get("class_ids", [])) != len(d.get("class_names", [None])):
+        raise ValueError(f"{path}: needs 'class_ids' and 'class_names' lists of equal length")
+    return d
