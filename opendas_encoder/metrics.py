@@ -4,8 +4,8 @@ All scores are percentages (0-100), as in the paper's tables. Numpy and scikit-l
 
 * ``classification_metrics`` / ``confusion_matrix``: Acc, weighted F1 and its base / novel
   restrictions (the paper's W-F1, B-F1, N-F1), computed with scikit-learn.
-* ``semseg_metrics`` / ``SemSegConfusion`` / ``split_iou``: mIoU, mAcc, fwIoU, pAcc with the rules of
-  Detectron2's ``SemSegEvaluator`` (current and v0.6, see ``semseg_metrics``).
+* ``semseg_metrics`` / ``SemSegConfusion`` / ``split_iou``: mIoU, mAcc, fwIoU, pAcc with the rules
+  of Detectron2's ``SemSegEvaluator`` (current and v0.6, see ``semseg_metrics``).
 * ``instance_ap`` / ``format_ap_table``: ScanNet 3D instance AP, AP50, AP25 (see ``instance_ap``).
 """
 
@@ -128,8 +128,10 @@ def classification_metrics(
     }
 
 
-def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-    """Confusion counts, int array (C, C) over ``labels``: rows = ground truth, cols = prediction."""
+def confusion_matrix(
+    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
+) -> np.ndarray:
+    """Confusion counts, int array (C, C) over ``labels``: rows = ground truth, cols = predicted."""
     labels = list(labels)
     if not labels:
         raise ValueError("labels must name at least one class")
@@ -148,24 +150,27 @@ def semseg_metrics(confusion: np.ndarray) -> dict:
     truth; ignored pixels already left out). Note Detectron2 stores the transpose
     (``conf[pred, gt]``); the formulas below are written for rows = ground truth.
 
-    Current rule (Detectron2 main, ``detectron2/evaluation/sem_seg_evaluation.py`` lines 186-200 at
-    commit 02b5c4e295e990042a714712c21dc79b731e8833; introduced by f3c1bc19, 2022-07-06, after v0.6):
-    ``acc_valid = gt_pixels > 0`` and ``iou_valid = acc_valid & (union > 0)``; classes absent from
-    the ground truth are left out of ``miou``, ``macc`` and ``fwiou``.
+    Current rule (Detectron2 main, ``detectron2/evaluation/sem_seg_evaluation.py`` lines 186-200
+    at commit 02b5c4e295e990042a714712c21dc79b731e8833; introduced by f3c1bc19 on 2022-07-06,
+    after v0.6 and in no release tag): ``acc_valid = gt_pixels > 0`` and
+    ``iou_valid = acc_valid & (union > 0)``; classes absent from the ground truth are left out of
+    ``miou``, ``macc`` and ``fwiou``.
 
     ``miou_legacy``: Detectron2 v0.6 (tag v0.6 = d1e04565, same file lines 136-142):
     ``miou = sum(iou[gt_pixels > 0]) / count(gt_pixels + pred_pixels > 0)``, i.e. the mean over
     classes with union > 0, where a class predicted but absent from the ground truth has IoU 0.
-    OVSeg's published numbers use this legacy rule: its ``GeneralizedSemSegEvaluator``
-    (facebookresearch/ov-seg @ 36f49d4, ``open_vocab_seg/evaluation/generalized_sem_seg_evaluation.py``
-    lines 115-121) overrides ``evaluate`` with these exact v0.6 lines, ``train_net.py`` line 76 uses
-    that evaluator, and ``INSTALL.md`` line 21 pins ``detectron2==0.6``.
+    The two rules differ only when a class is absent from the ground truth of the whole set.
+    OVSeg's published numbers use the legacy rule: its ``GeneralizedSemSegEvaluator``
+    (facebookresearch/ov-seg @ 36f49d4,
+    ``open_vocab_seg/evaluation/generalized_sem_seg_evaluation.py`` lines 115-121) overrides
+    ``evaluate`` with these v0.6 lines, ``train_net.py`` line 76 uses that evaluator, and
+    ``INSTALL.md`` line 21 pins ``detectron2==0.6``.
 
-    Returns ``miou``, ``miou_legacy``, ``macc``, ``fwiou``, ``pacc`` (floats, nan when the confusion
-    is empty); ``per_class_iou`` / ``per_class_acc`` (float arrays (C,), percent, nan where the class
-    is excluded by the current rule); ``per_class_iou_legacy`` ((C,), IoU over union > 0, so 0 for a
-    predicted class absent from the ground truth, nan where union == 0); ``valid`` ((C,) bool,
-    classes with ground-truth pixels).
+    Returns ``miou``, ``miou_legacy``, ``macc``, ``fwiou``, ``pacc`` (floats, nan when the
+    confusion is empty); ``per_class_iou`` / ``per_class_acc`` (float arrays (C,), percent, nan
+    where the current rule excludes the class); ``per_class_iou_legacy`` ((C,), IoU wherever
+    union > 0, so 0 for a predicted class absent from the ground truth; nan where union == 0);
+    ``valid`` ((C,) bool, classes with ground-truth pixels).
     """
     conf = np.asarray(confusion)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
@@ -190,15 +195,17 @@ def semseg_metrics(confusion: np.ndarray) -> dict:
     iou_legacy = np.full(len(tp), np.nan)
     iou_legacy[legacy_valid] = tp[legacy_valid] / union[legacy_valid]
 
+    nan = float("nan")
+
     def mean(x: np.ndarray) -> float:
-        return 100.0 * float(x.mean()) if x.size else float("nan")
+        return 100.0 * float(x.mean()) if x.size else nan
 
     return {
         "miou": mean(iou[valid]),
         "miou_legacy": mean(iou_legacy[legacy_valid]),
         "macc": mean(acc[valid]),
-        "fwiou": 100.0 * float(np.sum(iou[valid] * gt_pixels[valid]) / total) if total else float("nan"),
-        "pacc": 100.0 * float(tp.sum() / total) if total else float("nan"),
+        "fwiou": 100.0 * float(np.sum(iou[valid] * gt_pixels[valid]) / total) if total else nan,
+        "pacc": 100.0 * float(tp.sum() / total) if total else nan,
         "per_class_iou": 100.0 * iou,
         "per_class_acc": 100.0 * acc,
         "per_class_iou_legacy": 100.0 * iou_legacy,
@@ -317,29 +324,31 @@ def _scene_tables(
     masks = masks != 0
 
     # Ground-truth instances: every non-zero id whose label (id // 1000) is evaluated, in id order.
+    # Void points: unannotated (0) or of a class that is not evaluated.
     inst_ids, inverse, sizes = np.unique(gt_ids, return_inverse=True, return_counts=True)
     labels = inst_ids // 1000
     evaluated = (inst_ids != 0) & np.isin(labels, class_ids)
-    void = ~evaluated[inverse]  # unannotated points and points of classes not evaluated
 
-    # Predictions below min_region_size (and empty ones) are dropped.
-    big_pred = masks.sum(axis=0) >= max(min_region_size, 1)
+    # Predictions of other classes, below min_region_size or empty are dropped.
+    pred_sizes = masks.sum(axis=0)
+    kept = np.flatnonzero(np.isin(classes, class_ids) & (pred_sizes >= max(min_region_size, 1)))
+    points, preds = np.nonzero(masks)  # one pass over the (num_points, N) masks
+    n_ids = len(inst_ids)
+    counts = np.bincount(  # (N, n_ids): points of prediction j carrying gt id k
+        preds * n_ids + inverse.reshape(-1)[points], minlength=masks.shape[1] * n_ids
+    ).reshape(masks.shape[1], n_ids)
+    pred_void = counts[:, ~evaluated].sum(axis=1)
+
     tables = {}
     for cid in class_ids:
         gt_sel = np.flatnonzero(evaluated & (labels == cid))
-        pred_idx = np.flatnonzero((classes == cid) & big_pred)
-        inter = np.zeros((len(pred_idx), len(gt_sel)), dtype=np.int64)
-        pred_void = np.zeros(len(pred_idx), dtype=np.int64)
-        for row, j in enumerate(pred_idx):
-            counts = np.bincount(inverse[masks[:, j]], minlength=len(inst_ids))
-            inter[row] = counts[gt_sel]
-            pred_void[row] = int(np.count_nonzero(void & masks[:, j]))
+        pred_idx = kept[classes[kept] == cid]
         tables[int(cid)] = _SceneClassData(
             gt_sizes=sizes[gt_sel],
-            pred_sizes=masks[:, pred_idx].sum(axis=0),
+            pred_sizes=pred_sizes[pred_idx],
             pred_scores=scores[pred_idx],
-            pred_void=pred_void,
-            inter=inter,
+            pred_void=pred_void[pred_idx],
+            inter=counts[np.ix_(pred_idx, gt_sel)],
         )
     return tables
 
@@ -387,8 +396,8 @@ def _match_scene(data: _SceneClassData, th: float, min_region_size: int):
 
 
 def _scannet_average_precision(is_tp: np.ndarray, scores: np.ndarray, hard_fn: int) -> float:
-    """ScanNet's AP (fraction): precision/recall at each distinct score threshold, integrated with
-    step widths (r[i-1] - r[i+1]) / 2 (r[-1] = r[0], and a closing point with precision 1, recall 0)."""
+    """ScanNet's AP (fraction): precision/recall at each distinct score threshold, integrated
+    with step widths (r[i-1] - r[i+1]) / 2, r[-1] = r[0], after a closing point (P=1, R=0)."""
     order = np.argsort(scores, kind="stable")
     scores, is_tp = scores[order], is_tp[order]
     _, first = np.unique(scores, return_index=True)
@@ -422,10 +431,10 @@ def instance_ap(
             label ids}``. Predictions of ids not in ``class_ids`` or with fewer than
             ``min_region_size`` points are dropped.
         ground_truth: scene -> int array (num_points,) of ``label_id * 1000 + instance + 1``
-            (0 = unannotated). Both mappings must have the same scenes. As in ScanNet, every non-zero
-            id whose label is in ``class_ids`` is one ground-truth instance, including a bare
-            ``label_id * 1000`` (ScanNet's ``instance_id >= 1000`` check never excludes it). Points
-            whose label is not in ``class_ids`` (or 0) are void.
+            (0 = unannotated). Both mappings must have the same scenes. As in ScanNet, every
+            non-zero id whose label is in ``class_ids`` is one ground-truth instance, including
+            a bare ``label_id * 1000`` (ScanNet's ``instance_id >= 1000`` check never excludes
+            it). Points whose label is not in ``class_ids`` (or 0) are void.
         class_ids: evaluated label ids (>= 1); ``class_names``: their names.
         min_region_size: ground-truth instances below it are ignored (neither TP nor FN, and
             predictions on them are not false positives).
@@ -439,9 +448,9 @@ def instance_ap(
     on void points or on ignored (small) instances exceeds the threshold.
 
     Classes without (large enough) ground truth get AP nan, as ScanNet does
-    (``ap_current = float('nan')``), and are left out of the means (ScanNet's ``np.nanmean``); a class
-    with ground truth but no prediction gets AP 0. Returns ``{"ap", "ap50", "ap25", "per_class":
-    {name: {"ap", "ap50", "ap25"}}, "overlaps": list}``.
+    (``ap_current = float('nan')``), and are left out of the means (ScanNet's ``np.nanmean``); a
+    class with ground truth but no prediction gets AP 0. Returns ``{"ap", "ap50", "ap25",
+    "per_class": {name: {"ap", "ap50", "ap25"}}, "overlaps": list}``.
     """
     class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
     class_names = list(class_names)
@@ -492,7 +501,7 @@ def instance_ap(
 
     per_class = {
         name: {
-            "ap": nanmean(ap[ci, main]) if not np.isnan(ap[ci]).all() else float("nan"),
+            "ap": nanmean(ap[ci, main]),
             "ap50": float(ap[ci, o50][0]),
             "ap25": float(ap[ci, o25][0]),
         }

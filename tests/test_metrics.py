@@ -164,7 +164,8 @@ def _two_instance_scene():
 
 
 def test_scannet_overlaps():
-    np.testing.assert_allclose(SCANNET_OVERLAPS, [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.25])
+    expected = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.25]  # 0.95 not included
+    np.testing.assert_allclose(SCANNET_OVERLAPS, expected)
 
 
 def test_ap_perfect_predictions_give_100():
@@ -194,7 +195,8 @@ def test_ap_iou_04_counts_for_ap25_only():
 def test_ap_class_without_ground_truth_is_excluded():
     gt = _two_instance_scene()
     # class c has a prediction but no ground truth: nan, left out of the mean.
-    preds = {"s": _pred([gt == 1001, gt == 2001, _mask(600, np.r_[0:300])], [0.9, 0.9, 0.99], [A, B, C])}
+    masks = [gt == 1001, gt == 2001, _mask(600, np.r_[0:300])]
+    preds = {"s": _pred(masks, [0.9, 0.9, 0.99], [A, B, C])}
     r = instance_ap(preds, {"s": gt}, [A, B, C], NAMES)
     assert all(math.isnan(v) for v in r["per_class"]["c"].values())
     assert (r["ap"], r["ap50"], r["ap25"]) == pytest.approx((100.0, 100.0, 100.0))
@@ -207,7 +209,7 @@ def test_ap_higher_scored_false_positive_hand_computed():
     gt = _two_instance_scene()
     # class a: FP (score 0.9, lies on b#1) and TP (score 0.5). Sorted by score: thresholds 0.5, 0.9
     # give (P, R) = (1/2, 1) and (0, 0), plus the closing point (1, 0). ScanNet's step widths
-    # (r[i-1] - r[i+1]) / 2 with r[-1] = r[0]: (1 - 0)/2, (1 - 0)/2, (0 - 0)/2 -> AP = 0.5*0.5 = 0.25.
+    # (r[i-1] - r[i+1]) / 2 with r[-1] = r[0]: 1/2, 1/2, 0 -> AP = 0.5*0.5 + 0*0.5 + 1*0 = 0.25.
     preds = {"s": _pred([gt == 2001, gt == 1001, gt == 2001], [0.9, 0.5, 0.8], [A, A, B])}
     r = instance_ap(preds, {"s": gt}, [A, B], ["a", "b"])
     assert r["per_class"]["a"] == pytest.approx({"ap": 25.0, "ap50": 25.0, "ap25": 25.0})
@@ -234,7 +236,8 @@ def test_ap_predictions_on_unannotated_points_are_not_false_positives():
     assert instance_ap(preds, {"s": gt}, [A], ["a"])["ap"] == pytest.approx(100.0)
     # The same mask on annotated points of class b is a false positive (AP 25 as above).
     preds = {"s": _pred([gt == 2001, gt == 1001], [0.99, 0.5], [A, A])}
-    assert instance_ap(preds, {"s": gt}, [A, B], ["a", "b"])["per_class"]["a"]["ap"] == pytest.approx(25.0)
+    r = instance_ap(preds, {"s": gt}, [A, B], ["a", "b"])
+    assert r["per_class"]["a"]["ap"] == pytest.approx(25.0)
     # Void means "label not evaluated": with class b left out, its points are void too.
     assert instance_ap(preds, {"s": gt}, [A], ["a"])["ap"] == pytest.approx(100.0)
 
@@ -247,7 +250,8 @@ def test_ap_min_region_size():
     r = instance_ap({"s": _pred([small_pred], [0.9], [A])}, {"s": gt}, [A], ["a"])
     assert r["per_class"]["a"] == {"ap": 0.0, "ap50": 0.0, "ap25": 0.0}
     # min_region_size=50 keeps it (IoU 99/200 = 0.495) and makes a#2 (50 points) a gt instance.
-    r = instance_ap({"s": _pred([small_pred], [0.9], [A])}, {"s": gt}, [A], ["a"], min_region_size=50)
+    preds = {"s": _pred([small_pred], [0.9], [A])}
+    r = instance_ap(preds, {"s": gt}, [A], ["a"], min_region_size=50)
     # a#1 matched, a#2 missed: one point (P=1, R=1/2) + closing (1, 0) -> AP25 = 1/4 + 1/4.
     assert r["per_class"]["a"]["ap25"] == pytest.approx(50.0)
     assert r["per_class"]["a"]["ap50"] == 0.0
@@ -257,7 +261,8 @@ def test_ap_min_region_size():
     # ... and a class whose only instance is small has no ground truth at all.
     only_small = np.zeros(600, dtype=np.int64)
     only_small[:50] = A * 1000 + 1
-    r = instance_ap({"s": _pred([only_small > 0], [0.9], [A])}, {"s": only_small}, [A], ["a"], min_region_size=100)
+    preds = {"s": _pred([only_small > 0], [0.9], [A])}
+    r = instance_ap(preds, {"s": only_small}, [A], ["a"], min_region_size=100)
     assert math.isnan(r["ap"])
 
 
@@ -284,3 +289,11 @@ def test_format_ap_table_with_splits():
     assert "| **mean** | 62.5 | 62.5 | 62.5 |" in lines
     assert "| **base mean** | 25.0 | 25.0 | 25.0 |" in lines
     assert "| **novel mean** | 100.0 | 100.0 | 100.0 |" in lines
+
+
+def test_ap_bare_label_id_is_an_instance_as_in_scannet():
+    gt = _two_instance_scene()
+    gt[400:600] = A * 1000  # labelled a, no instance: ScanNet still counts it as one instance
+    r = instance_ap({"s": _pred([gt == 1001], [0.9], [A])}, {"s": gt}, [A], ["a"])
+    # one TP, one missed instance: (P=1, R=1/2) + closing (1, 0) -> AP = 1/4 + 1/4.
+    assert r["ap"] == pytest.approx(50.0)
