@@ -1,0 +1,229 @@
+"""Training engine: losses, schedules, stage semantics, resume, divergence, skipped segments."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import opendas_encoder as oe
+from opendas_encoder.data import ListSegmentDataset, Segment
+from opendas_encoder.train import (ScheduleConfig, TrainConfig, TrainingDiverged, epoch_lr, evaluate, fit,
+                                   hardest_negatives, opendas_text_loss, prepare_segments, read_log,
+                                   triplet_loss, triplet_weight, zero_shot_encoder)
+from opendas_encoder.train.config import RuntimeConfig, TripletConfig, config_from_dict, stages_for
+
+COLOURS = {"red square": (220, 30, 30), "green square": (30, 200, 40), "blue square": (30, 40, 220),
+           "yellow square": (230, 220, 30)}
+
+
+def make_segments(n_per_class=6, classes=("red square", "green square", "blue square"), seed=0, size=24):
+    rng = np.random.default_rng(seed)
+    segs = []
+    for c in classes:
+        for k in range(n_per_class):
+            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            mask = np.zeros((size, size), bool)
+            y, x = rng.integers(0, size // 2, 2)
+            mask[y:y + size // 2, x:x + size // 2] = True
+            img[mask] = COLOURS[c]
+            segs.append(Segment(img, mask, c, f"gen/{c}/{k}"))
+    return ListSegmentDataset(segs, name="unit")
+
+
+def tiny_model(seed=0, **prompts):
+    torch.manual_seed(seed)
+    return oe.create_model("opendas-tiny-vit", prompts=oe.PromptConfig(**prompts) if prompts else oe.PromptConfig())
+
+
+def small_config(tmp_path, epochs=(1, 1), batch=4, **kw):
+    return TrainConfig(schedule=ScheduleConfig(batch_size=batch, stage1_epochs=epochs[0], stage2_epochs=epochs[1],
+                                               lr=0.01, warmup_epochs=0),
+                       runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path), **kw)
+
+
+def prepared(model, ds, labels):
+    return prepare_segments(ds, model.preprocess, labels, model.image_size, progress=False)
+
+
+# ---------------------------------------------------------------- losses and schedules
+def test_hardest_negative_and_triplet_value_on_hand_made_case():
+    s = 1 / math.sqrt(2)
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [s, s], [-1.0, 0.0]])  # class 0, class 1, 2 negatives
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    neg = hardest_negatives(anchors, text, labels)
+    assert neg.tolist() == [2, 2]  # the diagonal query is closest to both anchors
+    d_pos = 0.0
+    d_neg = math.sqrt(2 - 2 * s)  # distance between unit vectors at 45 degrees
+    expected = max(0.0, d_pos - d_neg + 1.5)
+    loss = triplet_loss(anchors, text[labels], text[neg], margin=1.5)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    ref = torch.nn.TripletMarginLoss(margin=1.5)(anchors, text[labels], text[neg])
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def test_stage2_loss_is_ce_plus_lambda_triplet():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(5, 8), dim=-1)
+    txt = F.normalize(torch.randn(7, 8), dim=-1)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    total, ce, trip = opendas_text_loss(img, txt, labels, torch.tensor(10.0), 2.5)
+    assert ce.item() == pytest.approx(F.cross_entropy(10 * img @ txt.T, labels).item(), abs=1e-6)
+    assert total.item() == pytest.approx(ce.item() + 2.5 * trip.item(), abs=1e-5)
+
+
+def test_lambda_ramps_linearly_from_zero_to_five():
+    assert [triplet_weight(t, 5) for t in range(5)] == [0.0, 1.25, 2.5, 3.75, 5.0]
+    assert triplet_weight(0, 1) == 5.0
+
+
+def test_learning_rate_schedule_matches_dassl_warmup_cosine():
+    lrs = [epoch_lr(e, 5, 0.0025, 1, 1e-5) for e in range(5)]
+    assert lrs[0] == 1e-5
+    expected = [0.0025 * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(1, 5)]
+    assert lrs[1:] == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        epoch_lr(5, 5, 0.0025)
+
+
+def test_paper_defaults():
+    cfg = TrainConfig()
+    s = cfg.schedule
+    assert (s.optimizer, s.lr, s.warmup_epochs, s.warmup_lr, s.batch_size, s.stage1_epochs, s.stage2_epochs) == \
+        ("sgd", 0.0025, 1, 1e-5, 16, 5, 5)
+    assert (cfg.triplet.margin, cfg.triplet.lambda_start, cfg.triplet.lambda_end) == (1.5, 0.0, 5.0)
+    assert [(st.name, st.visual, st.text, st.triplet) for st in stages_for("two-stage", s)] == \
+        [("visual", True, False, False), ("text", False, True, True)]
+
+
+def test_config_unknown_key_is_refused():
+    with pytest.raises(ValueError, match=r"schedule: unknown keys \['lr_typo'\]"):
+        config_from_dict({"schedule": {"lr_typo": 1}})
+
+
+# ---------------------------------------------------------------- end-to-end training
+def test_two_stage_training_changes_each_group_only_in_its_stage(tmp_path):
+    model = tiny_model()
+    base = ["red square", "green square", "blue square"]
+    label_space = base + ["orange square", "purple circle"]
+    train = prepared(model, make_segments(), base)
+    v0, t0 = model.visual_prompts.detach().clone(), model.text_prompts.detach().clone()
+    snapshots = {}
+
+    def on_epoch_end(stage, epoch):
+        snapshots[stage] = (model.visual_prompts.detach().clone(), model.text_prompts.detach().clone())
+
+    result = fit(model, train, label_space, small_config(tmp_path), str(tmp_path / "run"), progress=False,
+                 on_epoch_end=on_epoch_end)
+    v1, t1 = snapshots[0]
+    v2, t2 = snapshots[1]
+    assert not torch.equal(v1, v0) and torch.equal(t1, t0)  # stage 1: visual only
+    assert torch.equal(v2, v1) and not torch.equal(t2, t1)  # stage 2: text only
+    assert set(result.seconds_per_iter) == {"visual", "text"}
+    log = read_log(str(tmp_path / "run"))
+    assert len(log) == 2 * 5 and log[-1]["lambda"] == 5.0 and log[5]["lambda"] == 0.0
+    loaded = oe.load_encoder(result.final_dir, model=model.clip)
+    assert torch.equal(loaded.text_prompts, model.text_prompts)
+    # evaluation end to end (zero-shot and adapted)
+    test = prepared(model, make_segments(seed=1, classes=base + ["yellow square"]),
+                    base + ["yellow square"])
+    vocab = oe.Vocabulary(base=base, test=base + ["yellow square"])
+    for enc, template in ((zero_shot_encoder(model), "a photo of a {}"), (model, None)):
+        res = evaluate(enc, test, vocab, template=template)
+        assert res.metrics["n"] == 24 and res.metrics["n_novel"] == 6
+        assert 0 <= res.metrics["acc"] <= 100
+
+
+def test_stage2_cached_features_equal_uncached(tmp_path):
+    base = ["red square", "green square", "blue square"]
+    results = []
+    for cache in (True, False):
+        model = tiny_model(1)
+        cfg = small_config(tmp_path, epochs=(1, 1))
+        cfg.runtime.cache_features = cache
+        train = prepared(model, make_segments(), base)
+        fit(model, train, base, cfg, str(tmp_path / f"run{cache}"), progress=False)
+        results.append(model.text_prompts.detach().clone())
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    base = ["red square", "green square", "blue square"]
+    ref_model = tiny_model(2)
+    cfg = small_config(tmp_path, epochs=(2, 2))
+    train = prepared(ref_model, make_segments(), base)
+    fit(ref_model, train, base + ["pink square"], cfg, str(tmp_path / "ref"), progress=False)
+
+    model = tiny_model(2)
+
+    class Killed(Exception):
+        pass
+
+    def kill(stage, epoch):
+        if (stage, epoch) == (1, 0):
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(model, train, base + ["pink square"], cfg, str(tmp_path / "run"), progress=False, on_epoch_end=kill)
+    resumed = tiny_model(2)
+    with torch.no_grad():  # a fresh process: prompts start from scratch and must come from the state
+        resumed.visual_prompts.zero_()
+    result = fit(resumed, train, base + ["pink square"], cfg, str(tmp_path / "run"), resume=True, progress=False)
+    assert result.resumed_from is not None and "s1-epoch-0000" in result.resumed_from
+    assert torch.allclose(resumed.visual_prompts, ref_model.visual_prompts, atol=1e-6)
+    assert torch.allclose(resumed.text_prompts, ref_model.text_prompts, atol=1e-6)
+    assert len(read_log(str(tmp_path / "run"))) == len(read_log(str(tmp_path / "ref")))
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
+    base = ["red square", "green square", "blue square"]
+    model = tiny_model(3)
+    train = prepared(model, make_segments(), base)
+    cfg = small_config(tmp_path, epochs=(1, 1))
+
+    def poison(stage, epoch):
+        with torch.no_grad():
+            model.text_prompts.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss .* stage 'text'.*last good checkpoint: .*s0-epoch-0000"):
+        fit(model, train, base, cfg, str(tmp_path / "run"), progress=False, on_epoch_end=poison)
+    state = os.path.join(tmp_path, "run", "state", "s0-epoch-0000")
+    assert os.path.isfile(os.path.join(state, "prompts.safetensors"))
+
+
+def test_corrupt_image_and_empty_mask_are_skipped_and_reported(tmp_path):
+    from opendas_encoder.data.segments import SegmentDataset, SegmentError
+
+    good = make_segments(n_per_class=2)
+
+    class WithBadOnes(SegmentDataset):
+        name = "with-bad"
+        classes = good.classes
+
+        def __len__(self):
+            return len(good) + 2
+
+        def label(self, i):
+            return good.label(i) if i < len(good) else "red square"
+
+        def load(self, i):
+            if i == len(good):
+                raise SegmentError("images/broken.jpg", "unreadable image (OSError: truncated)")
+            if i == len(good) + 1:
+                s = good.load(0)
+                return Segment(s.image, np.zeros_like(s.mask), "red square", "masks/empty.png")
+            return good.load(i)
+
+    model = tiny_model()
+    prep = prepare_segments(WithBadOnes(), model.preprocess, ["red square", "green square", "blue square"],
+                            model.image_size, progress=False)
+    assert len(prep) == len(good)
+    assert prep.skips.total == 2
+    summary = prep.skips.summary()
+    assert "images/broken.jpg" in summary and "masks/empty.png" in summary
+    fit(model, prep, ["red square", "green square", "blue square"], small_config(tmp_path), str(tmp_path / "r"),
+        progress=False)
