@@ -98,15 +98,16 @@ def _ensure_segment_anything_importable() -> None:
         sys.modules["segment_anything"] = stub
 
 
-def patch_openmask3d(override: OpenDASOverride) -> dict:
+def patch_openmask3d(override: OpenDASOverride, builder=None) -> dict:
     """Apply the shim and patches (see module docstring) to the importable ``openmask3d`` package.
 
+    ``builder(clip_model_name, device) -> encoder`` replaces :func:`build_encoder` (tests, benchmarks).
     Returns a dict that receives the built encoder under ``"encoder"`` once ``clip.load`` ran.
     """
     state: dict = {}
     if override.clip_backend == "opendas":
         def _build(name, device):
-            state["encoder"] = build_encoder(override, name, device)
+            state["encoder"] = builder(name, device) if builder else build_encoder(override, name, device)
             return state["encoder"]
 
         install_clip_shim(_build)

@@ -74,6 +74,7 @@ class GeneratedScene:
     point_instance: np.ndarray   # (N,) int64 primitive index, -1 for none
     classes: List[str]
     gt_ids: np.ndarray           # (N,) ScanNet encoding
+    faces: np.ndarray = None     # (F, 3) int64 triangles over ``points`` (the mesh)
     cam_to_world: List[np.ndarray] = field(default_factory=list)
     intrinsic: np.ndarray = None  # 3x3 for (height, width)
     height: int = 120
@@ -81,9 +82,19 @@ class GeneratedScene:
 
 
 # ---------------------------------------------------------------------------------------- geometry
-def _box_samples(center, size, spacing, rng):
+def _grid_faces(rows: int, cols: int, offset: int, wrap: bool = False) -> np.ndarray:
+    """Two triangles per cell of a (rows x cols) vertex grid numbered row-major from ``offset``;
+    ``wrap`` closes the grid along the row direction (cylinder side)."""
+    r, c = np.meshgrid(np.arange(rows if wrap else rows - 1), np.arange(cols - 1), indexing="ij")
+    a = offset + r * cols + c
+    b = offset + ((r + 1) % rows) * cols + c
+    return np.concatenate([np.stack([a, b, a + 1], -1).reshape(-1, 3), np.stack([a + 1, b, b + 1], -1).reshape(-1, 3)])
+
+
+def _box_samples(center, size, spacing):
+    """Surface vertices (V, 3) and triangles (F, 3) of an axis-aligned box (a grid per face)."""
     lo, hi = center - size / 2, center + size / 2
-    pts = []
+    pts, faces, n = [], [], 0
     for axis in range(3):
         a, b = [i for i in range(3) if i != axis]
         na = max(2, int(np.ceil(size[a] / spacing)) + 1)
@@ -93,26 +104,37 @@ def _box_samples(center, size, spacing, rng):
             face = np.zeros((ga.size, 3))
             face[:, a], face[:, b], face[:, axis] = ga.ravel(), gb.ravel(), value
             pts.append(face)
-    return np.unique(np.concatenate(pts).round(6), axis=0)
+            faces.append(_grid_faces(na, nb, n))
+            n += len(face)
+    return np.concatenate(pts), np.concatenate(faces)
 
 
-def _cylinder_samples(center, size, spacing, rng):
+def _cylinder_samples(center, size, spacing):
+    """Surface vertices and triangles of a closed vertical cylinder (side grid, ring grids + centre caps)."""
     r, h = size[0] / 2, size[2]
     n_ang = max(8, int(np.ceil(2 * np.pi * r / spacing)))
     n_h = max(2, int(np.ceil(h / spacing)) + 1)
     ang = np.linspace(0, 2 * np.pi, n_ang, endpoint=False)
-    zz = np.linspace(center[2] - h / 2, center[2] + h / 2, n_h)
-    A, Z = np.meshgrid(ang, zz, indexing="ij")
+    A, Z = np.meshgrid(ang, np.linspace(center[2] - h / 2, center[2] + h / 2, n_h), indexing="ij")
     side = np.stack([center[0] + r * np.cos(A.ravel()), center[1] + r * np.sin(A.ravel()), Z.ravel()], axis=1)
-    caps = []
-    for rad in np.arange(spacing, r, spacing):
-        k = max(6, int(np.ceil(2 * np.pi * rad / spacing)))
-        a = np.linspace(0, 2 * np.pi, k, endpoint=False)
-        for z in (center[2] - h / 2, center[2] + h / 2):
-            caps.append(np.stack([center[0] + rad * np.cos(a), center[1] + rad * np.sin(a), np.full(k, z)], axis=1))
+    pts, faces, n = [side], [_grid_faces(n_ang, n_h, 0, wrap=True)], len(side)
+    radii = np.linspace(r, 0, max(2, int(np.ceil(r / spacing)) + 1))[:-1]
     for z in (center[2] - h / 2, center[2] + h / 2):
-        caps.append(np.array([[center[0], center[1], z]]))
-    return np.concatenate([side] + caps)
+        R, A2 = np.meshgrid(radii, ang, indexing="ij")        # rows: rings from the rim inwards
+        ring = np.stack([center[0] + R.ravel() * np.cos(A2.ravel()), center[1] + R.ravel() * np.sin(A2.ravel()),
+                         np.full(R.size, z)], axis=1)
+        rows = np.arange(len(radii) - 1)[:, None] * n_ang
+        a = n + rows + np.arange(n_ang)[None]
+        b = n + rows + (np.arange(n_ang)[None] + 1) % n_ang
+        cap = [np.stack([a, b, a + n_ang], -1).reshape(-1, 3), np.stack([b, b + n_ang, a + n_ang], -1).reshape(-1, 3)]
+        centre_idx = n + len(ring)
+        inner = n + (len(radii) - 1) * n_ang + np.arange(n_ang)
+        cap.append(np.stack([inner, n + (len(radii) - 1) * n_ang + (np.arange(n_ang) + 1) % n_ang,
+                             np.full(n_ang, centre_idx)], -1))
+        pts += [ring, np.array([[center[0], center[1], z]])]
+        faces += cap
+        n += len(ring) + 1
+    return np.concatenate(pts), np.concatenate(faces)
 
 
 def _ray_box(origins, dirs, center, size):
@@ -237,14 +259,19 @@ def generate_scene(name: str = "generated_office_00", seed: int = 0, num_objects
         center = np.array([x + rng.uniform(-0.08, 0.08), y + rng.uniform(-0.08, 0.08), h / 2])
         prims.append(Primitive(shape, center, np.array([w, d, h]), colours[colour_name], cls, inst))
 
-    pts, cols, owner = [], [], []
+    pts, cols, owner, faces, n = [], [], [], [], 0
     for pi, prim in enumerate(prims):
         sampler = _box_samples if prim.kind == "box" else _cylinder_samples
-        p = sampler(prim.center, prim.size, spacing if prim.instance >= 0 else 2.5 * spacing, rng)
+        p, f = sampler(prim.center, prim.size, spacing if prim.instance >= 0 else 2.5 * spacing)
         if prim.instance < 0:  # keep only the inner faces of the room shell
-            p = p[(np.abs(p[:, 0]) <= room[0] / 2 + 1e-6) & (np.abs(p[:, 1]) <= room[1] / 2 + 1e-6)
-                  & (p[:, 2] >= -1e-6) & (p[:, 2] <= room[2] + 1e-6)]
+            keep = ((np.abs(p[:, 0]) <= room[0] / 2 + 1e-6) & (np.abs(p[:, 1]) <= room[1] / 2 + 1e-6)
+                    & (p[:, 2] >= -1e-6) & (p[:, 2] <= room[2] + 1e-6))
+            remap = np.cumsum(keep) - 1
+            f = remap[f[keep[f].all(axis=1)]]
+            p = p[keep]
         pts.append(p)
+        faces.append(f + n)
+        n += len(p)
         cols.append(np.tile(np.asarray(prim.color, np.uint8), (len(p), 1)))
         owner.append(np.full(len(p), pi))
     points = np.concatenate(pts).astype(np.float32)
@@ -264,6 +291,7 @@ def generate_scene(name: str = "generated_office_00", seed: int = 0, num_objects
         poses.append(look_at(eye, target))
     inst_of_point = np.array([prims[o].instance for o in owner], dtype=np.int64)
     return GeneratedScene(name=name, primitives=prims, points=points, point_colors=np.concatenate(cols),
+                          faces=np.concatenate(faces).astype(np.int64),
                           point_instance=inst_of_point, classes=classes, gt_ids=gt, cam_to_world=poses,
                           intrinsic=K, height=height, width=width)
 
@@ -303,7 +331,7 @@ def write_openmask3d_layout(scene: GeneratedScene, root: str, depth_scale: float
         Image.fromarray(rgb).save(os.path.join(d, "color", f"{i}.jpg"), quality=95)
         _save_depth_png(os.path.join(d, "depth", f"{i}.png"), depth, depth_scale)
         np.savetxt(os.path.join(d, "pose", f"{i}.txt"), pose, fmt="%.8f")
-    write_ply_points(os.path.join(d, f"{scene.name}.ply"), scene.points, scene.point_colors)
+    write_ply_points(os.path.join(d, f"{scene.name}.ply"), scene.points, scene.point_colors, scene.faces)
     torch.save(torch.from_numpy(proposals_from_gt(scene.gt_ids)), os.path.join(d, f"{scene.name}_masks.pt"))
     np.savetxt(os.path.join(root, "gt", f"{scene.name}.txt"), scene.gt_ids, fmt="%d")
     return d
@@ -327,7 +355,7 @@ def write_scannetpp_layout(scene: GeneratedScene, root: str, depth_downsample: i
     d = os.path.join(root, "data", scene.name)
     for sub in ("scans", "iphone/rgb", "iphone/depth", "iphone/colmap"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
-    write_ply_points(os.path.join(d, "scans", "mesh_aligned_0.05.ply"), scene.points, scene.point_colors)
+    write_ply_points(os.path.join(d, "scans", "mesh_aligned_0.05.ply"), scene.points, scene.point_colors, scene.faces)
     # segment id = index of the object's primitive; all background points share one segment
     seg = np.zeros(len(scene.points), dtype=np.int64)
     inst_to_prim = {p.instance: i for i, p in enumerate(scene.primitives) if p.instance >= 0}
@@ -336,7 +364,7 @@ def write_scannetpp_layout(scene: GeneratedScene, root: str, depth_downsample: i
         seg[scene.point_instance == inst] = pi
     with open(os.path.join(d, "scans", "segments.json"), "w", encoding="utf-8") as f:
         json.dump({"sceneId": scene.name, "segIndices": seg.tolist()}, f)
-    groups = [{"id": inst, "objectId": inst, "label": scene.primitives[pi].label, "segments": [int(pi)]}
+    groups = [{"id": inst + 1, "objectId": inst + 1, "label": scene.primitives[pi].label, "segments": [int(pi)]}
               for inst, pi in sorted(inst_to_prim.items())]
     with open(os.path.join(d, "scans", "segments_anno.json"), "w", encoding="utf-8") as f:
         json.dump({"sceneId": scene.name, "segGroups": groups}, f, indent=1)

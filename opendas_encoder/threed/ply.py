@@ -92,8 +92,10 @@ def read_ply_vertices(path: str) -> Dict[str, np.ndarray]:
     return out
 
 
-def write_ply_points(path: str, points: np.ndarray, colors: Optional[np.ndarray] = None) -> None:
-    """Write a binary little-endian PLY point cloud: points (N, 3) float, colors (N, 3) uint8."""
+def write_ply_points(path: str, points: np.ndarray, colors: Optional[np.ndarray] = None,
+                     faces: Optional[np.ndarray] = None) -> None:
+    """Write a binary little-endian PLY: points (N, 3) float, colors (N, 3) uint8, and optional
+    triangles faces (F, 3) int (a ``face`` element with ``vertex_indices`` lists, as in meshes)."""
     points = np.asarray(points, dtype=np.float32)
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"{path}: points must be (N, 3), got {points.shape}")
@@ -111,7 +113,17 @@ def write_ply_points(path: str, points: np.ndarray, colors: Optional[np.ndarray]
               "property float x", "property float y", "property float z"]
     if colors is not None:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
+    face_table = None
+    if faces is not None:
+        faces = np.asarray(faces)
+        if faces.ndim != 2 or faces.shape[1] != 3 or (len(faces) and (faces.min() < 0 or faces.max() >= len(points))):
+            raise ValueError(f"{path}: faces must be (F, 3) vertex indices in [0, {len(points)})")
+        face_table = np.empty(len(faces), dtype=np.dtype([("n", "u1"), ("v", "<i4", (3,))]))
+        face_table["n"], face_table["v"] = 3, faces
+        header += [f"element face {len(faces)}", "property list uchar int vertex_indices"]
     header.append("end_header")
     with open(path, "wb") as fh:
         fh.write(("\n".join(header) + "\n").encode("ascii"))
         fh.write(table.tobytes())
+        if face_table is not None:
+            fh.write(face_table.tobytes())
