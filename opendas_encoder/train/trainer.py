@@ -107,7 +107,7 @@ def _set_stage_trainable(model, stage: Stage) -> List[torch.nn.Parameter]:
 
 def fit(model, train: PreparedSegments, label_space: List[str], config: TrainConfig, run_dir: str,
         resume: bool = False, progress: bool = True,
-        on_epoch_end: Optional[Callable[[int, int], None]] = None) -> FitResult:
+        on_epoch_end: Optional[Callable[[int, int], None]] = None, extra_metadata: Optional[dict] = None) -> FitResult:
     """Train ``model`` on ``train`` (labels index the first entries of ``label_space``).
 
     label_space: base classes followed by negative queries; logits are computed over all of it.
@@ -131,7 +131,7 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     os.makedirs(run_dir, exist_ok=True)
     log_path = os.path.join(run_dir, "train_log.jsonl")
     metadata = {"run": config.name, "seed": config.seed, "setting": config.setting,
-                "label_space_size": len(label_space), "train_segments": len(train)}
+                "label_space_size": len(label_space), "train_segments": len(train), **(extra_metadata or {})}
 
     start_stage, start_epoch, global_step, resumed_from = 0, 0, 0, None
     opt_tensors, opt_scalars = {}, {}

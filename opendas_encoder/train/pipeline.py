@@ -1,0 +1,192 @@
+"""One experiment end to end: datasets -> vocabularies -> negatives -> zero-shot eval -> training -> eval.
+
+Used by ``opendas train``, ``opendas demo`` and ``eval/run_cls.py``. Writes into the run folder:
+``config.json``, ``train_log.jsonl``, ``state/``, ``final/`` (the adapted checkpoint),
+``results.json``, ``report.md`` and plots (confusion matrices, t-SNE of text embeddings, loss curves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..data.registry import build_dataset
+from ..data.segments import SegmentDataset
+from ..metrics import confusion_matrix
+from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative_queries
+from .config import DatasetSpec, TrainConfig
+from .data import PreparedSegments, prepare_segments
+from .evaluate import ZERO_SHOT_TEMPLATE, EvalResult, evaluate, zero_shot_encoder
+from .trainer import fit, read_log, resolve_device
+
+METRIC_KEYS = ("acc", "weighted_f1", "base_f1", "novel_f1")
+
+
+def build_model(config: TrainConfig, device=None):
+    """The trainable encoder of ``config.method`` over the configured open_clip model."""
+    torch.manual_seed(config.seed)
+    if config.method == "opendas":
+        from ..factory import create_model
+
+        return create_model(config.model.name, config.model.pretrained, config.prompt_config(), device=device)
+    from ..baselines import build
+
+    options = dict(config.method_options)
+    return build(config.method, config.model.name, config.model.pretrained, **options)
+
+
+def dataset_from_spec(spec: DatasetSpec) -> SegmentDataset:
+    return build_dataset(spec.name, spec.root, spec.split, **dict(spec.options))
+
+
+def derive_vocabulary(train: SegmentDataset, test: Optional[SegmentDataset], name: str = "") -> Vocabulary:
+    """base = labels present in the training segments, test = labels present in the test segments.
+
+    Both keep the datasets' class order (``classes``), so tables and plots are stable.
+    """
+    def present(ds):
+        labels = set(ds.labels())
+        ordered = [c for c in ds.classes if c in labels]
+        return ordered + sorted(labels - set(ordered))
+
+    base = present(train)
+    return Vocabulary(base=base, test=present(test) if test is not None else list(base), name=name)
+
+
+@dataclass
+class ExperimentData:
+    train: PreparedSegments
+    test: Optional[PreparedSegments]
+    vocab: Vocabulary
+    negatives: NegativeQueries
+    label_space: List[str] = field(default_factory=list)
+
+
+def prepare_experiment(config: TrainConfig, model, progress: bool = True, train_ds: Optional[SegmentDataset] = None,
+                       test_ds: Optional[SegmentDataset] = None, vocab: Optional[Vocabulary] = None,
+                       negatives: Optional[dict] = None) -> ExperimentData:
+    """Datasets, vocabularies, negative queries and prepared (cropped, preprocessed) segments."""
+    train_ds = train_ds if train_ds is not None else dataset_from_spec(config.data.train)
+    if test_ds is None and config.data.test is not None:
+        test_ds = dataset_from_spec(config.data.test)
+    if vocab is None:
+        vocab = Vocabulary.load(config.data.vocabulary) if config.data.vocabulary else \
+            derive_vocabulary(train_ds, test_ds, config.name)
+    if negatives is None and config.data.negatives:
+        negatives = load_negatives(config.data.negatives)
+    neg = select_negative_queries(negatives or {}, vocab.base, vocab.novel, config.data.drop_novel_negatives)
+    common = dict(image_size=model.image_size, expand_ratio=config.data.expand_ratio,
+                  min_pixels=config.data.min_pixels, num_workers=config.runtime.num_workers, progress=progress)
+    train = prepare_segments(train_ds, model.preprocess, vocab.base, desc="train segments", **common)
+    test = prepare_segments(test_ds, model.preprocess, vocab.test, desc="test segments", **common) \
+        if test_ds is not None else None
+    return ExperimentData(train, test, vocab, neg, list(vocab.base) + neg.queries)
+
+
+def _summary(result: EvalResult) -> dict:
+    return {k: result.metrics[k] for k in METRIC_KEYS} | {"n": result.metrics["n"], "n_base": result.metrics["n_base"],
+                                                          "n_novel": result.metrics["n_novel"]}
+
+
+def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = True, plots: bool = True,
+                   data: Optional[ExperimentData] = None, model=None, zero_shot: bool = True) -> dict:
+    """Train and evaluate one configuration; returns (and writes) the results dictionary.
+
+    results = {"zero_shot": {acc, weighted_f1, base_f1, novel_f1, ...}, "adapted": {...},
+    "seconds": total, "seconds_per_iter": {stage: s}, "skipped": {...}, "vocabulary": counts,
+    "negatives": {...}, "run_dir": ..., "checkpoint": ...}
+    """
+    t0 = time.perf_counter()
+    run_dir = config.output_dir
+    os.makedirs(run_dir, exist_ok=True)
+    config.save(os.path.join(run_dir, "config.json"))
+    device = resolve_device(config.runtime.device)
+    model = model if model is not None else build_model(config)
+    data = data if data is not None else prepare_experiment(config, model, progress)
+    results = {"run": config.name, "method": config.method, "setting": config.setting, "seed": config.seed,
+               "vocabulary": data.vocab.counts(),
+               "negatives": {"queries": len(data.negatives.queries),
+                             "dropped": [list(d) for d in data.negatives.dropped]},
+               "skipped": {"train": data.train.skips.to_dict(),
+                           "test": data.test.skips.to_dict() if data.test is not None else None}}
+    zs = None
+    if data.test is not None and zero_shot:
+        zs = evaluate(zero_shot_encoder(model), data.test, data.vocab, device, ZERO_SHOT_TEMPLATE,
+                      config.runtime.eval_batch_size, progress)
+        results["zero_shot"] = _summary(zs)
+        model.to(device)
+    fit_result = fit(model, data.train, data.label_space, config, run_dir, resume=resume, progress=progress,
+                     extra_metadata={"base_classes": list(data.vocab.base), "negative_queries": data.negatives.queries,
+                                     "dataset": config.data.train.name})
+    results["seconds_per_iter"] = fit_result.seconds_per_iter
+    results["checkpoint"] = fit_result.final_dir
+    results["run_dir"] = run_dir
+    if data.test is not None:
+        adapted = evaluate(model, data.test, data.vocab, device, None, config.runtime.eval_batch_size, progress)
+        results["adapted"] = _summary(adapted)
+        results["per_class"] = {"adapted": adapted.metrics["per_class"],
+                                "zero_shot": zs.metrics["per_class"] if zs is not None else None}
+        if plots:
+            results["plots"] = write_plots(run_dir, data.vocab, adapted, zs)
+    results["seconds"] = time.perf_counter() - t0
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True, default=float)
+    with open(os.path.join(run_dir, "report.md"), "w") as f:
+        f.write(format_report(results, data))
+    return results
+
+
+def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot: Optional[EvalResult]) -> dict:
+    from ..plots import plot_confusion, plot_loss_curves, plot_text_tsne
+
+    out = {}
+    for tag, res in (("adapted", adapted), ("zero_shot", zero_shot)):
+        if res is None:
+            continue
+        conf = confusion_matrix(res.y_true, res.y_pred, res.class_names)
+        out[f"confusion_{tag}"] = plot_confusion(conf, res.class_names, os.path.join(run_dir, f"confusion_{tag}.png"),
+                                                 f"{tag}: rows = ground truth (generated world if so named)",
+                                                 novel=vocab.novel)
+    if zero_shot is not None and adapted.text_features.numel() and len(vocab.test) >= 5:
+        out["tsne"] = plot_text_tsne({"zero-shot CLIP": zero_shot.text_features.numpy(),
+                                      "adapted (OpenDAS)": adapted.text_features.numpy()},
+                                     vocab.test, vocab.novel, os.path.join(run_dir, "tsne_text_embeddings.png"),
+                                     "text embeddings of the test vocabulary")
+    log = read_log(run_dir)
+    if log:
+        out["loss_curves"] = plot_loss_curves(log, os.path.join(run_dir, "loss_curves.png"), "training loss")
+    return out
+
+
+def format_report(results: dict, data: ExperimentData) -> str:
+    from ..plots import format_table, metric_cell
+
+    lines = [f"# {results['run']} ({results['method']}, {results['setting']}, seed {results['seed']})", ""]
+    if "adapted" in results:
+        zs = results.get("zero_shot", {})
+        rows = []
+        if zs:
+            rows.append(["zero-shot CLIP"] + [metric_cell(zs[k]) for k in METRIC_KEYS])
+        rows.append([results["method"]] + [metric_cell(results["adapted"][k], zs.get(k)) for k in METRIC_KEYS])
+        lines.append(format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]))
+    c = results["vocabulary"]
+    lines += ["", f"vocabulary: {c['base']} base, {c['test']} test, {c['novel']} novel; "
+                  f"{data.negatives.summary()}",
+              f"train: {data.train.skips.summary()}"]
+    if data.test is not None:
+        lines.append(f"test: {data.test.skips.summary()}")
+    lines.append(f"seconds per iteration: {json.dumps({k: round(v, 4) for k, v in results['seconds_per_iter'].items()})}")
+    return "\n".join(lines) + "\n"
+
+
+def mean_std(values: List[float]):
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return float(np.nanmean(arr)), float(np.nanstd(arr)) if arr.size > 1 else 0.0
