@@ -104,8 +104,10 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     """
     t0 = time.perf_counter()
     run_dir = config.output_dir
+    is_main = _is_main_process()
     os.makedirs(run_dir, exist_ok=True)
-    config.save(os.path.join(run_dir, "config.json"))
+    if is_main:
+        config.save(os.path.join(run_dir, "config.json"))
     device = resolve_device(config.runtime.device)
     model = model if model is not None else build_model(config)
     data = data if data is not None else prepare_experiment(config, model, progress)
@@ -132,9 +134,11 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
         results["adapted"] = _summary(adapted)
         results["per_class"] = {"adapted": adapted.metrics["per_class"],
                                 "zero_shot": zs.metrics["per_class"] if zs is not None else None}
-        if plots:
+        if plots and is_main:
             results["plots"] = write_plots(run_dir, data.vocab, adapted, zs)
     results["seconds"] = time.perf_counter() - t0
+    if not is_main:
+        return results
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, sort_keys=True, default=float)
     with open(os.path.join(run_dir, "report.md"), "w") as f:
@@ -183,6 +187,12 @@ def format_report(results: dict, data: ExperimentData) -> str:
         lines.append(f"test: {data.test.skips.summary()}")
     lines.append(f"seconds per iteration: {json.dumps({k: round(v, 4) for k, v in results['seconds_per_iter'].items()})}")
     return "\n".join(lines) + "\n"
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def mean_std(values: List[float]):
