@@ -180,7 +180,8 @@ def build_encoders(args, device: str) -> Dict[str, Tuple[object, Optional[str], 
     clip = oe.create_model(model, tag, prompts=oe.PromptConfig(visual_tokens=0, text_tokens=0), device=device).eval()
     encoders[CLIP] = (clip, args.template, f"{model}|{tag}|zero-shot|{args.template}")
     if args.checkpoint:
-        enc = oe.load_encoder(args.checkpoint, device=device, pretrained=tag).eval()
+        # the prompts go on the very same base model as the CLIP baseline (one copy in memory)
+        enc = oe.load_encoder(args.checkpoint, device=device, model=clip.clip).eval()
         stamp = os.path.getmtime(os.path.join(args.checkpoint, "prompts.safetensors"))
         encoders[OPENDAS] = (enc, None, f"{os.path.abspath(args.checkpoint)}|{stamp}|{tag}")
     return encoders

@@ -1,0 +1,185 @@
+"""integrations/openmask3d: readers, Hydra override, clip shim, launcher (real OpenMask3D if present)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from integrations.openmask3d.clip_shim import OpenAIClipCallShape, make_clip_module
+from integrations.openmask3d.launch import NumpyWithFeatureDim, ProjectedPointsPredictor, projected_points_mask
+from integrations.openmask3d.override import OpenDASOverride, split_overrides
+from integrations.openmask3d.readers import (ProcessedLayout, find_mask_proposals, read_mask_proposals,
+                                             read_processed_scene, read_scannet_gt)
+from opendas_encoder.threed.generated_scene import generate_scene, write_openmask3d_layout
+
+OPENMASK3D_ROOT = os.environ.get("OPENMASK3D_ROOT")
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("om3d")
+    scene = generate_scene(seed=5, num_objects=5, num_frames=3, height=60, width=80, spacing=0.05)
+    return write_openmask3d_layout(scene, str(root)), scene
+
+
+# ----------------------------------------------------------------------------------- readers
+def test_read_processed_scene(scene_dir):
+    d, scene = scene_dir
+    s = read_processed_scene(d)
+    assert s.name == scene.name and s.num_points == len(scene.points) and len(s.frames) == 3
+    np.testing.assert_allclose(s.points, scene.points, atol=1e-6)
+    np.testing.assert_allclose(s.frames[2].cam_to_world, scene.cam_to_world[2], atol=1e-7)
+    np.testing.assert_allclose(s.frames[0].intrinsic, scene.intrinsic, atol=1e-6)
+    depth = s.frames[0].load_depth()
+    assert depth.dtype == np.float32 and 0.3 < depth.min() and depth.max() < 6.0
+    assert len(read_processed_scene(d, ProcessedLayout(frame_step=2)).frames) == 2
+    gt = read_scannet_gt(os.path.join(os.path.dirname(d), "gt", f"{scene.name}.txt"), s.num_points)
+    np.testing.assert_array_equal(gt, scene.gt_ids)
+
+
+def test_read_processed_scene_errors(scene_dir, tmp_path):
+    d, scene = scene_dir
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_processed_scene(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no pose files"):
+        read_processed_scene(d, ProcessedLayout(poses="missing"))
+    bad = tmp_path / "bad"
+    (bad / "pose").mkdir(parents=True)
+    (bad / "intrinsic").mkdir()
+    np.savetxt(bad / "intrinsic" / "intrinsic_color.txt", np.eye(4))
+    (bad / "pose" / "0.txt").write_text("nan 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
+    with pytest.raises(ValueError, match=r"0\.txt.*inf/nan"):
+        read_processed_scene(str(bad))
+    np.savetxt(bad / "pose" / "0.txt", np.eye(4))
+    with pytest.raises(FileNotFoundError, match=r"frame 0 has a pose but no image .*0\.jpg"):
+        read_processed_scene(str(bad))
+
+
+def test_mask_proposals_pt_and_npy(scene_dir, tmp_path):
+    d, scene = scene_dir
+    pt = find_mask_proposals(d)
+    assert pt.endswith(f"{scene.name}_masks.pt")
+    masks = read_mask_proposals(pt, len(scene.points))
+    assert masks.dtype == bool and masks.shape == (len(scene.points), 5)
+    np.save(tmp_path / "x_masks.npy", masks.astype(np.float32))
+    np.testing.assert_array_equal(read_mask_proposals(str(tmp_path / "x_masks.npy")), masks)
+    with pytest.raises(ValueError, match="transpose"):
+        read_mask_proposals(str(tmp_path / "x_masks.npy"), 5)
+    with pytest.raises(ValueError, match=r"has 3 points|have .* points, the scene has 3"):
+        read_mask_proposals(str(tmp_path / "x_masks.npy"), 3)
+    torch.save({"masks": torch.zeros(3, 2)}, tmp_path / "d_masks.pt")
+    with pytest.raises(ValueError, match=r"d_masks\.pt: expected a tensor"):
+        read_mask_proposals(str(tmp_path / "d_masks.pt"))
+    (tmp_path / "evil_masks.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="evil_masks.pt"):
+        read_mask_proposals(str(tmp_path / "evil_masks.pt"))
+    with pytest.raises(FileNotFoundError, match="use --proposals gt"):
+        find_mask_proposals(str(tmp_path / "scene_x"))
+
+
+# ----------------------------------------------------------------------------------- override and shim
+def test_split_overrides():
+    ov, hydra = split_overrides(["external.clip_backend=opendas", "external.opendas_checkpoint=/c",
+                                 "data.masks.masks_path=/m.pt", "+external.sam_backend=none"])
+    assert ov == OpenDASOverride(clip_backend="opendas", opendas_checkpoint="/c", sam_backend="none")
+    assert hydra == ["+external.clip_backend=opendas", "+external.opendas_checkpoint=/c",
+                     "data.masks.masks_path=/m.pt", "+external.sam_backend=none"]
+    assert OpenDASOverride().base_model("ViT-L/14@336px") == ("ViT-L-14-336", "openai")
+    assert OpenDASOverride(opendas_model="tiny", opendas_pretrained="none").base_model("ViT-L/14") == ("tiny", None)
+    with pytest.raises(ValueError, match="clip_backend"):
+        split_overrides(["external.clip_backend=openai"])
+
+
+class _Enc(torch.nn.Module):
+    embed_dim = 3
+    image_size = (4, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(48, 3)
+
+    def preprocess(self, img):
+        return torch.zeros(3, 4, 4)
+
+    def encode_image(self, x, normalize=False):
+        return self.w(x.flatten(1))
+
+    def tokenize(self, texts):
+        return torch.tensor([[len(t)] for t in texts])
+
+    def encode_text(self, text, normalize=False):
+        return torch.ones(len(text), 3)
+
+
+def test_clip_shim_call_shape():
+    enc = _Enc()
+    clip = make_clip_module(lambda name, device: enc)
+    with pytest.raises(RuntimeError, match="before clip.load"):
+        clip.tokenize(["a"])
+    model, preprocess = clip.load("ViT-L/14@336px", "cpu")
+    assert isinstance(model, OpenAIClipCallShape) and preprocess == enc.preprocess
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(model.encode_image(x), enc.encode_image(x))
+    assert model.embed_dim == 3 and model.visual.input_resolution == 4
+    assert clip.tokenize("abc").tolist() == [[3]]
+
+
+def test_numpy_feature_dim_and_projected_points_mask():
+    proxy = NumpyWithFeatureDim(32)
+    assert proxy.zeros((4, 768)).shape == (4, 32)
+    assert proxy.zeros((4, 7)).shape == (4, 7) and proxy.zeros((2, 768, 3)).shape == (2, 768, 3)
+    assert proxy.stack is np.stack
+    pred = ProjectedPointsPredictor()
+    pred.set_image(np.zeros((5, 6, 3), np.uint8))
+    m = projected_points_mask(None, 10, 5, np.array([[1, 2], [4, 5]]), pred)
+    assert m.shape == (5, 6) and m.sum() == 2 and m[1, 2] and m[4, 5]
+
+
+# ----------------------------------------------------------------------------------- real OpenMask3D
+def _needs_openmask3d():
+    if not OPENMASK3D_ROOT or not os.path.isdir(os.path.join(OPENMASK3D_ROOT, "openmask3d")):
+        pytest.skip("set OPENMASK3D_ROOT to an OpenMask3D checkout (git clone OpenMask3D/openmask3d) to run")
+    for mod, pkg in (("hydra", "hydra-core"), ("omegaconf", "omegaconf"), ("open3d", "open3d"), ("imageio", "imageio")):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"OpenMask3D's feature step needs `pip install {pkg}` (extra: opendas_encoder[openmask3d])")
+
+
+def test_openmask3d_feature_step_with_override(scene_dir, tmp_path, repo_root):
+    """OpenMask3D's compute_features_single_scene.py with external.clip_backend=opendas on the generated
+    scene: the feature width follows the encoder (32, not 768) and the features equal ours."""
+    _needs_openmask3d()
+    import opendas_encoder as oe
+    from safetensors.torch import save_file
+
+    from opendas_encoder.threed import MaskFeatureConfig, compute_mask_features
+
+    d, scene = scene_dir
+    torch.manual_seed(0)
+    base = oe.create_model("opendas-tiny-vit", None)
+    save_file({k: v.contiguous() for k, v in base.clip.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    enc = oe.create_model("opendas-tiny-vit", str(tmp_path / "base.safetensors"))
+    with torch.no_grad():
+        for p in enc.prompt_parameters():
+            p.normal_(0, 0.5)
+    oe.save_checkpoint(enc, str(tmp_path / "ckpt"))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "integrations.openmask3d.launch", "--openmask3d-root", OPENMASK3D_ROOT,
+            "external.clip_backend=opendas", f"external.opendas_checkpoint={tmp_path / 'ckpt'}",
+            "external.sam_backend=none",
+            f"data.masks.masks_path={d}/{scene.name}_masks.pt", f"data.camera.poses_path={d}/pose",
+            f"data.camera.intrinsic_path={d}/intrinsic/intrinsic_color.txt",
+            "data.camera.intrinsic_resolution=[60,80]", f"data.depths.depths_path={d}/depth",
+            f"data.images.images_path={d}/color", f"data.point_cloud_path={d}/{scene.name}.ply",
+            f"output.output_directory={out}", "openmask3d.frequency=1"]
+    env = dict(os.environ, PYTHONPATH=repo_root, OMP_NUM_THREADS="1")
+    r = subprocess.run(args, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    theirs = np.load(out / f"{scene.name}_openmask3d_features.npy")
+    assert theirs.shape == (5, 32)
+    ours = compute_mask_features(read_processed_scene(d), read_mask_proposals(f"{d}/{scene.name}_masks.pt"),
+                                 oe.load_encoder(str(tmp_path / "ckpt")), MaskFeatureConfig(pixel_rounding="trunc"))
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
