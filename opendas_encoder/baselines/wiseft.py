@@ -1,0 +1,162 @@
+"""WiSE-FT (Wortsman et al., CVPR 2022): fine-tune one CLIP tower, then interpolate with zero-shot weights.
+
+``wiseft-text`` trains the text tower, ``wiseft-visual`` the image tower (the other stays frozen);
+text is encoded with ``template`` ("a photo of a {}."). After training, :meth:`WiSEFT.finalize`
+sets every tower weight to ``theta = (1 - alpha) * theta_zero_shot + alpha * theta_fine_tuned``
+(alpha = 0: zero-shot CLIP exactly; alpha = 1: the fine-tuned weights exactly).
+
+The zero-shot weights are kept as non-persistent buffers; checkpoints store the fine-tuned tower
+weights (names relative to the open_clip model) and the method config records ``alpha`` and whether
+the weights were interpolated, so loading onto the zero-shot base model rebuilds the same encoder.
+
+Trained tensors on ViT-L-14 (paper Tab. 6: 123M / 304M): the visual tower with its projection,
+303,966,208; the text tower without its output projection (token and positional embeddings, the 12
+blocks, ``ln_final``), 123,060,480 (with the projection it would be 123,650,304, i.e. 124M).
+``train_projection`` overrides the projection choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .base import BaselineEncoder, MethodConfig
+from .towers import TemplateTokenizer, pool_image, run_text, run_vision
+from .vpt import split_template
+
+
+@dataclass(frozen=True)
+class WiSEFTConfig(MethodConfig):
+    """alpha: interpolation weight of the fine-tuned weights; train_projection: fine-tune the tower's
+    output projection too (None: visual yes, text no, matching the paper's counts); template: the
+    text prompt; interpolated: whether the live weights are the interpolation (set by ``finalize``)."""
+
+    alpha: float = 0.5
+    train_projection: Optional[bool] = None
+    template: str = "a photo of a {}."
+    interpolated: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"WiSEFTConfig.alpha must be a number in [0, 1], got {self.alpha!r}")
+        if self.train_projection not in (None, True, False):
+            raise ValueError(f"WiSEFTConfig.train_projection must be None or a bool, got {self.train_projection!r}")
+        if not isinstance(self.interpolated, bool):
+            raise ValueError(f"WiSEFTConfig.interpolated must be a bool, got {self.interpolated!r}")
+        split_template(self.template, "WiSEFTConfig")
+
+
+_PROJECTIONS = ("visual.proj", "text_projection", "text.text_projection")
+
+
+def tower_parameter_names(clip_model: nn.Module, tower: str, train_projection: bool) -> List[str]:
+    """Names (in ``clip_model``) of the parameters of its ``"text"`` or ``"visual"`` tower."""
+    names = []
+    for name, _ in clip_model.named_parameters():
+        if name.startswith("logit_"):
+            continue
+        is_visual = name.startswith("visual.")
+        if is_visual != (tower == "visual"):
+            continue
+        is_projection = name in _PROJECTIONS or name.startswith("text.text_projection.")
+        if is_projection and not train_projection:
+            continue
+        names.append(name)
+    return names
+
+
+class _Store(nn.Module):
+    """Tensors kept beside the model as non-persistent buffers (moved by ``.to``, not in state dicts)."""
+
+    def __init__(self, tensors: List[torch.Tensor]):
+        super().__init__()
+        for i, t in enumerate(tensors):
+            self.register_buffer(f"t{i}", t.detach().clone(), persistent=False)
+
+    def tensors(self) -> List[torch.Tensor]:
+        return [getattr(self, f"t{i}") for i in range(len(self._buffers))]
+
+
+class WiSEFT(BaselineEncoder):
+    """open_clip with one trainable tower and weight-space ensembling. Use :class:`WiSEFTText` / :class:`WiSEFTVisual`."""
+
+    method = ""
+    tower = ""
+
+    def __init__(self, clip_model: nn.Module, config: WiSEFTConfig = WiSEFTConfig(), **kwargs):
+        if self.tower not in ("text", "visual"):
+            raise TypeError("use WiSEFTText or WiSEFTVisual")
+        super().__init__(clip_model, config, **kwargs)
+        cfg = self.config
+        train_projection = (self.tower == "visual") if cfg.train_projection is None else cfg.train_projection
+        self._names = tower_parameter_names(self.clip, self.tower, train_projection)
+        params = dict(self.clip.named_parameters())
+        for name in self._names:
+            params[name].requires_grad_(True)
+        self.zero_shot = _Store([params[n] for n in self._names])
+        self.fine_tuned: Optional[_Store] = None
+        self.template = TemplateTokenizer(self.tokenizer, *split_template(cfg.template, "WiSEFTConfig"))
+        if cfg.interpolated:  # a config from a finalized checkpoint: weights arrive via load_prompt_state_dict
+            self.config = replace(cfg, interpolated=False)
+            self._pending_alpha = cfg.alpha
+        else:
+            self._pending_alpha = None
+
+    def named_learned_parameters(self) -> Dict[str, nn.Parameter]:
+        params = dict(self.clip.named_parameters())
+        return {n: params[n] for n in self._names}
+
+    def prompt_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The fine-tuned tower weights (also after :meth:`finalize`), fp32 CPU copies."""
+        if self.fine_tuned is None:
+            return super().prompt_state_dict()
+        return {n: t.detach().float().cpu().contiguous().clone()
+                for n, t in zip(self._names, self.fine_tuned.tensors())}
+
+    def load_prompt_state_dict(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load fine-tuned tower weights; re-apply the interpolation when the checkpoint was finalized."""
+        alpha = self.config.alpha if self.fine_tuned is not None else self._pending_alpha
+        super().load_prompt_state_dict(tensors, source)
+        self.fine_tuned = None
+        self.config = replace(self.config, interpolated=False)
+        self._pending_alpha = None
+        if alpha is not None:
+            self.finalize(alpha)
+
+    def finalize(self, alpha: Optional[float] = None) -> "WiSEFT":
+        """Interpolate: theta = (1 - alpha) * zero_shot + alpha * fine_tuned (alpha None: the config's)."""
+        alpha = self.config.alpha if alpha is None else alpha
+        self.config = replace(self.config, alpha=alpha, interpolated=True)  # validates alpha
+        params = self.named_learned_parameters()
+        with torch.no_grad():
+            if self.fine_tuned is None:
+                self.fine_tuned = _Store([params[n] for n in self._names])
+            for name, zero, tuned in zip(self._names, self.zero_shot.tensors(), self.fine_tuned.tensors()):
+                params[name].copy_((1.0 - alpha) * zero + alpha * tuned)
+        return self
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """images (B, 3, H, W) -> (B, embed_dim) through the (possibly fine-tuned) image tower."""
+        x, n = run_vision(self.clip.visual, images)
+        return self._maybe_normalize(pool_image(self.clip.visual, x[:, :n]), normalize)
+
+    def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
+        """Class names or token ids (C, L) -> (C, embed_dim): the template through the text tower."""
+        return self._maybe_normalize(run_text(self.text_view, self.template(text)), normalize)
+
+
+class WiSEFTText(WiSEFT):
+    """WiSE-FT of the text tower."""
+
+    method = "wiseft-text"
+    tower = "text"
+
+
+class WiSEFTVisual(WiSEFT):
+    """WiSE-FT of the image tower."""
+
+    method = "wiseft-visual"
+    tower = "visual"
