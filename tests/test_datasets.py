@@ -83,6 +83,30 @@ def test_generic_errors_name_the_path(tmp_path):
         GenericSegmentDataset(str(tmp_path / "g"), split="train", progress=False)
 
 
+def test_index_cache_skips_reading_maps(tmp_path, monkeypatch):
+    write_generic(str(tmp_path / "g"))
+    index = str(tmp_path / "index.json")
+    first = GenericSegmentDataset(str(tmp_path / "g"), split="train", index_cache=index, progress=False)
+    assert os.path.isfile(index)
+
+    def fail(self, frame):
+        raise AssertionError("label map read again")
+
+    monkeypatch.setattr(GenericSegmentDataset, "read_label_map", fail)
+    again = GenericSegmentDataset(str(tmp_path / "g"), split="train", index_cache=index, progress=False)
+    assert again.segments == first.segments
+    assert again.enumeration_skips.counts == first.enumeration_skips.counts
+    monkeypatch.undo()
+    sem = np.zeros((24, 32), np.uint8)
+    sem[0:8, 0:8] = 2  # rewrite a.png: now a single 64-pixel dog
+    from PIL import Image
+    path = tmp_path / "g" / "semantic" / "train" / "a.png"
+    Image.fromarray(sem).save(path)
+    os.utime(path, ns=(1, 1))  # a different mtime invalidates the entry
+    changed = GenericSegmentDataset(str(tmp_path / "g"), split="train", index_cache=index, progress=False)
+    assert [(r.label, r.pixels) for r in changed.segments][:1] == [("dog", 64)]
+
+
 # ---------------------------------------------------------------------------------- ADE20K
 def test_ade20k_class_names():
     names = ade20k_150_classes()
@@ -127,6 +151,8 @@ def test_kitti360_instances_then_class_regions(tmp_path):
         seg = train[by_value[value]]
         np.testing.assert_array_equal(seg.mask, exp["masks"]["train"][key])
         check_crop(seg)
+    import pickle
+    assert pickle.loads(pickle.dumps(train)).labels() == train.labels()  # DataLoader workers may pickle it
     val = KITTI360(str(tmp_path), split="val", progress=False)  # no instance map: semantic regions
     assert sorted(val.labels()) == ["car", "sidewalk", "vegetation"]
     for i, r in enumerate(val.segments):

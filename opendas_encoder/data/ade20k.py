@@ -39,10 +39,14 @@ def resolve_ade_root(root: str) -> str:
 
 
 class ADE20K150(LabelMapSegmentDataset):
-    """ADE20K-150 segments. split: "training"/"train" or "validation"/"val"."""
+    """ADE20K-150 segments. split: "training"/"train" or "validation"/"val".
+
+    max_images: use only the first images (sorted names). index_cache: JSON file caching the
+    annotation histograms so that a second construction reads no annotation.
+    """
 
     def __init__(self, root: str, split: str = "validation", min_pixels: int = DEFAULT_MIN_PIXELS,
-                 max_images: Optional[int] = None, progress: bool = True):
+                 max_images: Optional[int] = None, index_cache: Optional[str] = None, progress: bool = True):
         if split not in SPLIT_ALIASES:
             raise ValueError(f"ADE20K-150 split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
         split = SPLIT_ALIASES[split]
@@ -65,4 +69,4 @@ class ADE20K150(LabelMapSegmentDataset):
                 break
         if not frames:
             raise FileNotFoundError(f"no ADE20K annotations (*.png) in {ann_dir}")
-        self._enumerate(frames, progress)
+        self._enumerate(frames, progress, index_cache)

@@ -97,18 +97,30 @@ class LabelMapSegmentDataset(SegmentDataset):
         """The frame's label map as int64 (H, W); raise SegmentError if unreadable."""
         return read_label_png(frame.label_map)
 
-    def _enumerate(self, frames: Sequence[LabelFrame], progress: bool = True) -> None:
+    def _enumerate(self, frames: Sequence[LabelFrame], progress: bool = True, index_cache: Optional[str] = None) -> None:
+        """Enumerate the segments of ``frames``. ``index_cache``: a JSON file keeping each label map's
+        value histogram (keyed by path, size and mtime), so that a second run reads no map."""
         self.frames = list(frames)
         self.segments = []
+        hist_cache = _load_index_cache(index_cache)
+        changed = False
         for fi, frame in enumerate(tqdm(self.frames, desc=f"enumerate {self.name}", unit="map",
                                         disable=not progress, leave=False)):
-            try:
-                lmap = self.read_label_map(frame)
-            except SegmentError as err:
-                self.enumeration_skips.add(err)
-                continue
-            values, counts = np.unique(lmap, return_counts=True)
-            present = dict(zip(values.tolist(), counts.tolist()))
+            key = _file_key(frame.label_map)
+            cached = hist_cache.get(frame.label_map)
+            if cached is not None and cached[0] == key:
+                present = {int(v): int(n) for v, n in cached[1]}
+            else:
+                try:
+                    lmap = self.read_label_map(frame)
+                except SegmentError as err:
+                    self.enumeration_skips.add(err)
+                    continue
+                values, counts = np.unique(lmap, return_counts=True)
+                present = dict(zip(values.tolist(), counts.tolist()))
+                if index_cache:
+                    hist_cache[frame.label_map] = [key, sorted(present.items())]
+                    changed = True
             for v in frame.expected:
                 if int(v) not in present:
                     self.enumeration_skips.add(SegmentError(f"{frame.label_map}#{v}", "empty mask"))
@@ -121,6 +133,8 @@ class LabelMapSegmentDataset(SegmentDataset):
                         f"{frame.label_map}#{v}", f"mask has {n} pixels (< min_pixels={self.min_pixels})"))
                     continue
                 self.segments.append(SegmentRef(fi, int(v), label, int(n)))
+        if index_cache and changed:
+            _save_index_cache(index_cache, hist_cache)
 
     # ------------------------------------------------------------------ SegmentDataset API
     @property
@@ -167,6 +181,33 @@ class LabelMapSegmentDataset(SegmentDataset):
         return out
 
 
+def _file_key(path: str) -> list:
+    try:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [-1, -1]
+
+
+def _load_index_cache(path: Optional[str]) -> dict:
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # a corrupt index is rebuilt
+
+
+def _save_index_cache(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
 def require_dir(path: str, what: str) -> str:
     """Return ``path`` if it is a directory, else raise FileNotFoundError naming it."""
     if not os.path.isdir(path):
@@ -209,11 +250,12 @@ class GenericSegmentDataset(LabelMapSegmentDataset):
     """The generic user format (module docstring, docs/datasets.md).
 
     root: dataset folder with ``classes.txt``; split: sub-folder name (e.g. "train") or None.
+    index_cache: optional JSON file caching the label-map histograms (see :meth:`_enumerate`).
     Images without any annotation map are counted in ``enumeration_skips`` ("no annotation").
     """
 
     def __init__(self, root: str, split: Optional[str] = "train", min_pixels: int = DEFAULT_MIN_PIXELS,
-                 class_file: str = "classes.txt", progress: bool = True):
+                 class_file: str = "classes.txt", index_cache: Optional[str] = None, progress: bool = True):
         require_dir(root, "generic dataset root")
         classes = read_class_list(os.path.join(root, class_file))
         if len(set(classes)) != len(classes):
@@ -249,4 +291,4 @@ class GenericSegmentDataset(LabelMapSegmentDataset):
                 frames.append(LabelFrame(image, sem_png, by_id))
             else:
                 self.enumeration_skips.add(SegmentError(image, "no annotation"))
-        self._enumerate(frames, progress)
+        self._enumerate(frames, progress, index_cache)

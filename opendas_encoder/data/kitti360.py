@@ -68,14 +68,26 @@ def read_frame_list(path: str) -> List[List[str]]:
     return pairs
 
 
+class KittiLabelRule:
+    """Label-map value -> class name: ``id * 1000 + k`` (instance) or ``id`` (class region) -> name."""
+
+    def __init__(self, id_to_name: Dict[int, str]):
+        self.id_to_name = dict(id_to_name)
+
+    def __call__(self, value: int) -> Optional[str]:
+        return self.id_to_name.get(value // INSTANCE_FACTOR if value >= INSTANCE_FACTOR else value)
+
+
 class KITTI360(LabelMapSegmentDataset):
     """KITTI-360 segments for split "train" or "val" (the official 2D semantic frame lists).
 
     stride: keep every stride-th frame of the list. use_instances: read instance maps when present.
+    index_cache: JSON file caching the label-map histograms (a second construction reads no map).
     """
 
     def __init__(self, root: str, split: str = "val", min_pixels: int = DEFAULT_MIN_PIXELS, stride: int = 1,
-                 use_instances: bool = True, max_frames: Optional[int] = None, progress: bool = True):
+                 use_instances: bool = True, max_frames: Optional[int] = None, index_cache: Optional[str] = None,
+                 progress: bool = True):
         if split not in FRAME_LISTS:
             raise ValueError(f"KITTI-360 split must be one of {sorted(FRAME_LISTS)}, got {split!r}")
         if stride < 1:
@@ -89,9 +101,7 @@ class KITTI360(LabelMapSegmentDataset):
         if max_frames is not None:
             pairs = pairs[:max_frames]
 
-        def rule(value: int) -> Optional[str]:
-            return id_to_name.get(value // INSTANCE_FACTOR if value >= INSTANCE_FACTOR else value)
-
+        rule = KittiLabelRule(id_to_name)
         frames = []
         for rgb_rel, sem_rel in pairs:
             rgb, sem = os.path.join(root, rgb_rel), os.path.join(root, sem_rel)
@@ -100,4 +110,4 @@ class KITTI360(LabelMapSegmentDataset):
                     raise FileNotFoundError(f"{list_file} names a missing file: {p}")
             inst = instance_path_for(sem)
             frames.append(LabelFrame(rgb, inst if use_instances and os.path.isfile(inst) else sem, rule))
-        self._enumerate(frames, progress)
+        self._enumerate(frames, progress, index_cache)

@@ -513,7 +513,8 @@ class ScanNetPPOffices(LabelMapSegmentDataset):
     def __init__(self, root: str, split: str = "train", stride: int = 10, min_pixels: int = DEFAULT_MIN_PIXELS,
                  render_scale: float = 0.25, render_dir: Optional[str] = None,
                  scene_ids: Optional[Sequence[str]] = None, split_file: Optional[str] = None,
-                 pose_source: str = "auto", threads: int = 0, progress: bool = True):
+                 pose_source: str = "auto", threads: int = 0, index_cache: Optional[str] = None,
+                 progress: bool = True):
         if not 0 < render_scale <= 1:
             raise ValueError(f"render_scale must be in (0, 1], got {render_scale}")
         ids = list(scene_ids) if scene_ids is not None else split_scene_ids(split, split_file)
@@ -529,7 +530,7 @@ class ScanNetPPOffices(LabelMapSegmentDataset):
             frames += [LabelFrame(f.rgb_path, m, labels, resize_image=True) for f, m in zip(fr, maps)]
         super().__init__(f"scannetpp-offices/{split}" if scene_ids is None else "scannetpp", sorted(all_labels), min_pixels)
         self.root, self.scene_ids, self.stride = root, ids, stride
-        self._enumerate(frames, progress)
+        self._enumerate(frames, progress, index_cache)
 
 
 def render_scene_instance_maps(scene: ScanNetPPScene, frames: Sequence[ScanNetPPFrame], render_dir: str,

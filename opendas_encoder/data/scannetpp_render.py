@@ -22,9 +22,9 @@ INVALID = np.iinfo(np.uint32).max  # open3d's RaycastingScene.INVALID_ID
 def _open3d():
     try:
         import open3d as o3d
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # OSError: a missing system library (e.g. libusb-1.0)
         raise ImportError("rendering ScanNet++ masks needs open3d: pip install open3d "
-                          "(or pip install 'opendas_encoder[datasets]')") from exc
+                          f"(or pip install 'opendas_encoder[datasets]'); import failed: {exc}") from exc
     return o3d
 
 
