@@ -260,6 +260,22 @@ def test_scannetpp_layout_reader(tmp_path):
         scene.frames()
 
 
+def test_scannetpp_frames_stride_and_order(tmp_path):
+    v, f = box_mesh((0, 0, 3), (1, 1, 4))
+    rgb = np.zeros((H, W, 3), np.uint8)
+    eyes = [(0, 0, float(k)) for k in range(5)]
+    frames = [FixtureFrame(look_at(e, (0.5, 0.5, 10.0), up=(0, -1, 0)), K, W, H, rgb=rgb, depth=np.ones((2, 2)))
+              for e in eyes]
+    write_scannetpp_scene(str(tmp_path), "s", v, f, frames=frames)
+    scene = ScanNetPPScene(str(tmp_path / "data"), "s")      # the data/ folder itself is accepted
+    got = scene.frames(stride=2)
+    assert [fr.name for fr in got] == ["frame_000000", "frame_000002", "frame_000004"]
+    np.testing.assert_allclose([fr.cam_to_world[:3, 3] for fr in got], [eyes[0], eyes[2], eyes[4]], atol=1e-9)
+    assert [fr.name for fr in scene.frames(stride=2, source="pose_json")] == [fr.name for fr in got]
+    with pytest.raises(ValueError, match="stride"):
+        scene.frames(stride=0)
+
+
 def test_ply_builtin_reader_matches(tmp_path, monkeypatch):
     import builtins
 
