@@ -118,8 +118,13 @@ def evaluate_with_ovseg(
     opendas_checkpoint: str,
     weights: str = "",
     opts: Sequence[str] = (),
+    prompt_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, SemSegConfusion]:
-    """OVSeg's full model (Detectron2) with its own CLIP and with OpenDAS in the CLIP branch."""
+    """OVSeg's full model (Detectron2) with its own CLIP and with OpenDAS in the CLIP branch.
+
+    ``class_names`` label the results; the model is queried with ``prompt_names`` (same order), by
+    default OVSeg's own (Detectron2's ADE20K-150 metadata, e.g. "chest of drawers, chest, bureau").
+    """
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import MetadataCatalog
     from detectron2.data import transforms as T
@@ -133,10 +138,15 @@ def evaluate_with_ovseg(
     if weights:
         DetectionCheckpointer(model).load(weights)
     model.eval()
-    dataset = "opendas_run_2d_ade20k"
-    meta = MetadataCatalog.get(dataset)
-    if not hasattr(meta, "stuff_classes"):
-        meta.set(stuff_classes=list(class_names), ignore_label=IGNORE_LABEL)
+    if prompt_names is None:  # OVSeg's own query names: Detectron2's ADE20K-150 metadata
+        dataset = "ade20k_sem_seg_val"
+        if len(MetadataCatalog.get(dataset).stuff_classes) != len(class_names):
+            raise ValueError(f"Detectron2's {dataset} has {len(MetadataCatalog.get(dataset).stuff_classes)} "
+                             f"classes, expected {len(class_names)}")
+    else:
+        dataset = "opendas_run_2d_queries"
+        if not hasattr(MetadataCatalog.get(dataset), "stuff_classes"):
+            MetadataCatalog.get(dataset).set(stuff_classes=list(prompt_names), ignore_label=IGNORE_LABEL)
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     conf = {name: SemSegConfusion(len(class_names), IGNORE_LABEL) for name in (BASELINE, ADAPTED)}
     for s in tqdm(samples, desc="images", disable=len(samples) < 10):
@@ -249,7 +259,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", default=None, help="override the base-model weights of the checkpoint")
     p.add_argument("--model-config", action="append", default=[],
                    help="open_clip model-config JSON file or folder to register (repeatable)")
-    p.add_argument("--class-names", help="150 class names, one per line (default: ADE20K-150)")
+    p.add_argument("--class-names", help="150 class names, one per line (default: the package's ADE20K-150 list)")
     p.add_argument("--vocab-split", help="JSON with base / novel class lists")
     p.add_argument("--template", action="append", default=None,
                    help="baseline prompt template with '{}' (repeatable; default 'a photo of a {}.')")
@@ -267,16 +277,13 @@ def main(argv=None) -> Dict[str, dict]:
     torch.set_num_threads(1)
     args = parse_args(argv)
     if args.generate_fixture:
-        try:
-            names = ade20k_class_names()
-        except ImportError:
-            names = [f"ade20k class {i + 1}" for i in range(ADE_NUM_CLASSES)]
+        names = ade20k_class_names()
         out = generate_fixture(args.generate_fixture, FixtureSpec(num_images=args.fixture_images), names)
         print(f"fixture written to {args.generate_fixture} ({len(out['stems'])} images)")
         print("evaluate it with:\n  python eval/run_2d.py --ade-root {0} --proposals {1} --opendas-checkpoint {2} "
-              "--model-config {3} --vocab-split {4} --class-names {5}".format(
+              "--model-config {3} --vocab-split {4}".format(
                   args.generate_fixture, out["proposals"], out["opendas_checkpoint"],
-                  os.path.dirname(out["model_config"]), out["vocab_split"], out["class_names"]))
+                  os.path.dirname(out["model_config"]), out["vocab_split"]))
         return {}
     if not args.ade_root or not args.opendas_checkpoint:
         raise SystemExit("--ade-root and --opendas-checkpoint are required (or --generate-fixture DIR)")
@@ -293,8 +300,9 @@ def main(argv=None) -> Dict[str, dict]:
     samples = ade_validation(args.ade_root, args.max_images)
     if args.ovseg_config:
         opts = [o for o in args.opts if o != "--"]
+        prompts = read_class_names(args.class_names) if args.class_names else None
         conf = evaluate_with_ovseg(samples, class_names, args.ovseg_config, args.opendas_checkpoint,
-                                   args.ovseg_weights, opts)
+                                   args.ovseg_weights, opts, prompts)
         source = f"OVSeg model ({args.ovseg_config})"
     else:
         region = RegionConfig(mask_thr=args.mask_thr, expand_ratio=args.expand_ratio, pad_square=args.pad_square)

@@ -219,3 +219,23 @@ def test_proposal_files(tmp_path):
     np.savez(nomask, other=masks)
     with pytest.raises(ValueError, match="no 'masks'"):
         load_proposals(str(nomask), (2, 3))
+
+
+def test_segment_image_with_maskformer_logits(tiny_encoder):
+    clf = RegionClassifier(tiny_encoder)
+    img = _image(16, 16).permute(1, 2, 0).numpy().astype(np.uint8)
+    masks = np.zeros((2, 16, 16), bool)
+    masks[0, :, :8] = True
+    masks[1, :, 8:] = True
+    logits = np.full((2, len(NAMES) + 1), -10.0, np.float32)
+    logits[0, 2] = logits[1, 3] = 10.0  # MaskFormer is sure: ceiling | bed
+    pred = segment_image(clf, img, masks, NAMES, logits, ensemble_weight=0.0)
+    assert (pred[:, :8] == 2).all() and (pred[:, 8:] == 3).all()
+    # weight 0.7: the painted map is the argmax of OVSeg's ensemble computed by hand
+    clip_logits, _, valid = clf(torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1), NAMES,
+                                torch.from_numpy(masks).float())
+    p = torch.softmax(torch.from_numpy(logits), -1)[:, :-1] ** 0.3 * torch.softmax(clip_logits[:, :-1], -1) ** 0.7
+    expected = torch.einsum("qc,qhw->chw", p, torch.from_numpy(masks).float()).argmax(0).numpy()
+    np.testing.assert_array_equal(segment_image(clf, img, masks, NAMES, logits, ensemble_weight=0.7), expected)
+    with pytest.raises(ValueError, match="mask_logits"):
+        segment_image(clf, img, masks, NAMES, logits[:, :3])

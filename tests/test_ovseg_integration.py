@@ -182,3 +182,21 @@ def test_launcher_eval_only_runs_ovseg_train_net(setup, tmp_path):
     assert "OVSegOpenDAS" in log and "OpenDASMaskFormerClipAdapter" in log
     assert "copypaste: mIoU,fwIoU,mACC,pACC" in log  # OVSeg's evaluator finished
     assert (tmp_path / "out" / "inference" / "sem_seg_evaluation.pth").is_file()
+
+
+def test_run_2d_with_ovseg_model(setup):
+    """eval/run_2d.py's Detectron2 path: OVSeg's model, its CLIP branch on both backends."""
+    from eval import run_2d
+
+    fx = setup["fixture"]
+    samples = run_2d.ade_validation(fx["root"])
+    opts = ["MODEL.CLIP_ADAPTER.CLIP_MODEL_NAME", setup["clip_path"], "MODEL.SEM_SEG_HEAD.EMBEDDING_DIM",
+            str(setup["dim"]), "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "256", "MODEL.WEIGHTS", ""]
+    names = run_2d.ade20k_class_names()
+    conf = run_2d.evaluate_with_ovseg(samples, names, CONFIG, fx["opendas_checkpoint"], opts=opts)
+    gt = run_2d.read_ade_gt(samples[0].annotation)
+    assert set(conf) == {run_2d.BASELINE, run_2d.ADAPTED}
+    for c in conf.values():
+        assert c.confusion.sum() == int((gt != 255).sum())
+    table = run_2d.format_table(run_2d.summarize(conf, names))
+    assert run_2d.ADAPTED in table and run_2d.BASELINE in table

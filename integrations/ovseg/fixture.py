@@ -38,27 +38,11 @@ TINY_MODEL_CONFIG = {
 
 
 def ade20k_class_names() -> List[str]:
-    """The 150 ADE20K-150 class names in label order (label i + 1 -> names[i]).
+    """The 150 ADE20K-150 class names in label order (label k -> names[k - 1]), from
+    ``opendas_encoder/resources/ade20k_150_classes.txt`` (Detectron2's / OVSeg's short names)."""
+    from opendas_encoder.data.ade20k import ade20k_150_classes
 
-    Taken from ``opendas_encoder.data.ade20k`` when it provides them, else from Detectron2's
-    builtin metadata; otherwise ``ImportError`` (pass the names with ``--class-names``).
-    """
-    try:
-        from opendas_encoder.data import ade20k  # type: ignore
-
-        for attr in ("ADE20K_150_CLASSES", "ADE20K_CLASSES", "CLASS_NAMES", "CLASSES"):
-            names = getattr(ade20k, attr, None)
-            if names is not None and len(names) == ADE_NUM_CLASSES:
-                return [str(n) for n in names]
-    except ImportError:
-        pass
-    try:
-        from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
-
-        return [str(n) for n in ADE20K_SEM_SEG_CATEGORIES]
-    except ImportError:
-        raise ImportError("no ADE20K-150 class list available: pass --class-names FILE "
-                          "(one name per line, label order)") from None
+    return ade20k_150_classes()
 
 
 @dataclass
@@ -192,9 +176,6 @@ def generate_fixture(root: str, spec: FixtureSpec = FixtureSpec(), class_names: 
         out["vocab_split"] = os.path.join(root, "vocab_split.json")
         with open(out["vocab_split"], "w") as f:
             json.dump(split, f, indent=2, sort_keys=True)
-        out["class_names"] = os.path.join(root, "class_names.txt")
-        with open(out["class_names"], "w") as f:
-            f.write("\n".join(names) + "\n")
     if with_encoder:
         out.update(write_tiny_encoder(os.path.join(root, "encoder"), seed=spec.seed))
     return out
