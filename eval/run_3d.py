@@ -268,7 +268,7 @@ def parse_args(argv=None):
     p.add_argument("--expansion", type=float, default=0.1)
     p.add_argument("--vis-threshold", type=float, default=0.2)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--frame-step", type=int, default=1, help="use every n-th frame (OpenMask3D's frequency)")
+    p.add_argument("--frame-step", type=int, default=1, help="use every n-th frame (OpenMask3D's `frequency`; its configs use 10)")
     p.add_argument("--depth-scale", type=float, default=1000.0, help="depth PNG units per metre (processed layout)")
     p.add_argument("--openmask3d-rounding", action="store_true", help="OpenMask3D's int-cast pixel rounding")
     p.add_argument("--sam-checkpoint", help="SAM weights: refine projected masks with segment_anything")

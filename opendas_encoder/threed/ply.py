@@ -2,7 +2,8 @@
 
 Reads the ``vertex`` element of ASCII and binary (little/big endian) PLY files, e.g. ScanNet's
 ``*_vh_clean_2.ply`` and ScanNet++'s ``mesh_aligned_0.05.ply``. Elements after ``vertex``
-(faces) are not parsed. Writes binary little-endian point clouds with optional uint8 colours.
+(faces) are not parsed. Writes binary little-endian files: vertices, optional uint8 colours and
+optional triangle faces.
 """
 
 from __future__ import annotations
