@@ -335,6 +335,17 @@ def test_wiseft_alpha_zero_is_zero_shot_and_alpha_one_is_fine_tuned(method):
     assert all(torch.equal(model.prompt_state_dict()[n], t) for n, t in tuned.items())  # checkpoints keep fine-tuned
 
 
+def test_wiseft_set_trainable_follows_its_tower_and_survives_a_frozen_clip():
+    clip = tiny_clip()
+    model = baselines.wrap("wiseft-visual", clip)
+    expected = n_trainable(model)
+    clip.requires_grad_(False)  # e.g. a zero-shot wrapper built over the same open_clip model
+    model.set_trainable(visual=True, text=False)
+    assert n_trainable(model) == expected == sum(p.numel() for p in clip.visual.parameters())
+    model.set_trainable(visual=False, text=True)
+    assert n_trainable(model) == 0
+
+
 def test_wiseft_text_keeps_the_projection_frozen_by_default():
     model = baselines.wrap("wiseft-text", tiny_clip())
     names = set(model.named_learned_parameters())

@@ -94,8 +94,7 @@ class WiSEFT(BaselineEncoder):
         train_projection = (self.tower == "visual") if cfg.train_projection is None else cfg.train_projection
         self._names = tower_parameter_names(self.clip, self.tower, train_projection)
         params = dict(self.clip.named_parameters())
-        for name in self._names:
-            params[name].requires_grad_(True)
+        self.set_trainable(True, True)
         self.zero_shot = _Store([params[n] for n in self._names])
         self.fine_tuned: Optional[_Store] = None
         self.template = TemplateTokenizer(self.tokenizer, *split_template(cfg.template, "WiSEFTConfig"))
@@ -104,6 +103,16 @@ class WiSEFT(BaselineEncoder):
             self._pending_alpha = cfg.alpha
         else:
             self._pending_alpha = None
+
+    def set_trainable(self, visual: bool = True, text: bool = True) -> None:
+        """Train the fine-tuned tower when its modality's flag is set (the engine calls this per stage).
+
+        Also restores ``requires_grad`` after something froze the shared open_clip model (e.g. a
+        zero-shot wrapper built over ``self.clip``).
+        """
+        on = visual if self.tower == "visual" else text
+        for p in self.named_learned_parameters().values():
+            p.requires_grad_(on)
 
     def named_learned_parameters(self) -> Dict[str, nn.Parameter]:
         params = dict(self.clip.named_parameters())

@@ -1,0 +1,329 @@
+"""Segment classification tables of the paper: OpenDAS against the baselines, over several seeds.
+
+Trains and evaluates every requested method with the same data, schedule and metrics (the training
+engine of ``opendas_encoder.train``) and writes the paper-format tables as Markdown and JSON, each
+number the mean ± standard deviation over seeds:
+
+* Table 1: Acc and W-F1 per method (closed-vocabulary adaptation), with #params and seconds/iter;
+* Table 2: W-F1, B-F1, N-F1 per method, change against zero-shot CLIP in brackets;
+* Table 5: OpenDAS with the triplet weight lambda in {0, 2, 5, 10} (Acc, W-F1);
+* Table 7: OpenDAS with K_v in {8, 12} x K_t in {4, 8, 12} (#params, Acc, W-F1).
+
+OpenDAS trains in two stages with the negative queries; the baselines train in one stage
+("single") for stage1 + stage2 epochs, without negatives (as in ``configs/make_configs.py``).
+Tables 5 and 7 use prompts in the first 12 layers of each tower (capped at the tower depth).
+The seed changes initialisation and batch order; the data stay the same.
+
+Examples::
+
+    python eval/run_cls.py                                   # generated world, Tables 1 + 2, 3 seeds
+    python eval/run_cls.py --methods opendas vpt maple --seeds 5 --tables 1 2 5 7
+    python eval/run_cls.py --dataset configs/table1/kitti360/opendas.yaml --methods opendas cocoop vpt rpo maple
+
+Without ``--dataset`` the data are the generated world (``opendas_encoder.world``) and the model its
+small CLIP (``checkpoints/clip_generated_world``, written by ``eval/pretrain_synthetic_clip.py``):
+those numbers are measured on generated data, not on a real dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from opendas_encoder.baselines import METHOD_NAMES  # noqa: E402
+from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
+from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig,  # noqa: E402
+                                          TrainConfig, TripletConfig, load_config)
+from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, prepare_experiment,  # noqa: E402
+                                            run_experiment)
+from opendas_encoder.train.trainer import read_log  # noqa: E402
+from opendas_encoder.vocab import select_negative_queries  # noqa: E402
+
+WORLD_LABEL = "generated world (procedurally generated, not a real dataset)"
+DEFAULT_METHODS = ("opendas", "cocoop", "vpt", "rpo", "maple")
+#: the paper's method options (Tab. 1 counts on ViT-L-14); depths None = every layer of the model at hand
+METHOD_OPTIONS = {
+    "cocoop": {"n_ctx": 4, "ctx_init": "a photo of a", "meta_reduction": 16},
+    "vpt": {"n_tokens": 32, "depth": None},
+    "rpo": {"k": 24},
+    "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "depth": None},
+    "wiseft-text": {"alpha": 0.5},
+    "wiseft-visual": {"alpha": 0.5},
+}
+LAMBDAS = (0.0, 2.0, 5.0, 10.0)
+TOKEN_GRID = ((8, 4), (8, 8), (8, 12), (12, 4), (12, 8), (12, 12))
+ABLATION_DEPTH = 12
+DISPLAY = {"opendas": "OpenDAS", "cocoop": "CoCoOp", "vpt": "VPT", "rpo": "RPO", "maple": "MaPLe",
+           "wiseft-text": "WiSE-FT (text)", "wiseft-visual": "WiSE-FT (visual)"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training configuration (trained once per seed)."""
+
+    tag: str
+    method: str
+    setting: str
+    prompts: str = "{}"  # JSON of PromptConfig fields (OpenDAS)
+    options: str = "{}"  # JSON of the baseline's config fields
+    lambda_end: Optional[float] = None  # None: the base config's
+
+    @property
+    def key(self) -> tuple:
+        return (self.method, self.setting, self.prompts, self.options, self.lambda_end)
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    params: int
+    per_seed: List[dict] = field(default_factory=list)  # adapted metrics per seed
+    seconds_per_iter: List[float] = field(default_factory=list)
+
+    def mean_std(self, key: str) -> Tuple[float, float]:
+        values = np.asarray([r[key] for r in self.per_seed if r.get(key) is not None], dtype=float)
+        if values.size == 0:
+            return float("nan"), float("nan")
+        return float(values.mean()), float(values.std())
+
+    def summary(self) -> dict:
+        out = {"tag": self.spec.tag, "method": self.spec.method, "setting": self.spec.setting, "params": self.params,
+               "prompts": json.loads(self.spec.prompts), "method_options": json.loads(self.spec.options),
+               "lambda_end": self.spec.lambda_end, "per_seed": self.per_seed,
+               "seconds_per_iter": float(np.mean(self.seconds_per_iter)) if self.seconds_per_iter else None}
+        for k in METRIC_KEYS:
+            out[k], out[k + "_std"] = self.mean_std(k)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def ablation_prompts(base: dict, vision_layers: int, text_layers: int, **fields) -> dict:
+    return dict(base, visual_depth=min(ABLATION_DEPTH, vision_layers), text_depth=min(ABLATION_DEPTH, text_layers),
+                **fields)
+
+
+def plan_runs(methods: Sequence[str], tables: Sequence[str], base_prompts: dict, vision_layers: int,
+              text_layers: int) -> Dict[str, List[RunSpec]]:
+    """Runs per table ("1" and "2" share theirs); identical configurations are trained once."""
+    plan: Dict[str, List[RunSpec]] = {}
+    dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
+    if {"1", "2"} & set(tables):
+        main = []
+        for m in methods:
+            if m == "opendas":
+                main.append(RunSpec("opendas", "opendas", "two-stage", prompts=dump(base_prompts)))
+            else:
+                main.append(RunSpec(m, m, "single", options=dump(METHOD_OPTIONS.get(m, {}))))
+        plan["main"] = main
+    if "5" in tables:
+        p = dump(ablation_prompts(base_prompts, vision_layers, text_layers))
+        plan["5"] = [RunSpec(f"lambda{lam:g}", "opendas", "two-stage", prompts=p, lambda_end=lam) for lam in LAMBDAS]
+    if "7" in tables:
+        plan["7"] = [RunSpec(f"kv{kv}_kt{kt}", "opendas", "two-stage", lambda_end=5.0,
+                             prompts=dump(ablation_prompts(base_prompts, vision_layers, text_layers,
+                                                           visual_tokens=kv, text_tokens=kt)))
+                     for kv, kt in TOKEN_GRID]
+    return plan
+
+
+def run_config(base: TrainConfig, spec: RunSpec, seed: int, out_dir: str) -> TrainConfig:
+    """The base configuration with the run's method, setting, prompts, options, lambda and seed."""
+    triplet = base.triplet if spec.lambda_end is None else replace(base.triplet, lambda_end=spec.lambda_end)
+    return replace(base, name=f"{base.name}/{spec.tag}/seed{seed}", seed=seed, method=spec.method,
+                   setting=spec.setting, prompts=json.loads(spec.prompts), method_options=json.loads(spec.options),
+                   triplet=triplet, output_dir=os.path.join(out_dir, spec.tag, f"seed{seed}"))
+
+
+# ---------------------------------------------------------------------------------------------- config
+def world_config(args) -> TrainConfig:
+    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+
+    pretrained = WORLD_PRETRAINED if args.pretrained is None else (args.pretrained or None)
+    return TrainConfig(
+        name="generated-world", model=ModelSpec(args.model or WORLD_MODEL_NAME, pretrained),
+        data=DataConfig(train=DatasetSpec("generated-world", None, "train", {"n_scenes": args.world_scenes[0], "seed": 0}),
+                        test=DatasetSpec("generated-world", None, "test", {"n_scenes": args.world_scenes[1],
+                                                                          "seed": 1000})),
+        schedule=ScheduleConfig(), triplet=TripletConfig(), runtime=RuntimeConfig(device=args.device),
+        output_dir=args.out)
+
+
+def base_config(args) -> TrainConfig:
+    if args.dataset is None:
+        base = world_config(args)
+    else:
+        base = load_config(args.dataset, args.set)
+        if args.model:
+            base = replace(base, model=replace(base.model, name=args.model))
+        if args.pretrained is not None:
+            base = replace(base, model=replace(base.model, pretrained=args.pretrained or None))
+        base = replace(base, runtime=replace(base.runtime, device=args.device))
+    if args.epochs:
+        base = replace(base, schedule=replace(base.schedule, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1]))
+    if args.batch_size:
+        base = replace(base, schedule=replace(base.schedule, batch_size=args.batch_size))
+    return base
+
+
+# ---------------------------------------------------------------------------------------------- running
+def seconds_per_iteration(run_dir: str) -> Optional[float]:
+    log = read_log(run_dir)
+    return float(np.mean([r["seconds"] for r in log])) if log else None
+
+
+def run_all(base: TrainConfig, methods: Sequence[str], tables: Sequence[str], seeds: int, out_dir: str,
+            world: bool, progress: bool = True, resume: bool = False) -> dict:
+    """Train/evaluate every planned run for every seed; returns the JSON-able results."""
+    vocab = negatives = None
+    if world:
+        from opendas_encoder.vocab import Vocabulary
+        from opendas_encoder.world import world_negatives, world_vocabulary
+
+        words = world_vocabulary()
+        vocab, negatives = Vocabulary(base=words["base"], test=words["test"], name="generated world"), world_negatives()
+    probe = build_model(replace(base, method="opendas", seed=0))
+    sig = probe.base_signature()
+    data = prepare_experiment(base, probe, progress=progress, vocab=vocab, negatives=negatives)
+    if data.test is None:
+        raise ValueError(f"{base.name}: the tables need a test split (data.test is not set)")
+    plain = ExperimentData(data.train, data.test, data.vocab, select_negative_queries({}, data.vocab.base),
+                           list(data.vocab.base))
+    base_prompts = base.prompt_config().to_dict()
+    plan = plan_runs(methods, tables, base_prompts, sig["vision_layers"], sig["text_layers"])
+    results: Dict[tuple, RunResult] = {}
+    zero_shot = None
+    for seed in range(seeds):
+        for specs in plan.values():
+            for spec in specs:
+                if spec.key in results and len(results[spec.key].per_seed) > seed:
+                    continue  # the same configuration already ran for this seed (e.g. lambda 5 = kv8_kt4)
+                config = run_config(base, spec, seed, out_dir)
+                model = build_model(config)
+                res = run_experiment(config, resume=resume, progress=progress, plots=False, model=model,
+                                     data=data if spec.method == "opendas" else plain, zero_shot=zero_shot is None)
+                zero_shot = zero_shot or res["zero_shot"]
+                entry = results.setdefault(spec.key, RunResult(spec, sum(p.numel() for p in model.prompt_parameters())))
+                entry.per_seed.append(res["adapted"])
+                spi = seconds_per_iteration(config.output_dir)
+                if spi is not None:
+                    entry.seconds_per_iter.append(spi)
+    return {"dataset": WORLD_LABEL if world else base.name, "model": {"name": base.model.name,
+                                                                      "pretrained": base.model.pretrained},
+            "base_model": sig, "seeds": seeds, "vocabulary": data.vocab.counts(),
+            "negatives": len(data.negatives.queries), "zero_shot": zero_shot,
+            "schedule": {"stage1_epochs": base.schedule.stage1_epochs, "stage2_epochs": base.schedule.stage2_epochs,
+                         "batch_size": base.schedule.batch_size, "lr": base.schedule.lr},
+            "plan": {t: [s.tag for s in specs] for t, specs in plan.items()},
+            "runs": {s.tag: dict(results[s.key].summary(), tag=s.tag, trained_as=results[s.key].spec.tag)
+                     for specs in plan.values() for s in specs}}
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _cell(run: dict, key: str, zero_shot: Optional[dict] = None) -> str:
+    base = zero_shot.get(key) if zero_shot else None
+    return metric_cell(run[key], base, run[key + "_std"] if len(run["per_seed"]) > 1 else None)
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 10_000_000 else f"{n / 1e3:.0f}K" if n >= 1000 else str(n)
+
+
+def _spi(run: dict) -> str:
+    return f"{run['seconds_per_iter']:.3f} s" if run.get("seconds_per_iter") is not None else "n/a"
+
+
+def format_tables(results: dict) -> Dict[str, str]:
+    """Markdown of each requested table (keys "1", "2", "5", "7")."""
+    zs, runs, plan = results["zero_shot"], results["runs"], results["plan"]
+    weights = results["model"]["pretrained"] or "random weights"
+    head = (f"{results['dataset']}; model {results['model']['name']} ({weights}); "
+            f"mean ± std over {results['seeds']} seed(s); {results['schedule']['stage1_epochs']} + "
+            f"{results['schedule']['stage2_epochs']} epochs")
+    out = {}
+    if "main" in plan:
+        main = [runs[t] for t in plan["main"]]
+        rows = [["No adaptation", "0", metric_cell(zs["acc"]), metric_cell(zs["weighted_f1"]), "-"]]
+        rows += [[DISPLAY.get(r["method"], r["method"]), _params(r["params"]), _cell(r, "acc"),
+                  _cell(r, "weighted_f1"), _spi(r)] for r in main]
+        out["1"] = "Table 1: adaptation on base queries. " + head + "\n\n" + \
+            format_table(rows, ["Method", "# Params", "Acc", "W-F1", "time/iter"])
+        rows = [["No adaptation", "0"] + [metric_cell(zs[k]) for k in ("weighted_f1", "base_f1", "novel_f1")]]
+        rows += [[DISPLAY.get(r["method"], r["method"]), _params(r["params"])] +
+                 [_cell(r, k, zs) for k in ("weighted_f1", "base_f1", "novel_f1")] for r in main]
+        out["2"] = ("Table 2: open-vocabulary segment classification, in brackets the change against zero-shot CLIP. " + head +
+                    f"; {results['vocabulary']['test_base']} base / {results['vocabulary']['novel']} novel test "
+                    "queries\n\n" + format_table(rows, ["Method", "# Params", "W-F1", "B-F1", "N-F1"]))
+    if "5" in plan:
+        rows = [[f"{runs[t]['lambda_end']:g}", _cell(runs[t], "acc"), _cell(runs[t], "weighted_f1")] for t in plan["5"]]
+        out["5"] = "Table 5: triplet weight lambda (OpenDAS). " + head + "\n\n" + \
+            format_table(rows, ["lambda", "Acc", "W-F1"])
+    if "7" in plan:
+        rows = [[str(runs[t]["prompts"]["visual_tokens"]), str(runs[t]["prompts"]["text_tokens"]),
+                 _params(runs[t]["params"]), _cell(runs[t], "acc"), _cell(runs[t], "weighted_f1")] for t in plan["7"]]
+        out["7"] = "Table 7: number of prompt tokens (OpenDAS). " + head + "\n\n" + \
+            format_table(rows, ["K_v", "K_t", "# Params", "Acc", "W-F1"])
+    return out
+
+
+def write_outputs(results: dict, out_dir: str) -> Tuple[str, str]:
+    tables = format_tables(results)
+    results = dict(results, tables=tables)
+    os.makedirs(out_dir, exist_ok=True)
+    md_path, json_path = os.path.join(out_dir, "tables.md"), os.path.join(out_dir, "tables.json")
+    with open(md_path, "w") as f:
+        f.write("\n\n".join(tables[k] for k in sorted(tables)) + "\n")
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True, default=float)
+    return md_path, json_path
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default=None, metavar="CONFIG",
+                   help="training config (YAML/JSON, opendas_encoder.train.config) giving data, model, schedule; "
+                        "default: the generated world with its small CLIP")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHOD_NAMES))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--tables", nargs="+", default=["1", "2"], choices=["1", "2", "5", "7"])
+    p.add_argument("--epochs", nargs=2, type=int, metavar=("STAGE1", "STAGE2"), default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--model", default=None, help="open_clip model name (overrides the config's)")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or file ('' = random weights)")
+    p.add_argument("--world-scenes", nargs=2, type=int, default=[160, 100], metavar=("TRAIN", "TEST"))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of --dataset's config")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/cls")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs from their last epoch")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    if args.dataset is not None and not os.path.isfile(args.dataset):
+        raise SystemExit(f"config file not found: {args.dataset}")
+    base = base_config(args)
+    results = run_all(base, args.methods, args.tables, args.seeds, args.out, world=args.dataset is None,
+                      progress=not args.quiet, resume=args.resume)
+    md_path, json_path = write_outputs(results, args.out)
+    with open(md_path) as f:
+        print(f.read())
+    print(f"tables: {md_path}, {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
