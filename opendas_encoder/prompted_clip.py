@@ -124,6 +124,8 @@ class PromptedCLIP(nn.Module):
         tokenizer: open_clip tokenizer; default ``SimpleTokenizer`` with the model's context length.
         preprocess: PIL -> tensor transform; default open_clip's validation transform for the model.
         model_name, pretrained: recorded in checkpoints so that the base model can be rebuilt.
+        freeze_base: freeze the open_clip model (default). ``False`` leaves its ``requires_grad`` flags
+            untouched, for a view that shares a model someone else trains (e.g. a zero-shot evaluator).
 
     Parameters: ``visual_prompts`` (visual_depth, K_v, vision width) and ``text_prompts``
     (text_depth, K_t, text width); a tower with zero tokens has no parameter (``None``).
@@ -132,7 +134,8 @@ class PromptedCLIP(nn.Module):
     method = "opendas"
 
     def __init__(self, clip_model: nn.Module, prompts: PromptConfig = PromptConfig(), tokenizer=None,
-                 preprocess=None, model_name: Optional[str] = None, pretrained: Optional[str] = None):
+                 preprocess=None, model_name: Optional[str] = None, pretrained: Optional[str] = None,
+                 freeze_base: bool = True):
         super().__init__()
         if not isinstance(prompts, PromptConfig):
             raise TypeError(f"prompts must be a PromptConfig, got {type(prompts).__name__}")
@@ -140,7 +143,8 @@ class PromptedCLIP(nn.Module):
         self.clip = clip_model
         self.model_name = model_name
         self.pretrained = pretrained
-        self.clip.requires_grad_(False)
+        if freeze_base:
+            self.clip.requires_grad_(False)
         self.clip.eval()
         text = TextTowerView.of(clip_model)
         vision_layers = len(clip_model.visual.transformer.resblocks)

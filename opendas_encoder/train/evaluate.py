@@ -22,7 +22,7 @@ def zero_shot_encoder(model) -> PromptedCLIP:
     """Vanilla CLIP (no prompts) over the same frozen open_clip model, with the same tokenizer/preprocess."""
     return PromptedCLIP(model.clip, PromptConfig(visual_tokens=0, text_tokens=0, text_init=""),
                         tokenizer=model.tokenizer, preprocess=model.preprocess,
-                        model_name=model.model_name, pretrained=model.pretrained)
+                        model_name=model.model_name, pretrained=model.pretrained, freeze_base=False)
 
 
 @dataclass
