@@ -313,3 +313,11 @@ def test_readme_quickstart_runs(repo_root, tmp_path, monkeypatch):
     assert match, "README has no quickstart block"
     monkeypatch.chdir(tmp_path)
     exec(compile(match.group(1), "README quickstart", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command(repo_root):
+    readme = open(os.path.join(repo_root, "README.md")).read()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert len(blocks) >= 2 and "opendas demo" in blocks[0] and "pytest" in blocks[1]
+    ci = open(os.path.join(repo_root, ".ci", "run")).read()
+    assert blocks[1].strip() in ci
