@@ -31,26 +31,38 @@ def cmd_train(args) -> int:
     config = load_config(args.config, args.set)
     if args.output_dir:
         config.output_dir = args.output_dir
-    distributed = _init_distributed()
-    results = run_experiment(config, resume=args.resume, progress=not args.quiet, plots=not args.no_plots)
-    if not distributed or _rank() == 0:
+    created = _init_distributed(config.runtime.device)
+    try:
+        results = run_experiment(config, resume=args.resume, progress=not args.quiet, plots=not args.no_plots)
+        rank = _rank()
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
         with open(os.path.join(config.output_dir, "report.md")) as f:
             print(f.read())
         print(f"checkpoint: {results['checkpoint']}")
     return 0
 
 
-def _init_distributed() -> bool:
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+def _init_distributed(device: str = "auto") -> bool:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1); True when this call did.
+
+    NCCL when the run's device (``runtime.device``) is CUDA, each rank on GPU ``LOCAL_RANK``; gloo otherwise.
+    """
     import torch
     import torch.distributed as dist
 
+    from .train.trainer import resolve_device
+
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    if torch.cuda.is_available():
+        return False
+    on_cuda = resolve_device(device).type == "cuda"
+    if on_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if on_cuda else "gloo")
     return True
 
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 from ..config import PromptConfig
 
 SETTINGS = ("two-stage", "joint", "visual-only", "text-only", "single")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
@@ -83,8 +84,8 @@ class RuntimeConfig:
     amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16", "fp16"
     cache_features: bool = True  # stage 2 on cached image features (no image tower) when augment is off
     augment: bool = False
-    num_workers: int = 0
-    compile: bool = False
+    num_workers: int = 0  # DataLoader workers that crop and preprocess segments
+    compile: bool = False  # torch.compile the encoder's forward functions (eager fallback with a warning)
     eval_batch_size: int = 64
     log_every: int = 10
 
@@ -111,6 +112,12 @@ class TrainConfig:
             raise ValueError(f"schedule.optimizer must be 'sgd' or 'adamw', got {self.schedule.optimizer!r}")
         if self.schedule.batch_size < 1:
             raise ValueError("schedule.batch_size must be >= 1")
+        if self.runtime.amp not in AMP_MODES:
+            raise ValueError(f"runtime.amp must be one of {AMP_MODES}, got {self.runtime.amp!r}")
+        if not isinstance(self.runtime.num_workers, int) or self.runtime.num_workers < 0:
+            raise ValueError(f"runtime.num_workers must be an integer >= 0, got {self.runtime.num_workers!r}")
+        if not isinstance(self.runtime.compile, bool):
+            raise ValueError(f"runtime.compile must be true or false, got {self.runtime.compile!r}")
         self.prompt_config()  # validates
 
     def prompt_config(self) -> PromptConfig:

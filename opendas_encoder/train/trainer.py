@@ -14,6 +14,12 @@ image-conditioned text (CoCoOp) and ``model.finalize()`` at the end when present
 Data parallel: under ``torchrun`` (torch.distributed initialised) each rank takes its share of
 every global batch and gradients are summed across ranks with ``all_reduce``, so results equal a
 single process with the same global batch up to floating-point order; rank 0 logs and checkpoints.
+A rank whose share of a (last, short) batch is empty still takes part in the gradient all-reduce.
+
+Speed: autocast (``runtime.amp``) on CUDA, gradients and optimizer state only for the trainable
+prompts, text of a causal text tower cut after its last end-of-text token (exact), optional
+``torch.compile`` of the encoder's forward functions (``runtime.compile``; eager fallback with a
+warning when compilation fails), pinned host memory for batch transfers to CUDA.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import save_checkpoint
+from ..prompted_clip import PromptedCLIP, TextTowerView
 from .config import Stage, TrainConfig, stages_for
 from .data import PreparedSegments
 from .losses import opendas_text_loss
@@ -83,6 +91,106 @@ def _make_optimizer(params, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+class _CompiledForwards:
+    """The model's ``encode_image`` / ``encode_text`` through ``torch.compile`` (instance attributes).
+
+    Compilation happens lazily at the first call (and the backward graph at the first backward);
+    any failure there calls :meth:`disable`, which warns once and restores the eager methods.
+    """
+
+    NAMES = ("encode_image", "encode_text")
+
+    def __init__(self, model, enabled: bool):
+        self.model = model
+        self.active = False
+        if not enabled:
+            return
+        try:
+            for name in self.NAMES:
+                eager = getattr(model, name)
+                setattr(model, name, self._guarded(torch.compile(eager), eager))
+            self.active = True
+        except Exception as exc:  # torch.compile itself refused (unsupported platform or Python)
+            self.disable(exc)
+
+    def _guarded(self, compiled: Callable, eager: Callable) -> Callable:
+        def call(*args, **kwargs):
+            if self.active:
+                try:
+                    return compiled(*args, **kwargs)
+                except Exception as exc:
+                    self.disable(exc)
+            return eager(*args, **kwargs)
+
+        return call
+
+    def disable(self, exc: BaseException) -> None:
+        warnings.warn(f"runtime.compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                      "running the encoder eagerly", RuntimeWarning, stacklevel=3)
+        self.restore()
+
+    def restore(self) -> None:
+        for name in self.NAMES:
+            self.model.__dict__.pop(name, None)
+        self.active = False
+
+
+def compact_text_tokens(model, tokens: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Token ids (B, L) cut after the last end-of-text position (+ the K_t context slots), when exact.
+
+    In a causal text tower pooled at the end-of-text token, positions after that token never reach
+    the pooled feature, so the padding tail can be dropped (77 -> about 15 positions for class
+    names) without changing any feature. Applied to :class:`PromptedCLIP` only (baselines insert
+    their own context); other inputs come back unchanged.
+    """
+    if tokens is None or not isinstance(model, PromptedCLIP) or not torch.is_tensor(tokens) or tokens.ndim != 2:
+        return tokens
+    view = TextTowerView.of(model.clip)
+    mask = view.attn_mask
+    if mask is None or view.pool_type not in ("argmax", "eos") or tuple(mask.shape[-2:]) != (tokens.shape[1],) * 2:
+        return tokens
+    blocked = mask if mask.dtype == torch.bool else torch.isneginf(mask)
+    causal = torch.ones(mask.shape[-2:], dtype=torch.bool, device=mask.device).triu(1)
+    if not torch.equal(blocked.reshape(mask.shape[-2:]), causal):
+        return tokens
+    if view.pool_type == "argmax":
+        ends = tokens.argmax(dim=1)
+    else:
+        if view.eos_id is None or not bool((tokens == view.eos_id).any(dim=1).all()):
+            return tokens
+        ends = (tokens == view.eos_id).int().argmax(dim=1)
+    keep = int(ends.max()) + 1 + model.prompt_config.text_tokens
+    return tokens[:, :keep] if keep < tokens.shape[1] else tokens
+
+
+def _batch_images(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """images[idx] on ``device``; through pinned host memory (asynchronous copy) for CUDA."""
+    batch = images[idx]
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
+def _broadcast_parameters(params: List[torch.nn.Parameter]) -> None:
+    """Every rank starts from rank 0's trainable parameters (as DistributedDataParallel does)."""
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def _all_reduce_gradients(params: List[torch.nn.Parameter]) -> None:
+    """Sum gradients over ranks. A rank without a gradient for a parameter (an empty share of the
+    batch) contributes zeros, so every rank joins the same collectives."""
+    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(has_grad, op=dist.ReduceOp.SUM)
+    for p, flag in zip(params, has_grad.tolist()):
+        if flag == 0:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, device: torch.device, batch_size: int = 64,
                   progress: bool = False, desc: str = "image features") -> torch.Tensor:
@@ -127,6 +235,7 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     autocast, scaler = _amp_context(device, rt.amp)
     image_conditioned = bool(getattr(model, "image_conditioned_text", False))
     tokens = model.tokenizer(label_space) if hasattr(model, "tokenizer") and model.tokenizer else None
+    tokens = compact_text_tokens(model, tokens)
     text_input = tokens if tokens is not None else label_space
     os.makedirs(run_dir, exist_ok=True)
     log_path = os.path.join(run_dir, "train_log.jsonl")
@@ -157,99 +266,122 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     steps_per_epoch = math.ceil(n / bs)
     sec_per_iter, iters = {}, {}
     logit_scale = model.logit_scale.exp().detach().float()
-    for si, stage in enumerate(stages):
-        if si < start_stage:
-            continue
-        params = _set_stage_trainable(model, stage)
-        optimizer = _make_optimizer(params, sched)
-        if si == start_stage and start_epoch > 0 and opt_tensors:
-            restore_optimizer(optimizer, param_names, opt_tensors, opt_scalars)
-        cached_images = None
-        if not stage.visual and rt.cache_features and not rt.augment and not image_conditioned:
-            cached_images = encode_images(model, train.images, device, rt.eval_batch_size, progress and is_main,
-                                          desc=f"{stage.name}: caching image features")
-        frozen_text = None
-        if not stage.text and not image_conditioned:
-            with torch.no_grad():
-                frozen_text = model.encode_text(text_input, normalize=True).float()
-        total_steps = steps_per_epoch * stage.epochs
-        first_epoch = start_epoch if si == start_stage else 0
-        stage_time, stage_iters = 0.0, 0
-        for epoch in range(first_epoch, stage.epochs):
-            lr = epoch_lr(epoch, stage.epochs, sched.lr, sched.warmup_epochs, sched.warmup_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + si * 1_009 + epoch)
-            perm = torch.randperm(n, generator=gen)
-            model.train()
-            bar = tqdm(range(steps_per_epoch), desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
-                       disable=not (progress and is_main), leave=False)
-            for b in bar:
-                t0 = time.perf_counter()
-                global_idx = perm[b * bs:(b + 1) * bs]
-                idx = global_idx[rank::world]
-                share = len(idx) / len(global_idx)
-                labels = train.labels[idx].to(device)
-                stage_step = epoch * steps_per_epoch + b
-                lam = triplet_weight(stage_step, total_steps, trip_cfg.lambda_start, trip_cfg.lambda_end) \
-                    if stage.triplet else 0.0
+
+    def stage_loss(stage: Stage, idx: torch.Tensor, labels: torch.Tensor, lam: float, cached_images, frozen_text):
+        """(loss, ce, triplet) on this rank's share ``idx`` of the batch (means over the share)."""
+        with autocast():
+            if image_conditioned:
+                logits = model.compute_logits(_batch_images(train.images, idx, device), text_input).float()
+                return (F.cross_entropy(logits, labels),) * 2 + (torch.zeros((), device=device),)
+            if cached_images is not None:
+                img = cached_images[idx.to(cached_images.device)]
+            else:
+                img = model.encode_image(_batch_images(train.images, idx, device), normalize=True).float()
+            txt = frozen_text if frozen_text is not None else model.encode_text(text_input, normalize=True).float()
+            if stage.triplet:
+                return opendas_text_loss(img, txt, labels, logit_scale, lam, trip_cfg.margin)
+            ce = F.cross_entropy(logit_scale * img @ txt.T, labels)
+            return ce, ce, torch.zeros((), device=device)
+
+    if world > 1:
+        _broadcast_parameters([p for p in model.parameters() if p.requires_grad])
+    forwards = _CompiledForwards(model, rt.compile)
+    try:
+        for si, stage in enumerate(stages):
+            if si < start_stage:
+                continue
+            params = _set_stage_trainable(model, stage)
+            optimizer = _make_optimizer(params, sched)
+            if si == start_stage and start_epoch > 0 and opt_tensors:
+                restore_optimizer(optimizer, param_names, opt_tensors, opt_scalars)
+            cached_images = None
+            if not stage.visual and rt.cache_features and not rt.augment and not image_conditioned:
                 with autocast():
-                    if image_conditioned:
-                        logits = model.compute_logits(train.images[idx].to(device), text_input).float()
-                        loss = ce = F.cross_entropy(logits, labels)
-                        trip = torch.zeros((), device=device)
+                    cached_images = encode_images(model, train.images, device, rt.eval_batch_size,
+                                                  progress and is_main, desc=f"{stage.name}: caching image features")
+            frozen_text = None
+            if not stage.text and not image_conditioned:
+                with torch.no_grad(), autocast():
+                    frozen_text = model.encode_text(text_input, normalize=True).float()
+            total_steps = steps_per_epoch * stage.epochs
+            first_epoch = start_epoch if si == start_stage else 0
+            stage_time, stage_iters = 0.0, 0
+            for epoch in range(first_epoch, stage.epochs):
+                lr = epoch_lr(epoch, stage.epochs, sched.lr, sched.warmup_epochs, sched.warmup_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + si * 1_009 + epoch)
+                perm = torch.randperm(n, generator=gen)
+                model.train()
+                bar = tqdm(range(steps_per_epoch), desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
+                           disable=not (progress and is_main), leave=False)
+                for b in bar:
+                    t0 = time.perf_counter()
+                    global_idx = perm[b * bs:(b + 1) * bs]
+                    idx = global_idx[rank::world]
+                    share = len(idx) / len(global_idx)
+                    labels = train.labels[idx].to(device)
+                    stage_step = epoch * steps_per_epoch + b
+                    lam = triplet_weight(stage_step, total_steps, trip_cfg.lambda_start, trip_cfg.lambda_end) \
+                        if stage.triplet else 0.0
+                    if len(idx):
+                        loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text)
+                        local_loss = loss.detach() * share
+                    else:  # this rank's share of a short last batch is empty; it still joins the collectives
+                        loss, local_loss = None, torch.zeros((), device=device)
+                    loss_value = _global_loss(local_loss, world)
+                    if not math.isfinite(loss_value):
+                        last = latest_state(run_dir)
+                        raise TrainingDiverged(
+                            f"non-finite loss ({loss_value}) in stage {stage.name!r}, epoch {epoch + 1}, step {b + 1} "
+                            f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {last or 'none (first epoch)'}")
+                    optimizer.zero_grad(set_to_none=True)
+                    if loss is None:
+                        if scaler:
+                            scaler.scale(torch.zeros((), device=device))  # initialises the scale on this rank
                     else:
-                        if cached_images is not None:
-                            img = cached_images[idx.to(cached_images.device)]
-                        else:
-                            img = model.encode_image(train.images[idx].to(device), normalize=True).float()
-                        txt = frozen_text if frozen_text is not None else \
-                            model.encode_text(text_input, normalize=True).float()
-                        if stage.triplet:
-                            loss, ce, trip = opendas_text_loss(img, txt, labels, logit_scale, lam, trip_cfg.margin)
-                        else:
-                            loss = ce = F.cross_entropy(logit_scale * img @ txt.T, labels)
-                            trip = torch.zeros((), device=device)
-                loss_value = _global_loss(loss.detach() * share, world)
-                if not math.isfinite(loss_value):
-                    last = latest_state(run_dir)
-                    raise TrainingDiverged(
-                        f"non-finite loss ({loss_value}) in stage {stage.name!r}, epoch {epoch + 1}, step {b + 1} "
-                        f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {last or 'none (first epoch)'}")
-                optimizer.zero_grad(set_to_none=True)
-                scaled = loss * share
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                if world > 1:
-                    for p in params:
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                dt = time.perf_counter() - t0
-                stage_time += dt
-                stage_iters += 1
-                global_step += 1
+                        try:
+                            _backward(loss * share, scaler)
+                        except Exception as exc:  # a lazily compiled backward graph failed: redo the step eagerly
+                            if not forwards.active:
+                                raise
+                            forwards.disable(exc)
+                            optimizer.zero_grad(set_to_none=True)
+                            loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text)
+                            _backward(loss * share, scaler)
+                    if world > 1:
+                        _all_reduce_gradients(params)
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)  # per-iteration times include the queued GPU work
+                    dt = time.perf_counter() - t0
+                    stage_time += dt
+                    stage_iters += 1
+                    global_step += 1
+                    if is_main:
+                        record = {"stage": stage.name, "epoch": epoch, "step": global_step, "lr": lr, "lambda": lam,
+                                  "loss": loss_value, "ce": float(ce.detach()), "triplet": float(trip.detach()),
+                                  "seconds": dt}
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        bar.set_postfix(loss=f"{loss_value:.3f}")
+                counters = {"stage_index": si, "stage": stage.name, "epoch": epoch, "global_step": global_step}
                 if is_main:
-                    record = {"stage": stage.name, "epoch": epoch, "step": global_step, "lr": lr, "lambda": lam,
-                              "loss": loss_value, "ce": float(ce.detach()), "triplet": float(trip.detach()),
-                              "seconds": dt}
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    bar.set_postfix(loss=f"{loss_value:.3f}")
-            counters = {"stage_index": si, "stage": stage.name, "epoch": epoch, "global_step": global_step}
-            if is_main:
-                save_state(run_dir, model, optimizer, param_names, counters,
-                           dict(metadata, stage=stage.name, epoch=epoch + 1))
-            if world > 1:
-                dist.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(si, epoch)
-        if stage_iters:
-            sec_per_iter[stage.name] = stage_time / stage_iters
-            iters[stage.name] = stage_iters
+                    save_state(run_dir, model, optimizer, param_names, counters,
+                               dict(metadata, stage=stage.name, epoch=epoch + 1))
+                if world > 1:
+                    dist.barrier()
+                if on_epoch_end is not None:
+                    on_epoch_end(si, epoch)
+            if stage_iters:
+                sec_per_iter[stage.name] = stage_time / stage_iters
+                iters[stage.name] = stage_iters
+    finally:
+        forwards.restore()
     if hasattr(model, "finalize"):
         model.finalize()
     final_dir = os.path.join(run_dir, "final")
@@ -259,6 +391,10 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     return FitResult(run_dir=run_dir, final_dir=final_dir, label_space=list(label_space),
                      seconds=time.perf_counter() - t_start, seconds_per_iter=sec_per_iter,
                      iterations=iters, resumed_from=resumed_from)
+
+
+def _backward(loss: torch.Tensor, scaler) -> None:
+    (scaler.scale(loss) if scaler else loss).backward()
 
 
 def _global_loss(value: torch.Tensor, world: int) -> float:

@@ -1,0 +1,152 @@
+"""The GPU benchmark run behind ``eval/bench_gpu.sh``: ViT-L-14 (random weights) training and encoding speed.
+
+Phases, each writing its JSON into ``--out`` (``summary.json`` is rewritten after every phase, so a
+run cut short keeps what it measured):
+
+1. ``train_vitl14.json``: bench_train, ViT-L-14, batch 16, bf16 autocast, stage 1 / stage 2 /
+   stage 2 on cached image features (no baselines);
+2. ``encode_vitl14.json``: bench_encode, ViT-L-14, batch 64, bf16, prompted vs vanilla open_clip;
+3. while the elapsed time is below ``--budget`` seconds: ``train_vitl14_baselines.json`` (the
+   baselines, 4 steps each) and ``compile_vitb16.json`` (ViT-B-16 stage timings with
+   ``runtime.compile: true`` against eager), each in a subprocess bounded by the time left.
+
+    python eval/bench_gpu.py --out /tmp/bench_gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from typing import List
+
+EVAL_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(EVAL_DIR)
+for path in (ROOT, EVAL_DIR):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+PAPER_A100_S_PER_ITER = 0.53  # paper: ViT-L-14, batch 16, one A100 (Dassl, per training iteration)
+
+
+class Run:
+    def __init__(self, out: str, budget: float):
+        self.out = out
+        self.budget = budget
+        self.start = time.perf_counter() - float(os.environ.get("BENCH_SETUP_SECONDS", "0"))
+        self.summary = {"setup": os.environ.get("BENCH_SETUP", "not run through bench_gpu.sh"),
+                        "paper_a100_s_per_iter": PAPER_A100_S_PER_ITER, "phases": {}}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def save(self) -> None:
+        self.summary["elapsed_s"] = round(self.elapsed(), 1)
+        with open(os.path.join(self.out, "summary.json"), "w") as f:
+            json.dump(self.summary, f, indent=1, sort_keys=True)
+
+    def in_process(self, phase: str, fn) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn()
+            self.summary["phases"][phase] = f"ok ({time.perf_counter() - t0:.0f} s)"
+        except Exception as exc:  # keep going: the other phases still tell something
+            traceback.print_exc()
+            self.summary["phases"][phase] = f"failed: {type(exc).__name__}: {exc}"
+        self.save()
+
+    def subprocess(self, phase: str, argv: List[str], min_seconds: float) -> bool:
+        left = self.budget - self.elapsed()
+        if left < min_seconds:
+            self.summary["phases"][phase] = f"skipped: {left:.0f} s of the {self.budget:.0f} s budget left"
+            self.save()
+            return False
+        print(f"bench_gpu: {phase}: {' '.join(argv)} (timeout {left:.0f} s)", flush=True)
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable] + argv, cwd=ROOT, timeout=left)
+            status = "ok" if proc.returncode == 0 else f"failed: exit {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            status = "timed out"
+        self.summary["phases"][phase] = f"{status} ({time.perf_counter() - t0:.0f} s)"
+        self.save()
+        return status == "ok"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for the JSON files")
+    p.add_argument("--model", default="ViT-L-14")
+    p.add_argument("--budget", type=float, default=float(os.environ.get("BENCH_BUDGET_S", "210")),
+                   help="seconds after which optional phases are not started")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--label-space", type=int, default=100)
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    run = Run(args.out, args.budget)
+
+    import torch
+
+    run.summary.update(torch=torch.__version__, cuda_available=torch.cuda.is_available())
+    if not torch.cuda.is_available():
+        run.summary["phases"]["cuda"] = "failed: torch.cuda.is_available() is False"
+        run.save()
+        print("bench_gpu: no CUDA device visible to torch", file=sys.stderr)
+        return 4
+    run.summary["gpu"] = torch.cuda.get_device_name(0)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    import bench_encode
+    import bench_train
+
+    train_json = os.path.join(args.out, "train_vitl14.json")
+    encode_json = os.path.join(args.out, "encode_vitl14.json")
+    common = ["--model", args.model, "--device", "cuda", "--amp", "bf16"]
+
+    def train():
+        r = bench_train.main(common + ["--batch", "16", "--steps", str(args.steps), "--label-space",
+                                       str(args.label_space), "--baselines", "none", "--json", train_json])
+        s1 = r["stage1_s_per_iter"]
+        run.summary.update(stage1_s_per_iter=s1, stage2_s_per_iter=r["stage2_s_per_iter"],
+                           stage2_cached_s_per_iter=r["stage2_cached_s_per_iter"],
+                           stage2_cached_speedup=r["stage2_cached_speedup"],
+                           stage1_speedup_vs_paper_a100=PAPER_A100_S_PER_ITER / s1,
+                           peak_memory_mib=r["peak_memory_mib"])
+
+    def encode():
+        r = bench_encode.main(common + ["--batch", "64", "--repeats", "10", "--warmup", "2", "--json", encode_json])
+        run.summary.update(encode_ratio_image=r["ratio_image"], encode_ratio_text=r["ratio_text"],
+                           encode_images_per_s_prompted=r["images_per_s_prompted"],
+                           encode_images_per_s_vanilla=r["images_per_s_vanilla"])
+
+    run.in_process("train_vitl14", train)
+    torch.cuda.empty_cache()
+    run.in_process("encode_vitl14", encode)
+    torch.cuda.empty_cache()
+    print(f"bench_gpu: required phases done after {run.elapsed():.0f} s", flush=True)
+
+    if run.subprocess("baselines_vitl14", ["eval/bench_train.py"] + common + [
+            "--batch", "16", "--steps", "4", "--label-space", str(args.label_space), "--baselines", "all",
+            "--json", os.path.join(args.out, "train_vitl14_baselines.json")], min_seconds=60):
+        with open(os.path.join(args.out, "train_vitl14_baselines.json")) as f:
+            run.summary["baselines_s_per_iter"] = json.load(f)["baselines_s_per_iter"]
+        run.save()
+    small = ["--model", "ViT-B-16", "--device", "cuda", "--amp", "bf16", "--batch", "16", "--steps", "8",
+             "--warmup-steps", "3", "--label-space", str(args.label_space), "--baselines", "none"]
+    if run.subprocess("compile_vitb16", ["eval/bench_train.py"] + small + [
+            "--compile", "--json", os.path.join(args.out, "compile_vitb16.json")], min_seconds=90):
+        run.subprocess("eager_vitb16", ["eval/bench_train.py"] + small + [
+            "--json", os.path.join(args.out, "eager_vitb16.json")], min_seconds=20)
+    run.save()
+    print(json.dumps(run.summary, indent=1, sort_keys=True))
+    failed = [k for k, v in run.summary["phases"].items() if k in ("train_vitl14", "encode_vitl14") and v != "ok"
+              and not v.startswith("ok")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Training speed: seconds per iteration of stage 1, stage 2 (with / without cached image features), baselines.
+
+Runs the real training engine (:func:`opendas_encoder.train.fit`) on random preprocessed segments
+(``--steps`` x ``--batch`` images, labels over the first sixth of a ``--label-space`` of real class
+names, as with five negative queries per base class) and reads the per-step times from its log:
+
+* ``stage1``: visual prompts learn, frozen text features computed once (setting ``visual-only``);
+* ``stage2``: text prompts learn, image tower run every iteration (``runtime.cache_features: false``);
+* ``stage2_cached``: text prompts learn on image features computed once before the loop;
+* each baseline (``opendas_encoder.baselines``) in the ``single`` setting (all its tensors learn).
+
+``fit s`` is the wall time of the whole ``fit`` call (image-feature caching and checkpoints included).
+
+Figures are medians over the steps after ``--warmup-steps``. Peak memory per variant: CUDA
+``torch.cuda.max_memory_allocated`` above the memory held before the variant; CPU peak resident set
+size (``VmHWM``, reset per variant through ``/proc/self/clear_refs``) above the resident size before
+it (falls back to the growth of ``ru_maxrss`` where the reset is not allowed; the JSON says which).
+
+    python eval/bench_train.py --json /tmp/train.json
+    python eval/bench_train.py --model ViT-L-14 --device cuda --amp bf16 --batch 16 --baselines none
+
+``--json`` gets ``stage1_s_per_iter``, ``stage2_s_per_iter``, ``stage2_cached_s_per_iter``,
+``stage2_cached_speedup`` (stage 1 time / cached stage 2 time), ratios, memory and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+
+EVAL_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(EVAL_DIR)
+for path in (ROOT, EVAL_DIR):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from bench_encode import class_names, environment, resolve, set_threads  # noqa: E402
+from opendas_encoder import PromptConfig, create_model  # noqa: E402
+from opendas_encoder.train import PreparedSegments, ScheduleConfig, TrainConfig, fit, read_log  # noqa: E402
+from opendas_encoder.train.config import RuntimeConfig  # noqa: E402
+
+#: paper, Sec. 5 implementation details (ViT-L-14, batch 16, one A100); quoted by the GPU script
+PAPER_A100_S_PER_ITER = 0.53
+
+
+class PeakMemory:
+    """Peak memory of a block above the memory held when it starts, in MiB (``.mib``; ``.how`` says how)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mib = float("nan")
+        self.how = ""
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.how = "torch.cuda.max_memory_allocated above the allocation at the start"
+            return self
+        _release_free_heap()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+            self._start = self._status_kib("VmRSS")
+            self.how = "peak RSS (VmHWM, reset via /proc/self/clear_refs) above the RSS at the start"
+        except OSError:
+            self._start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.how = "growth of ru_maxrss (process-lifetime peak; 0 when an earlier peak was higher)"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2 ** 20
+        elif self.how.startswith("peak RSS"):
+            self.mib = (self._status_kib("VmHWM") - self._start) / 1024
+        else:
+            self.mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._start) / 1024
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``) so that RSS growth shows new memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def random_segments(n: int, image_size, n_classes: int, seed: int) -> PreparedSegments:
+    """``n`` random preprocessed images (n, 3, S, S) with labels in [0, n_classes)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, *image_size, generator=gen)
+    labels = torch.randint(0, n_classes, (n,), generator=gen)
+    return PreparedSegments(images, labels, [f"class {i}" for i in range(n_classes)],
+                            [f"random/{i}" for i in range(n)])
+
+
+def bench_config(args, setting: str, cache: bool, out_dir: str) -> TrainConfig:
+    return TrainConfig(name=f"bench {setting}", setting=setting,
+                       schedule=ScheduleConfig(batch_size=args.batch, stage1_epochs=1, stage2_epochs=0 if
+                                               setting in ("visual-only", "single") else 1, warmup_epochs=0),
+                       runtime=RuntimeConfig(device=args.device, amp=args.amp, cache_features=cache,
+                                             compile=args.compile, eval_batch_size=args.eval_batch),
+                       output_dir=out_dir)
+
+
+def time_fit(model, data: PreparedSegments, label_space: List[str], config: TrainConfig, device: torch.device,
+             warmup_steps: int) -> dict:
+    """Run ``fit``; median seconds per iteration (after the warm-up steps), wall time, peak memory."""
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        fit(model, data, label_space, config, config.output_dir, progress=False)
+        wall = time.perf_counter() - start
+    steps = [r["seconds"] for r in read_log(config.output_dir)]
+    timed = steps[warmup_steps:] if len(steps) > warmup_steps else steps
+    return {"s_per_iter": statistics.median(timed), "steps": len(steps), "timed_steps": len(timed),
+            "first_step_s": steps[0], "fit_seconds": wall, "peak_memory_mib": mem.mib, "memory_measure": mem.how}
+
+
+def baseline_names(spec: str) -> List[str]:
+    if spec in ("", "none"):
+        return []
+    try:
+        from opendas_encoder.baselines import METHODS
+    except ImportError as exc:
+        warnings.warn(f"baselines unavailable ({exc}); skipping them")
+        return []
+    return list(METHODS) if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = resolve(args.device)
+    args.device = str(device)
+    threads = set_threads(args.threads, device)
+    label_space = class_names(args.label_space)
+    n_base = max(1, math.ceil(args.label_space / 6))
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, args.pretrained, PromptConfig(visual_tokens=args.visual_tokens,
+                                                                   text_tokens=args.text_tokens), device=device)
+    build_seconds = time.perf_counter() - t0
+    data = random_segments(args.batch * args.steps, model.image_size, n_base, args.seed)
+    variants: Dict[str, dict] = {}
+    skipped: Dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        for name, setting, cache in (("stage1", "visual-only", False), ("stage2", "text-only", False),
+                                     ("stage2_cached", "text-only", True)):
+            variants[name] = time_fit(model, data, label_space, bench_config(args, setting, cache,
+                                                                              os.path.join(tmp, name)),
+                                      device, args.warmup_steps)
+            print(f"  {name}: {variants[name]['s_per_iter']:.4f} s/iter")
+        del model
+        for method in baseline_names(args.baselines):
+            try:
+                from opendas_encoder.baselines import build
+
+                torch.manual_seed(args.seed)
+                baseline = build(method, args.model, args.pretrained, device=device)
+            except Exception as exc:  # a baseline being written or not supported on this model
+                skipped[method] = f"{type(exc).__name__}: {exc}"
+                print(f"  {method}: skipped ({skipped[method]})")
+                continue
+            cfg = bench_config(args, "single", True, os.path.join(tmp, method))
+            variants[method] = time_fit(baseline, data, label_space, cfg, device, args.warmup_steps)
+            print(f"  {method}: {variants[method]['s_per_iter']:.4f} s/iter")
+            del baseline
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    s1 = variants["stage1"]["s_per_iter"]
+    result = {
+        "model": args.model, "pretrained": args.pretrained, "batch": args.batch, "steps": args.steps,
+        "warmup_steps": args.warmup_steps, "label_space": args.label_space, "base_classes": n_base,
+        "amp": args.amp if device.type == "cuda" else "off", "compile": args.compile,
+        "visual_tokens": args.visual_tokens, "text_tokens": args.text_tokens,
+        "stage1_s_per_iter": s1,
+        "stage2_s_per_iter": variants["stage2"]["s_per_iter"],
+        "stage2_cached_s_per_iter": variants["stage2_cached"]["s_per_iter"],
+        "stage2_cached_speedup": s1 / variants["stage2_cached"]["s_per_iter"],
+        "ratios_to_stage1": {k: v["s_per_iter"] / s1 for k, v in variants.items()},
+        "baselines_s_per_iter": {k: v["s_per_iter"] for k, v in variants.items() if not k.startswith("stage")},
+        "baselines_skipped": skipped,
+        "peak_memory_mib": {k: v["peak_memory_mib"] for k, v in variants.items()},
+        "memory_measure": variants["stage1"]["memory_measure"],
+        "variants": variants, "build_seconds": build_seconds,
+        "timing": "median of fit's logged per-step seconds after the warm-up steps",
+        **environment(device, threads),
+    }
+    return result
+
+
+def report(r: dict) -> str:
+    lines = [f"bench_train: {r['model']} batch {r['batch']}, label space {r['label_space']}, "
+             f"on {r.get('gpu', r['device'])}, {r['threads']} thread(s), amp {r['amp']}, compile {r['compile']}",
+             f"  {'variant':<16}{'s/iter':>10}{'x stage 1':>11}{'peak MiB':>11}{'fit s':>9}"]
+    for name, v in r["variants"].items():
+        lines.append(f"  {name:<16}{v['s_per_iter']:>10.4f}{r['ratios_to_stage1'][name]:>11.3f}"
+                     f"{v['peak_memory_mib']:>11.1f}{v['fit_seconds']:>9.2f}")
+    lines.append(f"  stage2_cached_speedup (stage 1 / cached stage 2 time per iteration): "
+                 f"{r['stage2_cached_speedup']:.2f}")
+    lines.append(f"  memory: {r['memory_measure']}")
+    for method, why in r["baselines_skipped"].items():
+        lines.append(f"  skipped {method}: {why}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="opendas-world-vit", help="open_clip model name (random weights by default)")
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=6, help="iterations per variant (one epoch of steps x batch)")
+    p.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the median")
+    p.add_argument("--label-space", type=int, default=100, help="class names the logits run over")
+    p.add_argument("--baselines", default="all", help="'all', 'none' or a comma-separated list of methods")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                   help="runtime.amp (CUDA only; auto = bf16 where supported)")
+    p.add_argument("--compile", action="store_true", help="runtime.compile: torch.compile the encoder")
+    p.add_argument("--eval-batch", type=int, default=64, help="batch of the stage-2 image-feature cache")
+    p.add_argument("--visual-tokens", type=int, default=8)
+    p.add_argument("--text-tokens", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the figures to this JSON file")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if min(args.batch, args.steps, args.label_space) < 1 or args.warmup_steps < 0:
+        raise SystemExit("bench_train: --batch, --steps and --label-space must be >= 1, --warmup-steps >= 0")
+    result = run(args)
+    print(report(result))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, sort_keys=True)
+        print(f"  json: {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

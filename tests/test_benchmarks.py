@@ -1,0 +1,186 @@
+"""Benchmarks run and write their figures; the training speed features behave (no timing asserted).
+
+The benchmark scripts run as subprocesses in tiny configurations; only the JSON keys and that the
+figures are positive and finite are checked, never speed.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import opendas_encoder as oe
+from opendas_encoder.data import ListSegmentDataset, Segment
+from opendas_encoder.train import ScheduleConfig, TrainConfig, fit, prepare_segments
+from opendas_encoder.train import trainer as trainer_module
+from opendas_encoder.train.config import RuntimeConfig, config_from_dict
+from opendas_encoder.train.trainer import compact_text_tokens
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["red square", "green square", "blue square"]
+
+
+def run_script(name, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval", name), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def positive_finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+# ---------------------------------------------------------------- the benchmark scripts
+def test_bench_encode_writes_ratios(tmp_path):
+    out = tmp_path / "encode.json"
+    stdout = run_script("bench_encode.py", "--model", "opendas-tiny-vit", "--batch", "2", "--repeats", "2",
+                        "--threads", "1", "--json", str(out))
+    r = json.loads(out.read_text())
+    for key in ("ratio_image", "ratio_text", "images_per_s_vanilla", "images_per_s_prompted",
+                "texts_per_s_vanilla", "texts_per_s_prompted"):
+        assert positive_finite(r[key]), key
+    assert r["threads"] == 1 and r["device"] == "cpu"
+    assert r["image_tokens_prompted"] == r["image_tokens_vanilla"] + 8  # 1 + (32 / 8)^2 = 17 patch tokens + 8
+    assert r["image_tokens_vanilla"] == 17
+    assert len(r["image_samples_s"]["vanilla"]) == 2
+    assert "ratio (prompted / vanilla time)" in stdout
+
+
+def test_bench_train_writes_stage_times_and_baselines(tmp_path):
+    out = tmp_path / "train.json"
+    stdout = run_script("bench_train.py", "--model", "opendas-tiny-vit", "--batch", "4", "--steps", "2",
+                        "--label-space", "12", "--baselines", "vpt,no-such-method", "--threads", "1",
+                        "--json", str(out))
+    r = json.loads(out.read_text())
+    for key in ("stage1_s_per_iter", "stage2_s_per_iter", "stage2_cached_s_per_iter", "stage2_cached_speedup"):
+        assert positive_finite(r[key]), key
+    assert r["stage2_cached_speedup"] == pytest.approx(r["stage1_s_per_iter"] / r["stage2_cached_s_per_iter"])
+    assert positive_finite(r["baselines_s_per_iter"]["vpt"])
+    assert "no-such-method" in r["baselines_skipped"] and "skipped no-such-method" in stdout
+    assert r["variants"]["stage1"]["steps"] == 2 and r["variants"]["stage1"]["timed_steps"] == 1
+    assert r["threads"] == 1 and r["base_classes"] == 2
+    assert all(math.isfinite(v) and v >= 0 for v in r["peak_memory_mib"].values())
+    assert r["memory_measure"]
+
+
+# ---------------------------------------------------------------- training speed features
+def segments(n_per_class=3, size=24):
+    rng = np.random.default_rng(0)
+    out = []
+    for c in CLASSES:
+        for k in range(n_per_class):
+            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            mask = np.zeros((size, size), bool)
+            mask[4:16, 4:16] = True
+            out.append(Segment(img, mask, c, f"gen/{c}/{k}"))
+    return ListSegmentDataset(out, name="speed-unit")
+
+
+def tiny(seed=0, **prompts):
+    torch.manual_seed(seed)
+    return oe.create_model("opendas-tiny-vit", prompts=oe.PromptConfig(**prompts))
+
+
+def config(tmp_path, **runtime):
+    return TrainConfig(schedule=ScheduleConfig(batch_size=4, stage1_epochs=1, stage2_epochs=1, lr=0.05,
+                                               warmup_epochs=0),
+                       runtime=RuntimeConfig(device="cpu", **runtime), output_dir=str(tmp_path))
+
+
+def test_optimizer_holds_only_the_stage_prompts_and_frozen_weights_get_no_gradients(tmp_path, monkeypatch):
+    model = tiny()
+    train = prepare_segments(segments(), model.preprocess, CLASSES, model.image_size, progress=False)
+    made = []
+    real = trainer_module._make_optimizer
+
+    def recording(params, cfg):
+        made.append(real(params, cfg))
+        return made[-1]
+
+    monkeypatch.setattr(trainer_module, "_make_optimizer", recording)
+    fit(model, train, CLASSES, config(tmp_path), str(tmp_path / "run"), progress=False)
+    assert len(made) == 2
+    held = [[p for g in opt.param_groups for p in g["params"]] for opt in made]
+    assert len(held[0]) == 1 and held[0][0] is model.visual_prompts  # stage 1
+    assert len(held[1]) == 1 and held[1][0] is model.text_prompts  # stage 2
+    assert [list(opt.state) for opt in made] == held  # momentum buffers for the prompts only
+    assert all(p.grad is None and not p.requires_grad for p in model.clip.parameters())
+
+
+def test_compacted_text_tokens_give_the_same_features():
+    model = tiny(text_tokens=4)
+    names = ["red square", "a very long winded name of a thing", "door"]
+    tokens = model.tokenizer(names)
+    eot = int(tokens.argmax(dim=1).max())
+    short = compact_text_tokens(model, tokens)
+    assert short.shape == (3, eot + 1 + 4)  # up to the last end-of-text token, after the 4 context slots
+    with torch.no_grad():
+        full, cut = model.encode_text(tokens), model.encode_text(short)
+    assert torch.allclose(full, cut, atol=1e-5, rtol=0)
+    assert torch.equal(compact_text_tokens(model, tokens[:, :eot + 1 + 4]), tokens[:, :eot + 1 + 4])  # no cut left
+    no_context = tiny(text_tokens=0, text_init="")
+    assert compact_text_tokens(no_context, tokens).shape[1] == eot + 1
+    assert compact_text_tokens(object(), tokens) is tokens  # baselines insert their own context: left alone
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+class _RaiseInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise _Boom("compiled backward failed")
+
+
+def _broken_compile(where):
+    """A stand-in for torch.compile whose result fails in the forward or (lazily) in the backward."""
+    def compile_(fn, *args, **kwargs):
+        def compiled(*a, **k):
+            if where == "forward":
+                raise _Boom("compiled forward failed")
+            return _RaiseInBackward.apply(fn(*a, **k))
+        return compiled
+    return compile_
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch, where):
+    train = None
+    results = []
+    for compile_ in (False, True):
+        model = tiny(1)
+        train = train or prepare_segments(segments(), model.preprocess, CLASSES, model.image_size, progress=False)
+        if compile_:
+            monkeypatch.setattr(torch, "compile", _broken_compile(where))
+            with pytest.warns(RuntimeWarning, match=f"torch.compile failed .*compiled {where} failed"):
+                fit(model, train, CLASSES, config(tmp_path, compile=True), str(tmp_path / where), progress=False)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                fit(model, train, CLASSES, config(tmp_path), str(tmp_path / "eager"), progress=False)
+        assert "encode_image" not in model.__dict__ and "encode_text" not in model.__dict__  # methods restored
+        results.append(model.prompt_state_dict())
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
+def test_runtime_options_are_validated():
+    with pytest.raises(ValueError, match="runtime.amp must be one of"):
+        config_from_dict({"runtime": {"amp": "fp32"}})
+    with pytest.raises(ValueError, match="runtime.num_workers"):
+        config_from_dict({"runtime": {"num_workers": -1}})
+    with pytest.raises(ValueError, match="runtime.compile must be true or false"):
+        config_from_dict({"runtime": {"compile": "yes"}})
