@@ -103,6 +103,21 @@ def base_signature(clip_model: nn.Module) -> dict:
     }
 
 
+def _trim_after_end_of_text(tokens: torch.Tensor, text: TextTowerView) -> torch.Tensor:
+    """Drop padding after the last end-of-text token (exact for causal towers pooled at that token).
+
+    With a causal mask no position attends to later ones, so the pooled end-of-text output does not
+    depend on the padding; 77 positions shrink to the longest prompt (e.g. 9 for short class names).
+    """
+    if text.attn_mask is None or text.pool_type not in ("argmax", "eos"):
+        return tokens
+    if text.pool_type == "argmax":
+        ends = tokens.argmax(dim=1)
+    else:
+        ends = (tokens == text.eos_id).int().argmax(dim=1)
+    return tokens[:, :int(ends.max()) + 1]
+
+
 def _run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor], use_ckpt: bool) -> torch.Tensor:
     if use_ckpt and x.requires_grad:
         return checkpoint(lambda t: block(t, attn_mask=attn_mask), x, use_reentrant=False)
@@ -319,7 +334,7 @@ class PromptedCLIP(nn.Module):
         """
         text_tower = TextTowerView.of(self.clip)
         device = text_tower.token_embedding.weight.device
-        tokens = self.tokenize(text).to(device)
+        tokens = _trim_after_end_of_text(self.tokenize(text).to(device), text_tower)
         cast_dtype = text_tower.transformer.get_cast_dtype()
         length = tokens.shape[1]
         x = text_tower.token_embedding(tokens).to(cast_dtype)
