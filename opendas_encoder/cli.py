@@ -127,7 +127,8 @@ def cmd_demo(args) -> int:
     epochs = [int(x) for x in args.epochs.split(",")] if args.epochs else [5, 5]
     opts = DemoOptions(seeds=args.seeds, out_dir=args.out, device=args.device, progress=not args.quiet,
                        baselines=[m for m in (args.baselines or "").split(",") if m],
-                       stage1_epochs=epochs[0], stage2_epochs=epochs[1])
+                       stage1_epochs=epochs[0], stage2_epochs=epochs[1],
+                       variants=tuple(v for v in args.variants.split(",") if v))
     opts.train_scenes = max(4, int(round(opts.train_scenes * args.world_size)))
     opts.test_scenes = max(4, int(round(opts.test_scenes * args.world_size)))
     main_demo(opts, args.json)
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--baselines", help="comma-separated baseline methods to run beside OpenDAS")
+    d.add_argument("--variants", default="opendas,opendas-carry",
+                   help="OpenDAS variants: opendas (the paper's init), opendas-carry (deep text prompts start "
+                        "as the frozen model's hidden states)")
     d.add_argument("--world-size", type=float, default=1.0, help="scale the number of generated scenes")
     d.add_argument("--epochs", help="stage1,stage2 epochs (default 5,5 as in the paper)")
     d.add_argument("--device", default="auto")

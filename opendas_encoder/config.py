@@ -20,6 +20,11 @@ class PromptConfig:
         it must tokenize to at most ``text_tokens`` tokens (it fills the last ones, right before the
         class name; the others start random).
     init_std: standard deviation of the random initialisation (normal) of all other prompts.
+    text_deep_init: how the text prompts of layers 1..text_depth-1 start. "random" (the paper's,
+        following MaPLe: normal with ``init_std``) or "carry": the frozen model's own hidden states at
+        the context positions for the layer-0 context, so the untrained encoder equals CLIP with the
+        hand-written prompt ("a photo of a <class>") exactly — the text tower is causal, so those
+        states do not depend on the class name.
 
     On ViT-L-14 the defaults give 8 x 24 x 1024 + 4 x 12 x 768 = 233,472 parameters (the paper's).
     """
@@ -30,6 +35,7 @@ class PromptConfig:
     text_depth: Optional[int] = None
     text_init: str = "a photo of a"
     init_std: float = 0.02
+    text_deep_init: str = "random"
 
     def __post_init__(self):
         for name in ("visual_tokens", "text_tokens"):
@@ -42,6 +48,8 @@ class PromptConfig:
                 raise ValueError(f"PromptConfig.{name} must be None (all layers) or an integer >= 1, got {v!r}")
         if not isinstance(self.text_init, str):
             raise ValueError(f"PromptConfig.text_init must be a string, got {self.text_init!r}")
+        if self.text_deep_init not in ("random", "carry"):
+            raise ValueError(f"PromptConfig.text_deep_init must be 'random' or 'carry', got {self.text_deep_init!r}")
         if not (isinstance(self.init_std, (int, float)) and self.init_std >= 0):
             raise ValueError(f"PromptConfig.init_std must be a number >= 0, got {self.init_std!r}")
 
@@ -53,7 +61,8 @@ class PromptConfig:
             raise ValueError(f"visual_depth={vd} exceeds the vision tower's {vision_layers} layers")
         if td > text_layers:
             raise ValueError(f"text_depth={td} exceeds the text tower's {text_layers} layers")
-        return PromptConfig(self.visual_tokens, vd, self.text_tokens, td, self.text_init, self.init_std)
+        return PromptConfig(self.visual_tokens, vd, self.text_tokens, td, self.text_init, self.init_std,
+                            self.text_deep_init)
 
     def to_dict(self) -> dict:
         return asdict(self)

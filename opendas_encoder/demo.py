@@ -21,6 +21,13 @@ from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_exper
 
 WORLD_LABEL = "generated world"
 
+#: OpenDAS variants the demo can run: the paper's initialisation, and deep text prompts that start as
+#: the frozen model's own hidden states (``text_deep_init="carry"``, exact zero-shot CLIP at step 0).
+OPENDAS_VARIANTS = {
+    "opendas": {},
+    "opendas-carry": {"text_deep_init": "carry"},
+}
+
 
 @dataclass
 class DemoOptions:
@@ -33,15 +40,20 @@ class DemoOptions:
     lr: float = 0.0025
     out_dir: str = "runs/demo"
     baselines: Optional[List[str]] = None
+    variants: tuple = ("opendas", "opendas-carry")
     device: str = "auto"
     progress: bool = True
 
 
 def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: str = "two-stage") -> TrainConfig:
+    """The training config of one demo run; ``method`` is a baseline or a key of ``OPENDAS_VARIANTS``."""
     from .world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
+    prompts = OPENDAS_VARIANTS.get(method)
     return TrainConfig(
-        name=f"{WORLD_LABEL}: {method} seed {seed}", seed=seed, method=method, setting=setting,
+        name=f"{WORLD_LABEL}: {method} seed {seed}", seed=seed,
+        method="opendas" if prompts is not None else method,
+        setting=setting if prompts is not None else "single", prompts=dict(prompts or {}),
         model=ModelSpec(WORLD_MODEL_NAME, WORLD_PRETRAINED),
         data=DataConfig(train=DatasetSpec("generated-world", None, "train", {"n_scenes": opts.train_scenes, "seed": seed}),
                         test=DatasetSpec("generated-world", None, "test", {"n_scenes": opts.test_scenes,
@@ -49,7 +61,7 @@ def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: 
         schedule=ScheduleConfig(lr=opts.lr, batch_size=opts.batch_size, stage1_epochs=opts.stage1_epochs,
                                 stage2_epochs=opts.stage2_epochs),
         runtime=RuntimeConfig(device=opts.device),
-        output_dir=os.path.join(opts.out_dir, method if method != "opendas" else "opendas", f"seed{seed}"),
+        output_dir=os.path.join(opts.out_dir, method, f"seed{seed}"),
     )
 
 
@@ -62,7 +74,7 @@ def run_demo(opts: DemoOptions) -> dict:
     words = world_vocabulary()
     vocab = Vocabulary(base=words["base"], test=words["test"], name=WORLD_LABEL)
     negatives = world_negatives()
-    methods = ["opendas"] + list(opts.baselines or [])
+    methods = list(opts.variants) + list(opts.baselines or [])
     per_seed = {m: [] for m in methods}
     zero_shot = []
     for seed in range(opts.seeds):
@@ -72,10 +84,10 @@ def run_demo(opts: DemoOptions) -> dict:
 
             model = build_model(config)
             data = prepare_experiment(config, model, progress=opts.progress, vocab=vocab, negatives=negatives)
-            res = run_experiment(config, progress=opts.progress, data=data, model=model,
-                                 zero_shot=(method == "opendas"))
+            first = method == methods[0]
+            res = run_experiment(config, progress=opts.progress, data=data, model=model, zero_shot=first)
             per_seed[method].append(res)
-            if method == "opendas":
+            if first:
                 zero_shot.append(res["zero_shot"])
     summary = {"world": WORLD_LABEL, "seeds": opts.seeds, "vocabulary": vocab.counts(),
                "zero_shot": _aggregate(zero_shot)}
@@ -84,8 +96,8 @@ def run_demo(opts: DemoOptions) -> dict:
         summary.setdefault("seconds_per_iter", {})[method] = per_seed[method][0]["seconds_per_iter"]
     summary["per_seed"] = {"zero_shot": zero_shot,
                            **{m: [r["adapted"] for r in per_seed[m]] for m in methods}}
-    summary["checkpoint"] = per_seed["opendas"][0]["checkpoint"]
-    summary["plots"] = per_seed["opendas"][0].get("plots", {})
+    summary["checkpoint"] = {m: per_seed[m][0]["checkpoint"] for m in methods}
+    summary["plots"] = per_seed[methods[0]][0].get("plots", {})
     summary["seconds"] = time.perf_counter() - t0
     return summary
 
@@ -110,8 +122,12 @@ def format_demo_table(summary: dict) -> str:
     c = summary["vocabulary"]
     head = (f"OpenDAS on the {WORLD_LABEL} (procedurally generated, not a real dataset): "
             f"{c['base']} base / {c['novel']} novel classes, mean ± std over {summary['seeds']} seed(s)")
-    return head + "\n\n" + format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]) + \
-        f"\n\ntotal time: {summary['seconds']:.0f} s; adapted checkpoint: {summary['checkpoint']}"
+    notes = ("opendas: the paper's method and initialisation (deep text prompts random, N(0, 0.02)); "
+             "opendas-carry: the same, with deep text prompts starting as the frozen CLIP's hidden states "
+             "(text_deep_init='carry'). Brackets: change against zero-shot CLIP.")
+    ckpts = "\n".join(f"  {m}: {p}" for m, p in summary["checkpoint"].items())
+    return head + "\n\n" + format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]) + "\n" + notes + \
+        f"\n\ntotal time: {summary['seconds']:.0f} s; adapted checkpoints (seed 0):\n{ckpts}"
 
 
 def main_demo(opts: DemoOptions, json_path: Optional[str] = None) -> dict:

@@ -99,6 +99,29 @@ class PromptedCLIP(FrozenCLIPEncoder):
         with torch.no_grad():
             emb = text.token_embedding.weight[ids.to(text.token_embedding.weight.device)]
             self.text_prompts[0, k - len(ids):] = emb.float()
+        if self.prompt_config.text_deep_init == "carry":
+            self._carry_deep_text_prompts(text)
+
+    @torch.no_grad()
+    def _carry_deep_text_prompts(self, text: TextTowerView) -> None:
+        """Deep text prompts := the frozen tower's hidden states at the context positions.
+
+        Runs [SOT, layer-0 context] through the frozen blocks and stores, for each layer i < text_depth,
+        its input at the context positions. With a causal tower these states are what the untrained
+        encoder would carry anyway, so replacing them changes nothing until training moves them.
+        """
+        k = self.prompt_config.text_tokens
+        device = text.token_embedding.weight.device
+        cast_dtype = text.transformer.get_cast_dtype()
+        sot = self.tokenizer([""])[0, :1].to(device)
+        x = torch.cat([text.token_embedding(sot).to(cast_dtype).unsqueeze(0),
+                       self.text_prompts[0].to(cast_dtype).unsqueeze(0)], dim=1)
+        x = x + text.positional_embedding[:1 + k].to(cast_dtype)
+        mask = text.attn_mask[:1 + k, :1 + k] if text.attn_mask is not None else None
+        for i, block in enumerate(text.transformer.resblocks):
+            if 0 < i < self.prompt_config.text_depth:
+                self.text_prompts[i] = x[0, 1:].float()
+            x = block(x, attn_mask=mask)
 
     def prompt_parameters(self) -> List[nn.Parameter]:
         """The learnable prompts only (what an optimizer should get)."""

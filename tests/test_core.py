@@ -321,3 +321,16 @@ def test_ci_runs_the_readme_test_command(repo_root):
     assert len(blocks) >= 2 and "opendas demo" in blocks[0] and "pytest" in blocks[1]
     ci = open(os.path.join(repo_root, ".ci", "run")).read()
     assert blocks[1].strip() in ci
+
+
+@pytest.mark.parametrize("name", ["chair", "office swivel chair"])
+def test_carry_init_of_deep_text_prompts_equals_handcrafted_prompt(name):
+    clip = tiny_clip(10)
+    model = oe.PromptedCLIP(clip, oe.PromptConfig(visual_tokens=0, text_tokens=4, text_deep_init="carry"))
+    assert model.prompt_config.text_depth == 3
+    with torch.no_grad():
+        ours = model.encode_text([name])
+        ref = clip.encode_text(open_clip.tokenize([f"a photo of a {name}"]))
+        random_init = oe.PromptedCLIP(clip, oe.PromptConfig(visual_tokens=0, text_tokens=4)).encode_text([name])
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert not torch.allclose(random_init, ref, atol=1e-3)  # the paper's random deep prompts start elsewhere
