@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import PromptConfig
 from .version import __version__

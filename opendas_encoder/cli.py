@@ -137,7 +137,7 @@ def cmd_demo(args) -> int:
 
 def cmd_negatives(args) -> int:
     from .negatives import llm_prompt, mine_negatives
-    from .vocab import load_negatives, read_class_list, validate_negatives
+    from .vocab import read_class_list, validate_negatives
 
     if args.action == "prompt":
         print(llm_prompt(read_class_list(args.classes)))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import opendas_encoder as oe
 from opendas_encoder import baselines
-from opendas_encoder.baselines.towers import pool_image, run_vision
+from opendas_encoder.baselines.towers import run_vision
 from opendas_encoder.checkpoint import CONFIG_NAME
 
 TINY = "opendas-tiny-vit"

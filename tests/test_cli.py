@@ -1,9 +1,7 @@
 """CLI end to end: `opendas train` from a YAML config, `opendas eval`, negatives tools."""
 
 import json
-import os
 
-import pytest
 import yaml
 
 from opendas_encoder.cli import main

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import yaml
 
 from opendas_encoder.data import CLIP_MEAN_PIXEL, SegmentError, crop_segment
 from opendas_encoder.data.ade20k import ADE20K150, ade20k_150_classes

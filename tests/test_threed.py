@@ -1,6 +1,5 @@
 """opendas_encoder.threed: projection, visibility, views, crops, batched features, generated scene."""
 
-import os
 import subprocess
 import sys
 
@@ -9,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from opendas_encoder.threed import (MaskFeatureConfig, PosedFrame, SamRefiner, Scene3D, classify_masks,
-                                    compute_mask_features, compute_mask_features_loop, compute_view_stats,
-                                    expand_box, multi_level_boxes, plan_crops, project_points, read_ply_vertices,
-                                    scale_intrinsic, top_k_views, visible_points, write_ply_points)
+from opendas_encoder.threed import (MaskFeatureConfig, SamRefiner, Scene3D, classify_masks, compute_mask_features,
+                                    compute_mask_features_loop, compute_view_stats, expand_box,
+                                    multi_level_boxes, plan_crops, project_points, read_ply_vertices, scale_intrinsic,
+                                    top_k_views, visible_points, write_ply_points)
 from opendas_encoder.threed.generated_scene import (generate_scene, proposals_from_gt, write_openmask3d_layout,
                                                     write_scannetpp_layout)
 from opendas_encoder.threed.views import frame_view_stats

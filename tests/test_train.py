@@ -1,6 +1,5 @@
 """Training engine: losses, schedules, stage semantics, resume, divergence, skipped segments."""
 
-import json
 import math
 import os
 
@@ -14,7 +13,7 @@ from opendas_encoder.data import ListSegmentDataset, Segment
 from opendas_encoder.train import (ScheduleConfig, TrainConfig, TrainingDiverged, epoch_lr, evaluate, fit,
                                    hardest_negatives, opendas_text_loss, prepare_segments, read_log,
                                    triplet_loss, triplet_weight, zero_shot_encoder)
-from opendas_encoder.train.config import RuntimeConfig, TripletConfig, config_from_dict, stages_for
+from opendas_encoder.train.config import RuntimeConfig, config_from_dict, stages_for
 
 COLOURS = {"red square": (220, 30, 30), "green square": (30, 200, 40), "blue square": (30, 40, 220),
            "yellow square": (230, 220, 30)}

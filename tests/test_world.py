@@ -19,7 +19,6 @@ from opendas_encoder.world import (
     WORLD_MODEL_NAME,
     WORLD_PRETRAINED,
     ObjectKind,
-    TargetDomain,
     TargetRendering,
     make_source_domain,
     make_target_domain,

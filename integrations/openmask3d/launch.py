@@ -24,7 +24,7 @@ import os
 import runpy
 import sys
 import types
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 

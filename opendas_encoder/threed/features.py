@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .crops import SamRefiner, mask_to_box, multi_level_boxes, rescale_box
-from .projection import DEFAULT_VIS_THRESHOLD, visible_points
+from .projection import visible_points
 from .scene import Scene3D
 from .views import ViewStats, compute_view_stats, frame_mask_pixels, top_k_views
 

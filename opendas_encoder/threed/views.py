@@ -8,7 +8,7 @@ handled at once with vectorised numpy (no per-mask loop).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 from tqdm import tqdm
