@@ -226,3 +226,36 @@ def test_corrupt_image_and_empty_mask_are_skipped_and_reported(tmp_path):
     assert "images/broken.jpg" in summary and "masks/empty.png" in summary
     fit(model, prep, ["red square", "green square", "blue square"], small_config(tmp_path), str(tmp_path / "r"),
         progress=False)
+
+
+def test_augmentation_flips_and_crops_deterministically():
+    from opendas_encoder.train.trainer import augment_batch
+
+    images = torch.randn(6, 3, 8, 8)
+    out = augment_batch(images, torch.Generator().manual_seed(0), min_scale=1.0)
+    for a, b in zip(images, out):  # scale 1: each image is kept or mirrored, exactly
+        assert torch.allclose(b, a, atol=1e-5) or torch.allclose(b, a.flip(-1), atol=1e-5)
+    assert not torch.allclose(out, images)  # with 6 images some are mirrored (seed 0)
+    again = augment_batch(images, torch.Generator().manual_seed(0), min_scale=0.5)
+    assert torch.equal(again, augment_batch(images, torch.Generator().manual_seed(0), min_scale=0.5))
+    # a rank's share gets the parameters of the same samples in the global batch
+    share = augment_batch(images[1::2], torch.Generator().manual_seed(3), 0.5, select=slice(1, 6, 2))
+    assert torch.allclose(share, augment_batch(images, torch.Generator().manual_seed(3), 0.5)[1::2], atol=1e-6)
+
+
+def test_augmented_training_runs_the_image_tower_in_stage_two(tmp_path):
+    base = ["red square", "green square", "blue square"]
+    model = tiny_model(4)
+    cfg = small_config(tmp_path, epochs=(1, 1))
+    cfg.runtime.augment = True
+    train = prepared(model, make_segments(), base)
+    calls = []
+    original = model.encode_image
+
+    def counting(images, normalize=False):
+        calls.append(images.shape[0])
+        return original(images, normalize)
+
+    model.encode_image = counting
+    fit(model, train, base, cfg, str(tmp_path / "aug"), progress=False)
+    assert len(calls) == 2 * 5  # every step of both stages encodes its (augmented) batch; nothing cached

@@ -83,7 +83,7 @@ class RuntimeConfig:
     device: str = "auto"  # "auto" = cuda if available
     amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16", "fp16"
     cache_features: bool = True  # stage 2 on cached image features (no image tower) when augment is off
-    augment: bool = False
+    augment: bool = False  # random flip + random square crop (scale 0.7-1) of each training segment
     num_workers: int = 0  # DataLoader workers that crop and preprocess segments
     compile: bool = False  # torch.compile the encoder's forward functions (eager fallback with a warning)
     eval_batch_size: int = 64

@@ -171,6 +171,30 @@ def _batch_images(images: torch.Tensor, idx: torch.Tensor, device: torch.device)
     return batch.to(device)
 
 
+def augment_batch(images: torch.Tensor, generator: torch.Generator, min_scale: float = 0.7,
+                  select: Optional[slice] = None) -> torch.Tensor:
+    """Random horizontal flip + random square crop (side ``min_scale``..1 of the image), resized back.
+
+    images: preprocessed (B, 3, S, S); one affine warp (``grid_sample``, bilinear) for the batch.
+    Parameters come from ``generator`` (seeded per step), so a resumed run repeats them exactly;
+    with ``select`` they are drawn for a larger global batch and this slice of them is used (a
+    data-parallel rank's share gets the parameters a single process would give those samples).
+    """
+    b = images.shape[0] if select is None else select.stop
+    scale = torch.empty(b).uniform_(min_scale, 1.0, generator=generator)
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * (1 - scale).unsqueeze(1)
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    if select is not None:
+        theta = theta[select]
+    theta = theta.to(device=images.device, dtype=images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def _broadcast_parameters(params: List[torch.nn.Parameter]) -> None:
     """Every rank starts from rank 0's trainable parameters (as DistributedDataParallel does)."""
     with torch.no_grad():
@@ -267,16 +291,24 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     sec_per_iter, iters = {}, {}
     logit_scale = model.logit_scale.exp().detach().float()
 
-    def stage_loss(stage: Stage, idx: torch.Tensor, labels: torch.Tensor, lam: float, cached_images, frozen_text):
+    def batch_images(idx: torch.Tensor, step: int, global_size: int) -> torch.Tensor:
+        images = _batch_images(train.images, idx, device)
+        if rt.augment:
+            gen = torch.Generator().manual_seed(config.seed * 7_919 + step)
+            images = augment_batch(images, gen, select=slice(rank, global_size, world))
+        return images
+
+    def stage_loss(stage: Stage, idx: torch.Tensor, labels: torch.Tensor, lam: float, cached_images, frozen_text,
+                   step: int = 0, global_size: int = 0):
         """(loss, ce, triplet) on this rank's share ``idx`` of the batch (means over the share)."""
         with autocast():
             if image_conditioned:
-                logits = model.compute_logits(_batch_images(train.images, idx, device), text_input).float()
+                logits = model.compute_logits(batch_images(idx, step, global_size), text_input).float()
                 return (F.cross_entropy(logits, labels),) * 2 + (torch.zeros((), device=device),)
             if cached_images is not None:
                 img = cached_images[idx.to(cached_images.device)]
             else:
-                img = model.encode_image(_batch_images(train.images, idx, device), normalize=True).float()
+                img = model.encode_image(batch_images(idx, step, global_size), normalize=True).float()
             txt = frozen_text if frozen_text is not None else model.encode_text(text_input, normalize=True).float()
             if stage.triplet:
                 return opendas_text_loss(img, txt, labels, logit_scale, lam, trip_cfg.margin)
@@ -325,7 +357,8 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
                     lam = triplet_weight(stage_step, total_steps, trip_cfg.lambda_start, trip_cfg.lambda_end) \
                         if stage.triplet else 0.0
                     if len(idx):
-                        loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text)
+                        loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text,
+                                                    global_step, len(global_idx))
                         local_loss = loss.detach() * share
                     else:  # this rank's share of a short last batch is empty; it still joins the collectives
                         loss, local_loss = None, torch.zeros((), device=device)
@@ -347,7 +380,8 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
                                 raise
                             forwards.disable(exc)
                             optimizer.zero_grad(set_to_none=True)
-                            loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text)
+                            loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text,
+                                                    global_step, len(global_idx))
                             _backward(loss * share, scaler)
                     if world > 1:
                         _all_reduce_gradients(params)
