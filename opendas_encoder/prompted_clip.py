@@ -32,6 +32,7 @@ from .towers import (  # noqa: F401  (re-exported: the baselines and adapters im
     _pool_text,
     _run_block,
     _trim_after_end_of_text,
+    as_token_ids,
     base_signature,
 )
 
@@ -163,14 +164,7 @@ class PromptedCLIP(FrozenCLIPEncoder):
     # ------------------------------------------------------------------ text tower
     def tokenize(self, text: TextInput) -> torch.Tensor:
         """Class names (or token ids from the tokenizer) -> token ids (B, L) with K_t placeholders after SOT."""
-        if isinstance(text, str):
-            text = [text]
-        if isinstance(text, torch.Tensor):
-            tokens = text.long()
-            if tokens.ndim != 2:
-                raise ValueError(f"token input must be (B, L), got shape {tuple(tokens.shape)}")
-        else:
-            tokens = self.tokenizer(list(text))
+        tokens = as_token_ids(text, self.tokenizer)
         k = self.prompt_config.text_tokens
         if not k:
             return tokens

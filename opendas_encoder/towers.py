@@ -113,3 +113,18 @@ def _pool_text(x: torch.Tensor, tokens: torch.Tensor, pool_type: str, eos_id: Op
     return text_global_pool(x, tokens, pool_type=pool_type, eos_token_id=eos_id)
 
 
+
+
+def as_token_ids(text, tokenizer) -> torch.Tensor:
+    """Class names (str or list of str) or token ids (B, L) -> token ids (B, L), validated."""
+    if isinstance(text, str):
+        text = [text]
+    if isinstance(text, torch.Tensor):
+        tokens = text.long()
+        if tokens.ndim != 2:
+            raise ValueError(f"token input must be (B, L), got shape {tuple(tokens.shape)}")
+        return tokens
+    text = list(text)
+    if not all(isinstance(t, str) for t in text):
+        raise TypeError("text input must be class names (str) or token ids (LongTensor (B, L))")
+    return tokenizer(text)

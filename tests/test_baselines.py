@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import opendas_encoder as oe
+from conftest import make_tiny_clip
 from opendas_encoder import baselines
 from opendas_encoder.baselines.towers import run_vision
 from opendas_encoder.checkpoint import CONFIG_NAME
@@ -22,13 +23,7 @@ SMALL = {"vpt": dict(n_tokens=3), "rpo": dict(k=4), "maple": dict(), "cocoop": d
          "wiseft-text": dict(alpha=0.5), "wiseft-visual": dict(alpha=0.5)}
 
 
-def tiny_clip(seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = dict(embed_dim=24, vision_cfg=dict(image_size=32, layers=3, width=48, head_width=16, patch_size=8),
-               text_cfg=dict(context_length=77, vocab_size=49408, width=40, heads=4, layers=3))
-    for k, v in overrides.items():
-        cfg[k].update(v)
-    return open_clip.CLIP(**cfg).eval()
+tiny_clip = make_tiny_clip
 
 
 def n_trainable(model):

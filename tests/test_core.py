@@ -11,18 +11,13 @@ import pytest
 import torch
 
 import opendas_encoder as oe
+from conftest import make_tiny_clip
 from opendas_encoder.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 TINY = "opendas-tiny-vit"
 
 
-def tiny_clip(seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = dict(embed_dim=24, vision_cfg=dict(image_size=32, layers=3, width=48, head_width=16, patch_size=8),
-               text_cfg=dict(context_length=77, vocab_size=49408, width=40, heads=4, layers=3))
-    for k, v in overrides.items():
-        cfg[k].update(v)
-    return open_clip.CLIP(**cfg).eval()
+tiny_clip = make_tiny_clip
 
 
 def n_trainable(model):

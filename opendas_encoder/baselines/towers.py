@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..prompted_clip import TextTowerView, UnsupportedModelError, _pool_text, _run_block
+from ..towers import TextTowerView, UnsupportedModelError, _pool_text, _run_block, as_token_ids
 
 #: layer index -> tokens (P, W) or (B, P, W) inserted at the input of that layer, or None
 LayerTokens = Callable[[int], Optional[torch.Tensor]]
@@ -147,17 +147,7 @@ class TemplateTokenizer:
         return tokens[1:int(tokens.argmax())].tolist()
 
     def __call__(self, text: Union[str, Sequence[str], torch.Tensor]) -> torch.Tensor:
-        if isinstance(text, str):
-            text = [text]
-        if isinstance(text, torch.Tensor):
-            tokens = text.long()
-            if tokens.ndim != 2:
-                raise ValueError(f"token input must be (B, L), got shape {tuple(tokens.shape)}")
-        else:
-            text = list(text)
-            if not all(isinstance(t, str) for t in text):
-                raise TypeError("text input must be class names (str) or token ids (LongTensor (B, L))")
-            tokens = self.tokenizer(text)
+        tokens = as_token_ids(text, self.tokenizer)
         if not self.prefix_ids and not self.suffix_ids:
             return tokens
         length = tokens.shape[1]
