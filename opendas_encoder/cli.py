@@ -112,7 +112,7 @@ def cmd_eval(args) -> int:
         out["zero_shot"] = {k: zs.metrics[k] for k in METRIC_KEYS + ("n", "n_base", "n_novel")}
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        out["plots"] = write_plots(args.out, vocab, adapted, zs)
+        out["plots"] = write_plots(args.out, vocab, adapted, zs, f"{dataset.name}: {args.checkpoint}")
     json_path = args.json or (os.path.join(args.out, "eval_results.json") if args.out else None)
     if json_path:
         with open(json_path, "w") as f:

@@ -135,7 +135,7 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
         results["per_class"] = {"adapted": adapted.metrics["per_class"],
                                 "zero_shot": zs.metrics["per_class"] if zs is not None else None}
         if plots and is_main:
-            results["plots"] = write_plots(run_dir, data.vocab, adapted, zs)
+            results["plots"] = write_plots(run_dir, data.vocab, adapted, zs, config.name)
     results["seconds"] = time.perf_counter() - t0
     if not is_main:
         return results
@@ -146,7 +146,9 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     return results
 
 
-def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot: Optional[EvalResult]) -> dict:
+def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot: Optional[EvalResult],
+                title: str = "") -> dict:
+    """Confusion matrices, t-SNE of the test vocabulary's text embeddings, loss curves; ``title`` names the run."""
     from ..plots import plot_confusion, plot_loss_curves, plot_text_tsne
 
     out = {}
@@ -155,16 +157,16 @@ def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot:
             continue
         conf = confusion_matrix(res.y_true, res.y_pred, res.class_names)
         out[f"confusion_{tag}"] = plot_confusion(conf, res.class_names, os.path.join(run_dir, f"confusion_{tag}.png"),
-                                                 f"{tag}: rows = ground truth (generated world if so named)",
+                                                 f"{title} - {tag} (rows: ground truth; novel in red)",
                                                  novel=vocab.novel)
     if zero_shot is not None and adapted.text_features.numel() and len(vocab.test) >= 5:
         out["tsne"] = plot_text_tsne({"zero-shot CLIP": zero_shot.text_features.numpy(),
                                       "adapted (OpenDAS)": adapted.text_features.numpy()},
                                      vocab.test, vocab.novel, os.path.join(run_dir, "tsne_text_embeddings.png"),
-                                     "text embeddings of the test vocabulary")
+                                     f"{title} - text embeddings of the test vocabulary")
     log = read_log(run_dir)
     if log:
-        out["loss_curves"] = plot_loss_curves(log, os.path.join(run_dir, "loss_curves.png"), "training loss")
+        out["loss_curves"] = plot_loss_curves(log, os.path.join(run_dir, "loss_curves.png"), f"{title} - training loss")
     return out
 
 
