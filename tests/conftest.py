@@ -29,3 +29,27 @@ def make_tiny_clip(seed=0, **overrides):
     for k, v in overrides.items():
         cfg[k].update(v)
     return open_clip.CLIP(**cfg).eval()
+
+
+SQUARE_COLOURS = {"red square": (220, 30, 30), "green square": (30, 200, 40), "blue square": (30, 40, 220),
+                  "yellow square": (230, 220, 30)}
+
+
+def make_square_segments(n_per_class=6, classes=("red square", "green square", "blue square"), seed=0, size=24,
+                         name="unit"):
+    """Generated segments: a coloured square (its class) on random noise, ``n_per_class`` per class, class-grouped."""
+    import numpy as np
+
+    from opendas_encoder.data import ListSegmentDataset, Segment
+
+    rng = np.random.default_rng(seed)
+    segs = []
+    for c in classes:
+        for k in range(n_per_class):
+            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            mask = np.zeros((size, size), bool)
+            y, x = rng.integers(0, size // 2, 2)
+            mask[y:y + size // 2, x:x + size // 2] = True
+            img[mask] = SQUARE_COLOURS[c]
+            segs.append(Segment(img, mask, c, f"gen/{c}/{k}"))
+    return ListSegmentDataset(segs, name=name)

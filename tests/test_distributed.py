@@ -13,7 +13,6 @@ import subprocess
 import sys
 from datetime import timedelta
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -22,14 +21,14 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import opendas_encoder as oe
-from opendas_encoder.data import ListSegmentDataset, Segment
+from conftest import make_square_segments
+from opendas_encoder.data import ListSegmentDataset
 from opendas_encoder.train import ScheduleConfig, TrainConfig, fit, prepare_segments, read_log
 from opendas_encoder.train.config import RuntimeConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("red square", "green square", "blue square")
 LABEL_SPACE = list(CLASSES) + ["orange square", "purple circle"]
-COLOURS = {"red square": (220, 30, 30), "green square": (30, 200, 40), "blue square": (30, 40, 220)}
 
 
 def free_port() -> int:
@@ -38,18 +37,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def segments(n: int = 9, size: int = 24) -> ListSegmentDataset:
-    rng = np.random.default_rng(0)
-    out = []
-    for k in range(n):
-        c = CLASSES[k % len(CLASSES)]
-        img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        mask = np.zeros((size, size), bool)
-        y, x = rng.integers(0, size // 2, 2)
-        mask[y:y + size // 2, x:x + size // 2] = True
-        img[mask] = COLOURS[c]
-        out.append(Segment(img, mask, c, f"gen/{k}"))
-    return ListSegmentDataset(out, name="ddp-unit")
+def segments() -> ListSegmentDataset:
+    """9 segments (3 per class): with batch 4 the last global batch holds one segment."""
+    return make_square_segments(n_per_class=3, classes=CLASSES, name="ddp-unit")
 
 
 def train_tiny(run_dir: str) -> dict:

@@ -9,28 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import opendas_encoder as oe
-from opendas_encoder.data import ListSegmentDataset, Segment
+from conftest import make_square_segments
+from opendas_encoder.data import Segment
 from opendas_encoder.train import (ScheduleConfig, TrainConfig, TrainingDiverged, epoch_lr, evaluate, fit,
                                    hardest_negatives, opendas_text_loss, prepare_segments, read_log,
                                    triplet_loss, triplet_weight, zero_shot_encoder)
 from opendas_encoder.train.config import RuntimeConfig, config_from_dict, stages_for
 
-COLOURS = {"red square": (220, 30, 30), "green square": (30, 200, 40), "blue square": (30, 40, 220),
-           "yellow square": (230, 220, 30)}
-
-
-def make_segments(n_per_class=6, classes=("red square", "green square", "blue square"), seed=0, size=24):
-    rng = np.random.default_rng(seed)
-    segs = []
-    for c in classes:
-        for k in range(n_per_class):
-            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            mask = np.zeros((size, size), bool)
-            y, x = rng.integers(0, size // 2, 2)
-            mask[y:y + size // 2, x:x + size // 2] = True
-            img[mask] = COLOURS[c]
-            segs.append(Segment(img, mask, c, f"gen/{c}/{k}"))
-    return ListSegmentDataset(segs, name="unit")
+make_segments = make_square_segments
 
 
 def tiny_model(seed=0, **prompts):
