@@ -86,19 +86,32 @@ def base_signature(clip_model: nn.Module) -> dict:
     }
 
 
+def _is_causal(mask: Optional[torch.Tensor]) -> bool:
+    """True when ``mask`` (additive -inf or boolean, (L, L)) blocks exactly the positions above the diagonal."""
+    if mask is None:
+        return False
+    square = mask.reshape(mask.shape[-2:])
+    blocked = square if square.dtype == torch.bool else torch.isneginf(square)
+    return torch.equal(blocked, torch.ones_like(blocked, dtype=torch.bool).triu(1))
+
+
 def _trim_after_end_of_text(tokens: torch.Tensor, text: TextTowerView) -> torch.Tensor:
     """Drop padding after the last end-of-text token (exact for causal towers pooled at that token).
 
     With a causal mask no position attends to later ones, so the pooled end-of-text output does not
     depend on the padding; 77 positions shrink to the longest prompt (e.g. 9 for short class names).
+    Tokens come back unchanged for non-causal towers, other pooling, or a missing eos token.
     """
-    if text.attn_mask is None or text.pool_type not in ("argmax", "eos"):
+    if text.pool_type not in ("argmax", "eos") or not _is_causal(text.attn_mask):
         return tokens
     if text.pool_type == "argmax":
         ends = tokens.argmax(dim=1)
     else:
+        if text.eos_id is None or not bool((tokens == text.eos_id).any(dim=1).all()):
+            return tokens
         ends = (tokens == text.eos_id).int().argmax(dim=1)
-    return tokens[:, :int(ends.max()) + 1]
+    keep = int(ends.max()) + 1
+    return tokens[:, :keep] if keep < tokens.shape[1] else tokens
 
 
 def _run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor], use_ckpt: bool) -> torch.Tensor:

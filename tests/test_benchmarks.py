@@ -20,7 +20,7 @@ from opendas_encoder.data import ListSegmentDataset, Segment
 from opendas_encoder.train import ScheduleConfig, TrainConfig, fit, prepare_segments
 from opendas_encoder.train import trainer as trainer_module
 from opendas_encoder.train.config import RuntimeConfig, config_from_dict
-from opendas_encoder.train.trainer import compact_text_tokens
+from opendas_encoder.towers import TextTowerView, _trim_after_end_of_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["red square", "green square", "blue square"]
@@ -115,20 +115,27 @@ def test_optimizer_holds_only_the_stage_prompts_and_frozen_weights_get_no_gradie
     assert all(p.grad is None and not p.requires_grad for p in model.clip.parameters())
 
 
-def test_compacted_text_tokens_give_the_same_features():
+def test_compacted_text_tokens_give_the_same_features(monkeypatch):
+    import opendas_encoder.prompted_clip as prompted_clip
+
     model = tiny(text_tokens=4)
+    view = TextTowerView.of(model.clip)
     names = ["red square", "a very long winded name of a thing", "door"]
-    tokens = model.tokenizer(names)
+    tokens = model.tokenize(names)  # the 4 context slots already inserted after the start token
     eot = int(tokens.argmax(dim=1).max())
-    short = compact_text_tokens(model, tokens)
-    assert short.shape == (3, eot + 1 + 4)  # up to the last end-of-text token, after the 4 context slots
+    short = _trim_after_end_of_text(tokens, view)
+    assert short.shape == (3, eot + 1)  # up to the last end-of-text token, context slots included
+    assert int(model.tokenizer(names).argmax(dim=1).max()) + 4 == eot
     with torch.no_grad():
-        full, cut = model.encode_text(tokens), model.encode_text(short)
+        cut = model.encode_text(names)
+        monkeypatch.setattr(prompted_clip, "_trim_after_end_of_text", lambda t, v: t)  # full 77 positions
+        full = model.encode_text(names)
     assert torch.allclose(full, cut, atol=1e-5, rtol=0)
-    assert torch.equal(compact_text_tokens(model, tokens[:, :eot + 1 + 4]), tokens[:, :eot + 1 + 4])  # no cut left
+    assert torch.equal(_trim_after_end_of_text(tokens[:, :eot + 1], view), tokens[:, :eot + 1])  # no cut left
     no_context = tiny(text_tokens=0, text_init="")
-    assert compact_text_tokens(no_context, tokens).shape[1] == eot + 1
-    assert compact_text_tokens(object(), tokens) is tokens  # baselines insert their own context: left alone
+    assert _trim_after_end_of_text(no_context.tokenize(names), view).shape[1] == eot + 1 - 4
+    bidirectional = TextTowerView(**{**view.__dict__, "attn_mask": None})
+    assert _trim_after_end_of_text(tokens, bidirectional) is tokens  # exact only for causal towers: left alone
 
 
 class _Boom(RuntimeError):

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import save_checkpoint
-from ..prompted_clip import PromptedCLIP, TextTowerView
 from .config import Stage, TrainConfig, stages_for
 from .data import PreparedSegments
 from .losses import opendas_text_loss
@@ -133,34 +132,6 @@ class _CompiledForwards:
         for name in self.NAMES:
             self.model.__dict__.pop(name, None)
         self.active = False
-
-
-def compact_text_tokens(model, tokens: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Token ids (B, L) cut after the last end-of-text position (+ the K_t context slots), when exact.
-
-    In a causal text tower pooled at the end-of-text token, positions after that token never reach
-    the pooled feature, so the padding tail can be dropped (77 -> about 15 positions for class
-    names) without changing any feature. Applied to :class:`PromptedCLIP` only (baselines insert
-    their own context); other inputs come back unchanged.
-    """
-    if tokens is None or not isinstance(model, PromptedCLIP) or not torch.is_tensor(tokens) or tokens.ndim != 2:
-        return tokens
-    view = TextTowerView.of(model.clip)
-    mask = view.attn_mask
-    if mask is None or view.pool_type not in ("argmax", "eos") or tuple(mask.shape[-2:]) != (tokens.shape[1],) * 2:
-        return tokens
-    blocked = mask if mask.dtype == torch.bool else torch.isneginf(mask)
-    causal = torch.ones(mask.shape[-2:], dtype=torch.bool, device=mask.device).triu(1)
-    if not torch.equal(blocked.reshape(mask.shape[-2:]), causal):
-        return tokens
-    if view.pool_type == "argmax":
-        ends = tokens.argmax(dim=1)
-    else:
-        if view.eos_id is None or not bool((tokens == view.eos_id).any(dim=1).all()):
-            return tokens
-        ends = (tokens == view.eos_id).int().argmax(dim=1)
-    keep = int(ends.max()) + 1 + model.prompt_config.text_tokens
-    return tokens[:, :keep] if keep < tokens.shape[1] else tokens
 
 
 def _batch_images(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -259,7 +230,6 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     autocast, scaler = _amp_context(device, rt.amp)
     image_conditioned = bool(getattr(model, "image_conditioned_text", False))
     tokens = model.tokenizer(label_space) if hasattr(model, "tokenizer") and model.tokenizer else None
-    tokens = compact_text_tokens(model, tokens)
     text_input = tokens if tokens is not None else label_space
     os.makedirs(run_dir, exist_ok=True)
     log_path = os.path.join(run_dir, "train_log.jsonl")
