@@ -79,8 +79,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     import opendas_encoder as oe
 
-    encoder = oe.create_model(args.model, None, prompts=oe.PromptConfig(visual_tokens=0, text_tokens=0),
-                              device=args.device).eval()
+    encoder = oe.create_encoder("zeroshot", args.model, None, device=args.device).eval()
     with tempfile.TemporaryDirectory() as tmp:
         scene_dir = args.data or write_openmask3d_layout(generate_scene(num_objects=10), tmp)
         scene = read_processed_scene(scene_dir)

@@ -34,7 +34,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from opendas_encoder import PromptConfig, PromptedCLIP  # noqa: E402
-from opendas_encoder.factory import create_base_model_and_transforms  # noqa: E402
+from opendas_encoder.core.factory import create_base_model_and_transforms  # noqa: E402
 from opendas_encoder.vocab import read_class_list  # noqa: E402
 
 RESOURCES = os.path.join(ROOT, "opendas_encoder", "resources")

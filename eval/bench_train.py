@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -142,12 +141,10 @@ def time_fit(model, data: PreparedSegments, label_space: List[str], config: Trai
 def baseline_names(spec: str) -> List[str]:
     if spec in ("", "none"):
         return []
-    try:
-        from opendas_encoder.baselines import METHODS
-    except ImportError as exc:
-        warnings.warn(f"baselines unavailable ({exc}); skipping them")
-        return []
-    return list(METHODS) if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    from opendas_encoder.core.registry import method_names
+
+    baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
+    return baselines if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -174,10 +171,10 @@ def run(args: argparse.Namespace) -> dict:
         del model
         for method in baseline_names(args.baselines):
             try:
-                from opendas_encoder.baselines import build
+                from opendas_encoder.core.factory import create_encoder
 
                 torch.manual_seed(args.seed)
-                baseline = build(method, args.model, args.pretrained, device=device)
+                baseline = create_encoder(method, args.model, args.pretrained, device=device)
             except Exception as exc:  # a baseline being written or not supported on this model
                 skipped[method] = f"{type(exc).__name__}: {exc}"
                 print(f"  {method}: skipped ({skipped[method]})")

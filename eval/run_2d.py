@@ -222,8 +222,8 @@ def build_classifiers(opendas_checkpoint: str, templates: Sequence[str], region:
     import open_clip
 
     import opendas_encoder as oe
-    from opendas_encoder.checkpoint import read_checkpoint_config
-    from opendas_encoder.factory import create_base_model_and_transforms
+    from opendas_encoder.core.checkpoint import read_checkpoint_config
+    from opendas_encoder.core.factory import create_base_model_and_transforms
 
     config = read_checkpoint_config(opendas_checkpoint)
     tag = pretrained or config.get("pretrained")

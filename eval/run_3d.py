@@ -177,13 +177,17 @@ def build_encoders(args, device: str) -> Dict[str, Tuple[object, Optional[str], 
     if not model:
         raise SystemExit("give --checkpoint DIR (its base model is the CLIP baseline) or --model NAME")
     tag = None if pretrained in (None, "none", "None") else pretrained
-    clip = oe.create_model(model, tag, prompts=oe.PromptConfig(visual_tokens=0, text_tokens=0), device=device).eval()
-    encoders[CLIP] = (clip, args.template, f"{model}|{tag}|zero-shot|{args.template}")
     if args.checkpoint:
-        # the prompts go on the very same base model as the CLIP baseline (one copy in memory)
-        enc = oe.load_encoder(args.checkpoint, device=device, model=clip.clip).eval()
-        stamp = os.path.getmtime(os.path.join(args.checkpoint, "prompts.safetensors"))
-        encoders[OPENDAS] = (enc, None, f"{os.path.abspath(args.checkpoint)}|{stamp}|{tag}")
+        # the prompts and the CLIP baseline share one base model (one copy in memory), rebuilt from the
+        # checkpoint's record (or the given weights), so the checkpoint's base-model check applies
+        enc = oe.load_encoder(args.checkpoint, device=device, pretrained=tag).eval()
+        clip = oe.wrap_clip("zeroshot", enc.clip, tokenizer=enc.tokenizer, preprocess=enc.preprocess,
+                            model_name=model, pretrained=tag, template=args.template).eval()
+        tensors = os.path.join(args.checkpoint, oe.read_checkpoint_config(args.checkpoint)["tensors_file"])
+        encoders[OPENDAS] = (enc, None, f"{os.path.abspath(args.checkpoint)}|{os.path.getmtime(tensors)}|{tag}")
+    else:
+        clip = oe.create_encoder("zeroshot", model, tag, device=device, template=args.template).eval()
+    encoders = {CLIP: (clip, None, f"{model}|{tag}|zero-shot|{args.template}"), **encoders}
     return encoders
 
 

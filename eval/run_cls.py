@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from opendas_encoder.baselines import METHOD_NAMES  # noqa: E402
+from opendas_encoder.core.registry import method_names  # noqa: E402
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig,  # noqa: E402
                                           TrainConfig, TripletConfig, load_config)
@@ -212,7 +212,7 @@ def run_all(base: TrainConfig, methods: Sequence[str], tables: Sequence[str], se
                 res = run_experiment(config, resume=resume, progress=progress, plots=False, model=model,
                                      data=data if spec.method == "opendas" else plain, zero_shot=zero_shot is None)
                 zero_shot = zero_shot or res["zero_shot"]
-                entry = results.setdefault(spec.key, RunResult(spec, sum(p.numel() for p in model.prompt_parameters())))
+                entry = results.setdefault(spec.key, RunResult(spec, sum(p.numel() for p in model.learned_parameters())))
                 entry.per_seed.append(res["adapted"])
                 spi = seconds_per_iteration(config.output_dir)
                 if spi is not None:
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, metavar="CONFIG",
                    help="training config (YAML/JSON, opendas_encoder.train.config) giving data, model, schedule; "
                         "default: the generated world with its small CLIP")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHOD_NAMES))
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=method_names())
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--tables", nargs="+", default=["1", "2"], choices=["1", "2", "5", "7"])
     p.add_argument("--epochs", nargs=2, type=int, metavar=("STAGE1", "STAGE2"), default=None)

@@ -77,7 +77,7 @@ def cmd_eval(args) -> int:
     from .data.registry import build_dataset
     from .plots import format_table, metric_cell
     from .train.data import prepare_segments
-    from .train.evaluate import ZERO_SHOT_TEMPLATE, evaluate, zero_shot_encoder
+    from .train.evaluate import evaluate, zero_shot_encoder
     from .train.pipeline import METRIC_KEYS, derive_vocabulary, write_plots
     from .train.trainer import resolve_device
     from .vocab import Vocabulary
@@ -93,9 +93,9 @@ def cmd_eval(args) -> int:
         vocab = Vocabulary(base=list(base), test=test)
     prepared = prepare_segments(dataset, encoder.preprocess, vocab.test, encoder.image_size,
                                 expand_ratio=args.expand_ratio, progress=not args.quiet)
-    adapted = evaluate(encoder, prepared, vocab, device, None, args.batch_size, not args.quiet)
+    adapted = evaluate(encoder, prepared, vocab, device, args.batch_size, not args.quiet)
     zs = None if args.no_zero_shot else evaluate(zero_shot_encoder(encoder), prepared, vocab, device,
-                                                 ZERO_SHOT_TEMPLATE, args.batch_size, not args.quiet)
+                                                 args.batch_size, not args.quiet)
     rows = []
     if zs is not None:
         rows.append(["zero-shot CLIP"] + [metric_cell(zs.metrics[k]) for k in METRIC_KEYS])
@@ -153,10 +153,9 @@ def cmd_negatives(args) -> int:
             return 1
         print(f"{args.file}: valid ({len(data)} classes)")
         return 0
-    from .factory import create_model
-    from .config import PromptConfig
+    from .core.factory import create_encoder
 
-    encoder = create_model(args.model, args.pretrained, PromptConfig(visual_tokens=0, text_tokens=0, text_init=""))
+    encoder = create_encoder("zeroshot", args.model, args.pretrained)
     classes = read_class_list(args.classes)
     exclude = read_class_list(args.exclude) if args.exclude else []
     mined = mine_negatives(encoder, classes, read_class_list(args.candidates), exclude=exclude)

@@ -24,11 +24,11 @@ def llm_prompt(classes: Sequence[str]) -> str:
 
 @torch.no_grad()
 def mine_negatives(encoder, classes: Sequence[str], candidates: Iterable[str], per_class: int = 5,
-                   exclude: Iterable[str] = (), template: str = "a photo of a {}") -> Dict[str, List[str]]:
+                   exclude: Iterable[str] = ()) -> Dict[str, List[str]]:
     """For each class, the ``per_class`` candidates whose CLIP text embeddings are most similar.
 
-    encoder: anything with ``encode_text(token ids or names, normalize=True)`` and ``tokenizer`` (zero-shot
-    CLIP is the natural choice). Candidates equal to a class (case-insensitive), duplicates and
+    encoder: any encoder of the package (``encode_text(names, normalize=True)`` wraps names in its own
+    prompt); zero-shot CLIP (``create_encoder("zeroshot", ...)``) is the natural choice. Candidates equal to a class (case-insensitive), duplicates and
     ``exclude`` (e.g. the novel test classes) are never proposed.
     """
     norm = lambda s: " ".join(s.lower().split())  # noqa: E731
@@ -41,8 +41,7 @@ def mine_negatives(encoder, classes: Sequence[str], candidates: Iterable[str], p
             pool.append(c.strip())
     if len(pool) < per_class:
         raise ValueError(f"only {len(pool)} usable candidates for {per_class} negatives per class")
-    tok = encoder.tokenizer
-    enc = lambda names: encoder.encode_text(tok([template.format(n) for n in names]), normalize=True).float()  # noqa
+    enc = lambda names: encoder.encode_text(list(names), normalize=True).float()  # noqa: E731
     cls_emb = enc(list(classes))
     cand_emb = torch.cat([enc(pool[i:i + 256]) for i in range(0, len(pool), 256)])
     top = (cls_emb @ cand_emb.T).topk(per_class, dim=1).indices

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 import opendas_encoder as oe
 from conftest import make_tiny_clip
-from opendas_encoder import baselines
-from opendas_encoder.baselines.towers import run_vision
-from opendas_encoder.checkpoint import CONFIG_NAME
+from opendas_encoder.core import engine
+from opendas_encoder.core.checkpoint import CONFIG_NAME
+from opendas_encoder.core.engine import run_vision
 
 TINY = "opendas-tiny-vit"
 METHODS = ["cocoop", "vpt", "rpo", "maple", "wiseft-text", "wiseft-visual"]
@@ -63,9 +63,9 @@ def vit_l14():
                                              ("rpo", 43_008), ("maple", 18_935_808),
                                              ("wiseft-text", 123_060_480), ("wiseft-visual", 303_966_208)])
 def test_vit_l14_trainable_counts_match_paper(vit_l14, method, expected):
-    model = baselines.wrap(method, vit_l14)
+    model = oe.wrap_clip(method, vit_l14)
     assert n_trainable(model) == expected
-    assert sum(p.numel() for p in model.prompt_parameters()) == expected
+    assert sum(p.numel() for p in model.learned_parameters()) == expected
     if method.startswith("wiseft"):
         assert round(expected / 1e6) == {"wiseft-text": 123, "wiseft-visual": 304}[method]
         tower = method.split("-")[1]
@@ -76,7 +76,7 @@ def test_vit_l14_trainable_counts_match_paper(vit_l14, method, expected):
 
 
 def test_vit_l14_maple_depth_24_shapes(vit_l14):
-    model = baselines.wrap("maple", vit_l14)
+    model = oe.wrap_clip("maple", vit_l14)
     assert tuple(model.text_ctx.shape) == (24, 2, 768)
     assert tuple(model.coupling_weight.shape) == (24, 1024, 768) and tuple(model.coupling_bias.shape) == (24, 1024)
 
@@ -86,10 +86,10 @@ def test_vit_l14_maple_depth_24_shapes(vit_l14):
 def test_sgd_step_changes_only_own_parameters(method):
     clip = tiny_clip(10)
     before = {n: p.detach().clone() for n, p in clip.named_parameters()}
-    model = baselines.wrap(method, clip, **SMALL[method])
-    learned_before = {n: t.clone() for n, t in model.prompt_state_dict().items()}
+    model = oe.wrap_clip(method, clip, **SMALL[method])
+    learned_before = {n: t.clone() for n, t in model.learned_state_dict().items()}
     sgd_step(model)
-    learned_after = model.prompt_state_dict()
+    learned_after = model.learned_state_dict()
     assert all(not torch.equal(learned_before[n], learned_after[n]) for n in learned_before), "a tensor did not train"
     own = set(model.named_learned_parameters()) if method.startswith("wiseft") else set()
     for name, p in clip.named_parameters():
@@ -101,7 +101,7 @@ def test_sgd_step_changes_only_own_parameters(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_save_load_roundtrip_is_bit_identical(method, tmp_path):
     base = tiny_clip(11)
-    model = sgd_step(baselines.wrap(method, copy.deepcopy(base), model_name="tiny", **SMALL[method]))
+    model = sgd_step(oe.wrap_clip(method, copy.deepcopy(base), model_name="tiny", **SMALL[method]))
     if method.startswith("wiseft"):
         model.finalize(0.3)
     oe.save_checkpoint(model, str(tmp_path / "c"), dataset="unit-test")
@@ -109,8 +109,8 @@ def test_save_load_roundtrip_is_bit_identical(method, tmp_path):
     assert config["method"] == method and "method_config" in config
     loaded = oe.load_encoder(str(tmp_path / "c"), model=copy.deepcopy(base))
     assert type(loaded) is type(model) and loaded.config == model.config
-    for name, t in model.prompt_state_dict().items():
-        assert torch.equal(loaded.prompt_state_dict()[name], t), name
+    for name, t in model.learned_state_dict().items():
+        assert torch.equal(loaded.learned_state_dict()[name], t), name
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(IMAGES), model.encode_image(IMAGES))
         assert torch.equal(loaded.encode_text(NAMES), model.encode_text(NAMES))
@@ -118,7 +118,7 @@ def test_save_load_roundtrip_is_bit_identical(method, tmp_path):
 
 
 def test_load_refuses_mismatched_tensors_naming_them(tmp_path):
-    model = baselines.wrap("vpt", tiny_clip(), model_name="tiny", n_tokens=2)
+    model = oe.wrap_clip("vpt", tiny_clip(), model_name="tiny", n_tokens=2)
     oe.save_checkpoint(model, str(tmp_path / "c"))
     cfg = json.loads((tmp_path / "c" / CONFIG_NAME).read_text())
     cfg["method_config"]["n_tokens"] = 3
@@ -126,12 +126,12 @@ def test_load_refuses_mismatched_tensors_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"prompts.safetensors: vpt tensors .*'prompts' has shape \(3, 2, 48\)"):
         oe.load_encoder(str(tmp_path / "c"), model=tiny_clip())
     with pytest.raises(ValueError, match=r"missing tensor 'ctx'.*unexpected tensor 'prompts'"):
-        baselines.wrap("cocoop", tiny_clip()).load_prompt_state_dict(model.prompt_state_dict())
+        oe.wrap_clip("cocoop", tiny_clip()).load_learned_state_dict(model.learned_state_dict())
 
 
 @pytest.mark.parametrize("method", ["opendas"] + METHODS)
 def test_build_by_name_serves_the_encoder_contract(method, tmp_path):
-    model = baselines.build(method, TINY, **({} if method == "opendas" else SMALL[method]))
+    model = oe.create_encoder(method, TINY, **({} if method == "opendas" else SMALL[method]))
     assert model.method == method and model.model_name == TINY and not model.clip.training
     assert model.image_size == (32, 32) and model.tokenizer is not None and model.preprocess is not None
     img, txt, scale = model(IMAGES, NAMES)
@@ -143,7 +143,7 @@ def test_build_by_name_serves_the_encoder_contract(method, tmp_path):
 
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown method 'coop'"):
-        baselines.build("coop", TINY)
+        oe.create_encoder("coop", TINY)
 
 
 @pytest.mark.parametrize("method,kwargs,match", [
@@ -152,12 +152,12 @@ def test_unknown_method_is_refused():
     ("rpo", dict(k=0), "k must be"), ("wiseft-text", dict(alpha=1.5), r"alpha must be a number in \[0, 1\]")])
 def test_bad_configs_are_refused(method, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        baselines.wrap(method, tiny_clip(), **kwargs)
+        oe.wrap_clip(method, tiny_clip(), **kwargs)
 
 
 # ---------------------------------------------------------------- templates and disabled prompts
 def test_template_tokens_equal_open_clip_tokenizer():
-    model = baselines.wrap("vpt", tiny_clip(), n_tokens=0)
+    model = oe.wrap_clip("vpt", tiny_clip(), n_tokens=0)
     ids = model.template(NAMES)
     assert torch.equal(ids, open_clip.tokenize([f"a photo of a {n}." for n in NAMES]))
     assert torch.equal(model.template(open_clip.tokenize(NAMES)), ids)
@@ -167,8 +167,8 @@ def test_template_tokens_equal_open_clip_tokenizer():
 
 def test_vpt_with_zero_tokens_is_vanilla_clip():
     clip = tiny_clip(12)
-    model = baselines.wrap("vpt", clip, n_tokens=0)
-    assert model.prompt_parameters() == []
+    model = oe.wrap_clip("vpt", clip, n_tokens=0)
+    assert model.learned_parameters() == []
     with torch.no_grad():
         assert torch.allclose(model.encode_image(IMAGES), clip.encode_image(IMAGES), atol=1e-6)
         assert torch.allclose(model.encode_text(NAMES), handcrafted_text(clip, NAMES), atol=1e-6)
@@ -176,7 +176,7 @@ def test_vpt_with_zero_tokens_is_vanilla_clip():
 
 def test_vpt_prompts_are_deep_and_never_pooled():
     clip = tiny_clip(13)
-    model = baselines.wrap("vpt", clip, n_tokens=2, depth=2)
+    model = oe.wrap_clip("vpt", clip, n_tokens=2, depth=2)
     with torch.no_grad():
         model.prompts.normal_()
         v = clip.visual
@@ -192,7 +192,7 @@ def test_vpt_prompts_are_deep_and_never_pooled():
 
 def test_cocoop_initial_context_is_the_handcrafted_prompt_and_zero_shift_is_exact():
     clip = tiny_clip(14)
-    model = baselines.wrap("cocoop", clip)
+    model = oe.wrap_clip("cocoop", clip)
     assert model.meta_net.linear1.out_features == 24 // 16
     with torch.no_grad():
         assert torch.allclose(model.encode_text(NAMES), handcrafted_text(clip, NAMES), atol=1e-6)
@@ -204,7 +204,7 @@ def test_cocoop_initial_context_is_the_handcrafted_prompt_and_zero_shift_is_exac
 
 
 def test_cocoop_text_depends_on_each_image_through_the_meta_net():
-    model = baselines.wrap("cocoop", tiny_clip(15), meta_reduction=2)
+    model = oe.wrap_clip("cocoop", tiny_clip(15), meta_reduction=2)
     assert model.meta_net.linear1.out_features == 12
     with torch.no_grad():
         model.meta_net.linear2.weight.normal_()
@@ -212,8 +212,8 @@ def test_cocoop_text_depends_on_each_image_through_the_meta_net():
         per_image = model.encode_text_for_images(img, NAMES, normalize=True)  # (B, C, D)
         assert per_image.shape == (2, 3, 24)
         shift = model.meta_net(img[1:2])                                        # image 1 alone, by hand
-        ref = baselines.cocoop.run_text(model.text_view, model.template(NAMES),
-                                        lambda i: (model.ctx + shift) if i == 0 else None)
+        ref = engine.encode_text(model.text_view, model.template(NAMES),
+                                 lambda i: (model.ctx + shift) if i == 0 else None)
         assert torch.allclose(per_image[1], F.normalize(ref, dim=-1), atol=1e-6)
         assert not torch.allclose(per_image[0], per_image[1], atol=1e-4)
         logits = model.compute_logits(IMAGES, NAMES)
@@ -222,7 +222,7 @@ def test_cocoop_text_depends_on_each_image_through_the_meta_net():
 
 def test_maple_depth_one_text_equals_handcrafted_prompt():
     clip = tiny_clip(16)
-    model = baselines.wrap("maple", clip, depth=1)
+    model = oe.wrap_clip("maple", clip, depth=1)
     with torch.no_grad():
         assert torch.allclose(model.encode_text(NAMES), handcrafted_text(clip, NAMES), atol=1e-6)
     assert torch.equal(model.text_ctx[0], clip.token_embedding.weight[open_clip.tokenize(["a photo"])[0, 1:3]])
@@ -230,7 +230,7 @@ def test_maple_depth_one_text_equals_handcrafted_prompt():
 
 def test_maple_couples_text_context_into_every_vision_layer():
     clip = tiny_clip(17, vision_cfg=dict(layers=4), text_cfg=dict(layers=2))
-    model = baselines.wrap("maple", clip)
+    model = oe.wrap_clip("maple", clip)
     assert model.depth == 4 and tuple(model.text_ctx.shape) == (4, 2, 40)
     with torch.no_grad():
         v = clip.visual
@@ -250,7 +250,7 @@ def test_maple_couples_text_context_into_every_vision_layer():
 # ---------------------------------------------------------------- RPO: read-only prompts
 def test_rpo_prompts_do_not_change_the_original_tokens():
     clip = tiny_clip(18)
-    model = baselines.wrap("rpo", clip, k=3)
+    model = oe.wrap_clip("rpo", clip, k=3)
     tokens = model.template(NAMES)
     with torch.no_grad():
         model.text_prompts.normal_()
@@ -268,7 +268,7 @@ def test_rpo_prompts_do_not_change_the_original_tokens():
 def test_rpo_text_prompts_match_the_published_layout():
     """Reference: prompts written over the pads right after end-of-text, nothing attends past it."""
     clip = tiny_clip(19)
-    model = baselines.wrap("rpo", clip, k=2)
+    model = oe.wrap_clip("rpo", clip, k=2)
     tokens = model.template(NAMES)
     with torch.no_grad():
         ours = model.text_tokens(tokens)[:, 77:]
@@ -284,7 +284,7 @@ def test_rpo_text_prompts_match_the_published_layout():
 
 def test_rpo_similarity_is_the_mean_of_per_prompt_cosines():
     clip = tiny_clip(20)
-    model = baselines.wrap("rpo", clip, k=3)
+    model = oe.wrap_clip("rpo", clip, k=3)
     assert model.embed_dim == 3 * 24
     with torch.no_grad():
         img, txt = model.encode_image(IMAGES), model.encode_text(NAMES)
@@ -298,7 +298,7 @@ def test_rpo_similarity_is_the_mean_of_per_prompt_cosines():
 
 def test_rpo_initialisation_is_near_the_special_tokens():
     clip = tiny_clip(21)
-    model = baselines.wrap("rpo", clip, k=4)
+    model = oe.wrap_clip("rpo", clip, k=4)
     eot = clip.token_embedding.weight[model.tokenizer.eot_token_id]
     assert torch.allclose((model.text_prompts - eot).norm(dim=-1), torch.full((4,), 0.1), atol=1e-6)
     cls = clip.visual.class_embedding
@@ -309,30 +309,30 @@ def test_rpo_initialisation_is_near_the_special_tokens():
 @pytest.mark.parametrize("method", ["wiseft-text", "wiseft-visual"])
 def test_wiseft_alpha_zero_is_zero_shot_and_alpha_one_is_fine_tuned(method):
     base = tiny_clip(22)
-    model = sgd_step(baselines.wrap(method, copy.deepcopy(base)))
-    tuned = model.prompt_state_dict()
+    model = sgd_step(oe.wrap_clip(method, copy.deepcopy(base)))
+    tuned = model.learned_state_dict()
     zero_shot = dict(base.named_parameters())
     model.finalize(0.0)
     assert model.config.alpha == 0.0 and model.config.interpolated
     for name, p in model.named_learned_parameters().items():
         assert torch.equal(p, zero_shot[name]), name
     with torch.no_grad():
-        assert torch.equal(model.encode_image(IMAGES), baselines.wrap(method, copy.deepcopy(base)).encode_image(IMAGES))
+        assert torch.equal(model.encode_image(IMAGES), oe.wrap_clip(method, copy.deepcopy(base)).encode_image(IMAGES))
         assert torch.allclose(model.encode_text(NAMES), handcrafted_text(base, NAMES), atol=1e-6)
     model.finalize(1.0)
     for name, p in model.named_learned_parameters().items():
         assert torch.equal(p, tuned[name]), name
     model.finalize()  # the config's alpha (now 1.0): idempotent
-    assert torch.equal(model.prompt_state_dict()[next(iter(tuned))], next(iter(tuned.values())))
+    assert torch.equal(model.learned_state_dict()[next(iter(tuned))], next(iter(tuned.values())))
     model.finalize(0.25)
     name = next(iter(tuned))
     assert torch.equal(model.named_learned_parameters()[name], 0.75 * zero_shot[name] + 0.25 * tuned[name])
-    assert all(torch.equal(model.prompt_state_dict()[n], t) for n, t in tuned.items())  # checkpoints keep fine-tuned
+    assert all(torch.equal(model.learned_state_dict()[n], t) for n, t in tuned.items())  # checkpoints keep fine-tuned
 
 
 def test_wiseft_set_trainable_follows_its_tower_and_survives_a_frozen_clip():
     clip = tiny_clip()
-    model = baselines.wrap("wiseft-visual", clip)
+    model = oe.wrap_clip("wiseft-visual", clip)
     expected = n_trainable(model)
     clip.requires_grad_(False)  # e.g. a zero-shot wrapper built over the same open_clip model
     model.set_trainable(visual=True, text=False)
@@ -342,16 +342,16 @@ def test_wiseft_set_trainable_follows_its_tower_and_survives_a_frozen_clip():
 
 
 def test_wiseft_text_keeps_the_projection_frozen_by_default():
-    model = baselines.wrap("wiseft-text", tiny_clip())
+    model = oe.wrap_clip("wiseft-text", tiny_clip())
     names = set(model.named_learned_parameters())
     assert "text_projection" not in names and "token_embedding.weight" in names and "ln_final.weight" in names
     assert not any(n.startswith(("visual.", "logit")) for n in names)
-    assert "text_projection" in baselines.wrap("wiseft-text", tiny_clip(), train_projection=True).named_learned_parameters()
-    assert "visual.proj" in baselines.wrap("wiseft-visual", tiny_clip()).named_learned_parameters()
+    assert "text_projection" in oe.wrap_clip("wiseft-text", tiny_clip(), train_projection=True).named_learned_parameters()
+    assert "visual.proj" in oe.wrap_clip("wiseft-visual", tiny_clip()).named_learned_parameters()
 
 
 def test_rpo_ensemble_has_unit_norm_per_prompt_block():
-    model = baselines.wrap("rpo", tiny_clip(23), k=2)
+    model = oe.wrap_clip("rpo", tiny_clip(23), k=2)
     with torch.no_grad():
         blocks = model.encode_image(IMAGES).view(2, 2, 24)
     assert torch.allclose(blocks.norm(dim=-1), torch.full((2, 2), 1 / math.sqrt(2)))

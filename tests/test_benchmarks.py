@@ -20,7 +20,8 @@ from opendas_encoder.data import ListSegmentDataset, Segment
 from opendas_encoder.train import ScheduleConfig, TrainConfig, fit, prepare_segments
 from opendas_encoder.train import trainer as trainer_module
 from opendas_encoder.train.config import RuntimeConfig, config_from_dict
-from opendas_encoder.towers import TextTowerView, _trim_after_end_of_text
+from opendas_encoder.core.tokens import trim_after_end_of_text as _trim_after_end_of_text
+from opendas_encoder.core.towers import TextTowerView
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["red square", "green square", "blue square"]
@@ -116,24 +117,24 @@ def test_optimizer_holds_only_the_stage_prompts_and_frozen_weights_get_no_gradie
 
 
 def test_compacted_text_tokens_give_the_same_features(monkeypatch):
-    import opendas_encoder.prompted_clip as prompted_clip
+    import opendas_encoder.core.engine as engine
 
     model = tiny(text_tokens=4)
     view = TextTowerView.of(model.clip)
     names = ["red square", "a very long winded name of a thing", "door"]
-    tokens = model.tokenize(names)  # the 4 context slots already inserted after the start token
+    tokens = model.template(names)  # the 4 context slots inserted after the start token, "." before end-of-text
     eot = int(tokens.argmax(dim=1).max())
     short = _trim_after_end_of_text(tokens, view)
     assert short.shape == (3, eot + 1)  # up to the last end-of-text token, context slots included
-    assert int(model.tokenizer(names).argmax(dim=1).max()) + 4 == eot
+    assert int(model.tokenizer(names).argmax(dim=1).max()) + 4 + 1 == eot
     with torch.no_grad():
         cut = model.encode_text(names)
-        monkeypatch.setattr(prompted_clip, "_trim_after_end_of_text", lambda t, v: t)  # full 77 positions
+        monkeypatch.setattr(engine, "trim_after_end_of_text", lambda t, v: t)  # full 77 positions
         full = model.encode_text(names)
     assert torch.allclose(full, cut, atol=1e-5, rtol=0)
     assert torch.equal(_trim_after_end_of_text(tokens[:, :eot + 1], view), tokens[:, :eot + 1])  # no cut left
     no_context = tiny(text_tokens=0, text_init="")
-    assert _trim_after_end_of_text(no_context.tokenize(names), view).shape[1] == eot + 1 - 4
+    assert _trim_after_end_of_text(no_context.template(names), view).shape[1] == eot + 1 - 4
     bidirectional = TextTowerView(**{**view.__dict__, "attn_mask": None})
     assert _trim_after_end_of_text(tokens, bidirectional) is tokens  # exact only for causal towers: left alone
 
@@ -179,7 +180,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatc
                 warnings.simplefilter("error", RuntimeWarning)
                 fit(model, train, CLASSES, config(tmp_path), str(tmp_path / "eager"), progress=False)
         assert "encode_image" not in model.__dict__ and "encode_text" not in model.__dict__  # methods restored
-        results.append(model.prompt_state_dict())
+        results.append(model.learned_state_dict())
     for name in results[0]:
         assert torch.equal(results[0][name], results[1][name]), name
 

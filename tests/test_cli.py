@@ -45,7 +45,7 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     assert meta["completed"] and meta["base_classes"]
 
     # the exported checkpoint evaluates on another split; base classes come from its metadata
-    from opendas_encoder.checkpoint import read_checkpoint_config
+    from opendas_encoder.core.checkpoint import read_checkpoint_config
     assert read_checkpoint_config(str(run / "final"))["model_name"] == "opendas-tiny-vit"
     code = main(["eval", "--checkpoint", str(run / "final"), "--dataset", "generated-world", "--split", "test",
                  "--option", "n_scenes=4", "seed=9", "--no-zero-shot", "--json", str(tmp_path / "e.json"), "--quiet"])

@@ -12,7 +12,7 @@ import torch
 
 import opendas_encoder as oe
 from conftest import make_tiny_clip
-from opendas_encoder.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from opendas_encoder.core.checkpoint import CONFIG_NAME, LEGACY_TENSORS_FILE as WEIGHTS_NAME
 
 TINY = "opendas-tiny-vit"
 
@@ -33,7 +33,7 @@ def vit_l14():
 
 def test_vit_l14_default_has_paper_parameter_count(vit_l14):
     model = oe.PromptedCLIP(vit_l14, oe.PromptConfig())
-    assert model.prompt_config.visual_depth == 24 and model.prompt_config.text_depth == 12
+    assert model.config.visual_depth == 24 and model.config.text_depth == 12
     assert n_trainable(model) == 233_472
     assert sum(p.numel() for p in model.prompt_parameters()) == 233_472
     assert not any(p.requires_grad for p in model.clip.parameters())
@@ -56,7 +56,8 @@ def test_zero_prompts_equal_vanilla_tiny(build):
     names = ["chair", "office chair", "a red table"]
     with torch.no_grad():
         assert torch.allclose(model.encode_image(images), clip.encode_image(images), atol=1e-5)
-        assert torch.allclose(model.encode_text(names), clip.encode_text(open_clip.tokenize(names)), atol=1e-5)
+        ref = clip.encode_text(open_clip.tokenize([f"{n}." for n in names]))
+        assert torch.allclose(model.encode_text(names), ref, atol=1e-5)
 
 
 def test_zero_prompts_equal_vanilla_vit_b16_quickgelu():
@@ -66,9 +67,9 @@ def test_zero_prompts_equal_vanilla_vit_b16_quickgelu():
     images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(model.encode_image(images), clip.encode_image(images), atol=1e-5)
-        tokens = open_clip.tokenize(["door frame"])
-        assert torch.allclose(model.encode_text(["door frame"]), clip.encode_text(tokens), atol=1e-5)
-        assert torch.allclose(model.encode_text(tokens), clip.encode_text(tokens), atol=1e-5)
+        ref = clip.encode_text(open_clip.tokenize(["door frame."]))
+        assert torch.allclose(model.encode_text(["door frame"]), ref, atol=1e-5)
+        assert torch.allclose(model.encode_text(open_clip.tokenize(["door frame"])), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["chair", "office swivel chair"])
@@ -77,7 +78,7 @@ def test_text_depth_one_equals_handcrafted_prompt(name):
     model = oe.PromptedCLIP(clip, oe.PromptConfig(visual_tokens=0, text_tokens=4, text_depth=1))
     with torch.no_grad():
         ours = model.encode_text([name])
-        ref = clip.encode_text(open_clip.tokenize([f"a photo of a {name}"]))
+        ref = clip.encode_text(open_clip.tokenize([f"a photo of a {name}."]))
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
@@ -91,10 +92,11 @@ def test_tokenized_input_equals_names():
 
 def test_long_name_keeps_end_of_text_token():
     model = oe.PromptedCLIP(tiny_clip(3), oe.PromptConfig(text_tokens=4))
-    tokens = model.tokenize([" ".join(["word"] * 100)])
+    tokens = model.template([" ".join(["word"] * 100)])
     assert tokens.shape == (1, 77)
     assert int(tokens[0, -1]) == model.tokenizer.eot_token_id
     assert int(tokens.argmax()) == 76
+    assert int(tokens[0, -2]) == int(open_clip.tokenize(["."])[0, 1])  # the closing period is kept too
 
 
 def test_text_init_longer_than_tokens_is_refused():
@@ -111,13 +113,14 @@ def test_text_init_fills_last_context_tokens():
 
 # ---------------------------------------------------------------- prompt semantics
 def manual_image_features(clip, prompts, depth):
-    """Reference deep-VPT forward written directly over the open_clip blocks."""
+    """Reference deep-VPT forward written directly over the open_clip blocks (layer 0 through ln_pre)."""
     v = clip.visual
     x = v._embeds(IMAGES)
     n = x.shape[1]
     for i, blk in enumerate(v.transformer.resblocks):
         if i < depth:
-            x = torch.cat([x[:, :n], prompts[i].unsqueeze(0).expand(x.shape[0], -1, -1)], 1)
+            p = v.ln_pre(prompts[0]) if i == 0 else prompts[i]
+            x = torch.cat([x[:, :n], p.unsqueeze(0).expand(x.shape[0], -1, -1)], 1)
         x = blk(x)
     pooled = v.ln_post(x[:, 0])
     return pooled @ v.proj
@@ -164,7 +167,7 @@ def test_prompt_tokens_never_enter_image_pooling_with_avg_pool():
         v = clip.visual
         x = v._embeds(IMAGES)
         n = x.shape[1]
-        x = torch.cat([x, model.visual_prompts[0].unsqueeze(0).expand(2, -1, -1)], 1)
+        x = torch.cat([x, v.ln_pre(model.visual_prompts[0]).unsqueeze(0).expand(2, -1, -1)], 1)
         for blk in v.transformer.resblocks:
             x = blk(x)
         ref = v.ln_post(x[:, :n])[:, 1:].mean(1) @ v.proj
@@ -228,7 +231,7 @@ def test_save_load_roundtrip_is_bit_identical(tmp_path):
         model.text_prompts.normal_()
     oe.save_checkpoint(model, str(tmp_path / "ckpt"), dataset="unit-test", epochs=0)
     config = json.loads((tmp_path / "ckpt" / CONFIG_NAME).read_text())
-    assert config["model_name"] == TINY and config["prompts"]["visual_tokens"] == 3
+    assert config["model_name"] == TINY and config["method_config"]["visual_tokens"] == 3
     assert config["metadata"] == {"dataset": "unit-test", "epochs": 0}
     assert list(config) == sorted(config)
     loaded = oe.load_encoder(str(tmp_path / "ckpt"), model=model.clip)
@@ -275,7 +278,7 @@ def test_unknown_config_keys_warn_and_are_ignored(tmp_path):
     oe.save_checkpoint(model, str(d))
     cfg = json.loads((d / CONFIG_NAME).read_text())
     cfg["shiny_new_key"] = 1
-    cfg["prompts"]["future_option"] = True
+    cfg["method_config"]["future_option"] = True
     (d / CONFIG_NAME).write_text(json.dumps(cfg))
     with pytest.warns(UserWarning, match="unknown"):
         loaded = oe.load_encoder(str(d), model=tiny_clip())
@@ -287,7 +290,7 @@ def test_checkpoint_prompt_shape_mismatch_is_refused(tmp_path):
     d = tmp_path / "c"
     oe.save_checkpoint(model, str(d))
     cfg = json.loads((d / CONFIG_NAME).read_text())
-    cfg["prompts"]["visual_tokens"] = 3
+    cfg["method_config"]["visual_tokens"] = 3
     (d / CONFIG_NAME).write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="visual_prompts.*shape"):
         oe.load_encoder(str(d), model=tiny_clip())
@@ -295,7 +298,7 @@ def test_checkpoint_prompt_shape_mismatch_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- packaging
 def test_import_does_not_pull_heavy_dependencies():
-    code = ("import sys, opendas_encoder, opendas_encoder.data, opendas_encoder.vocab; "
+    code = ("import sys, opendas_encoder, opendas_encoder.data, opendas_encoder.vocab, opendas_encoder.methods; "
             "bad = [m for m in ('detectron2', 'open3d', 'hydra', 'omegaconf', 'MinkowskiEngine', 'plyfile') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -322,10 +325,10 @@ def test_ci_runs_the_readme_test_command(repo_root):
 def test_carry_init_of_deep_text_prompts_equals_handcrafted_prompt(name):
     clip = tiny_clip(10)
     model = oe.PromptedCLIP(clip, oe.PromptConfig(visual_tokens=0, text_tokens=4, text_deep_init="carry"))
-    assert model.prompt_config.text_depth == 3
+    assert model.config.text_depth == 3
     with torch.no_grad():
         ours = model.encode_text([name])
-        ref = clip.encode_text(open_clip.tokenize([f"a photo of a {name}"]))
+        ref = clip.encode_text(open_clip.tokenize([f"a photo of a {name}."]))
         random_init = oe.PromptedCLIP(clip, oe.PromptConfig(visual_tokens=0, text_tokens=4)).encode_text([name])
     assert torch.allclose(ours, ref, atol=1e-5)
     assert not torch.allclose(random_init, ref, atol=1e-3)  # the paper's random deep prompts start elsewhere

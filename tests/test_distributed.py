@@ -51,7 +51,7 @@ def train_tiny(run_dir: str) -> dict:
                                                  warmup_epochs=0),
                          runtime=RuntimeConfig(device="cpu"), output_dir=run_dir)
     fit(model, train, LABEL_SPACE, config, run_dir, progress=False)
-    return model.prompt_state_dict()
+    return model.learned_state_dict()
 
 
 def _rank_process(rank: int, world: int, port: int, out_dir: str) -> None:

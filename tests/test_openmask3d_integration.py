@@ -108,7 +108,7 @@ class _Enc(torch.nn.Module):
     def encode_image(self, x, normalize=False):
         return self.w(x.flatten(1))
 
-    def tokenize(self, texts):
+    def tokenizer(self, texts):
         return torch.tensor([[len(t)] for t in texts])
 
     def encode_text(self, text, normalize=False):

@@ -62,7 +62,7 @@ def make_clip_module(build_encoder: Callable[[str, str], object]) -> types.Modul
     def tokenize(texts, context_length: int = 77, truncate: bool = False):
         if "encoder" not in state:
             raise RuntimeError("clip.tokenize called before clip.load (the opendas shim tokenizes with the loaded encoder)")
-        return state["encoder"].tokenize([texts] if isinstance(texts, str) else list(texts))
+        return state["encoder"].tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def available_models():
         return ["opendas"]

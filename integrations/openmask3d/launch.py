@@ -71,7 +71,8 @@ def projected_points_mask(image_size, num_random_rounds, num_selected_points, po
 
 
 def build_encoder(override: OpenDASOverride, clip_model_name: str, device: str = "cpu"):
-    """The encoder the shim serves: the checkpoint's adapted encoder, or the prompt-free base model."""
+    """The encoder the shim serves: the checkpoint's adapted encoder, or the base model as it is (OpenMask3D's
+    own query sentences pass through unchanged: template "{}")."""
     import opendas_encoder as oe
 
     if override.opendas_checkpoint:
@@ -79,7 +80,7 @@ def build_encoder(override: OpenDASOverride, clip_model_name: str, device: str =
         pretrained = None if pretrained in (None, "") else pretrained
         return oe.load_encoder(override.opendas_checkpoint, device=device, pretrained=pretrained)
     name, tag = override.base_model(clip_model_name)
-    return oe.create_model(name, tag, prompts=oe.PromptConfig(visual_tokens=0, text_tokens=0), device=device)
+    return oe.create_encoder("zeroshot", name, tag, device=device, template="{}")
 
 
 def _ensure_segment_anything_importable() -> None:

@@ -21,7 +21,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
-from ..config import PromptConfig
+from ..methods.opendas import PromptConfig
 
 SETTINGS = ("two-stage", "joint", "visual-only", "text-only", "single")
 AMP_MODES = ("auto", "off", "bf16", "fp16")

@@ -22,7 +22,7 @@ from ..metrics import confusion_matrix
 from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative_queries
 from .config import DatasetSpec, TrainConfig
 from .data import PreparedSegments, prepare_segments
-from .evaluate import ZERO_SHOT_TEMPLATE, EvalResult, evaluate, zero_shot_encoder
+from .evaluate import EvalResult, evaluate, zero_shot_encoder
 from .trainer import fit, read_log, resolve_device
 
 METRIC_KEYS = ("acc", "weighted_f1", "base_f1", "novel_f1")
@@ -31,14 +31,12 @@ METRIC_KEYS = ("acc", "weighted_f1", "base_f1", "novel_f1")
 def build_model(config: TrainConfig, device=None):
     """The trainable encoder of ``config.method`` over the configured open_clip model."""
     torch.manual_seed(config.seed)
+    from ..core.factory import create_encoder
+
     if config.method == "opendas":
-        from ..factory import create_model
-
-        return create_model(config.model.name, config.model.pretrained, config.prompt_config(), device=device)
-    from ..baselines import build
-
-    options = dict(config.method_options)
-    return build(config.method, config.model.name, config.model.pretrained, **options)
+        return create_encoder("opendas", config.model.name, config.model.pretrained, device=device,
+                              config=config.prompt_config())
+    return create_encoder(config.method, config.model.name, config.model.pretrained, **dict(config.method_options))
 
 
 def dataset_from_spec(spec: DatasetSpec) -> SegmentDataset:
@@ -119,8 +117,8 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
                            "test": data.test.skips.to_dict() if data.test is not None else None}}
     zs = None
     if data.test is not None and zero_shot:
-        zs = evaluate(zero_shot_encoder(model), data.test, data.vocab, device, ZERO_SHOT_TEMPLATE,
-                      config.runtime.eval_batch_size, progress)
+        zs = evaluate(zero_shot_encoder(model), data.test, data.vocab, device, config.runtime.eval_batch_size,
+                      progress)
         results["zero_shot"] = _summary(zs)
         model.to(device)
     fit_result = fit(model, data.train, data.label_space, config, run_dir, resume=resume, progress=progress,
@@ -130,7 +128,7 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     results["checkpoint"] = fit_result.final_dir
     results["run_dir"] = run_dir
     if data.test is not None:
-        adapted = evaluate(model, data.test, data.vocab, device, None, config.runtime.eval_batch_size, progress)
+        adapted = evaluate(model, data.test, data.vocab, device, config.runtime.eval_batch_size, progress)
         results["adapted"] = _summary(adapted)
         results["per_class"] = {"adapted": adapted.metrics["per_class"],
                                 "zero_shot": zs.metrics["per_class"] if zs is not None else None}

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import _atomic_write_bytes, read_checkpoint_tensors, save_checkpoint
+from ..core.checkpoint import atomic_write_bytes, read_checkpoint_config, read_checkpoint_tensors, save_checkpoint
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, names: Dict[int, str]) -> Tuple[Dict[str, torch.Tensor], dict]:
@@ -69,7 +69,7 @@ def save_state(run_dir: str, model, optimizer: Optional[torch.optim.Optimizer], 
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
         json.dump({"counters": counters, "optimizer_scalars": opt_scalars}, f, indent=1, sort_keys=True)
     os.replace(tmp, folder)
-    _atomic_write_bytes(os.path.join(state_root, "LATEST"), (name + "\n").encode())
+    atomic_write_bytes(os.path.join(state_root, "LATEST"), (name + "\n").encode())
     for other in os.listdir(state_root):
         path = os.path.join(state_root, other)
         if other not in (name, "LATEST") and os.path.isdir(path):
@@ -91,7 +91,7 @@ def latest_state(run_dir: str) -> Optional[str]:
 
 def load_state(folder: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], dict]:
     """(prompt tensors, optimizer tensors, trainer_state dict) of a state folder."""
-    prompts = read_checkpoint_tensors(folder)
+    prompts = read_checkpoint_tensors(folder, read_checkpoint_config(folder)["tensors_file"])
     opt_path = os.path.join(folder, "optimizer.safetensors")
     optimizer = load_file(opt_path) if os.path.isfile(opt_path) else {}
     with open(os.path.join(folder, "trainer_state.json")) as f:

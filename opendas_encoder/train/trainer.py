@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint import save_checkpoint
+from ..core.checkpoint import save_checkpoint
 from .config import Stage, TrainConfig, stages_for
 from .data import PreparedSegments
 from .losses import opendas_text_loss
@@ -242,7 +242,7 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
         folder = latest_state(run_dir)
         if folder is not None:
             prompts, opt_tensors, state = load_state(folder)
-            model.load_prompt_state_dict({k: v for k, v in prompts.items()}, source=folder)
+            model.load_learned_state_dict({k: v for k, v in prompts.items()}, source=folder)
             counters = state["counters"]
             opt_scalars = state.get("optimizer_scalars", {})
             start_stage, start_epoch = counters["stage_index"], counters["epoch"] + 1

@@ -7,6 +7,8 @@ Target: cluttered, lit, noisy scenes with instance masks and a fine-grained base
 
 import os
 
+from ..core.factory import register_pretrained_weights
+
 from .attributes import COLOURS, SHAPES, STYLES, ObjectKind
 from .source import make_source_domain
 from .target import (
@@ -48,6 +50,8 @@ def world_checkpoint_path() -> str:
             "(run `python eval/pretrain_synthetic_clip.py --seed 0` or set OPENDAS_CHECKPOINTS)")
     return path
 
+
+register_pretrained_weights(WORLD_MODEL_NAME, WORLD_PRETRAINED, world_checkpoint_path)
 
 __all__ = [
     "WORLD_MODEL_NAME",

@@ -17,16 +17,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .base import BaselineEncoder, MethodConfig, check_int, normal_
-from .towers import TemplateTokenizer, pool_image, run_text, run_vision
-
-
-def split_template(template: str, owner: str):
-    """"a photo of a {}." -> ("a photo of a", ".")."""
-    if not isinstance(template, str) or template.count("{}") != 1:
-        raise ValueError(f"{owner}.template must contain exactly one '{{}}' for the class name, got {template!r}")
-    before, after = template.split("{}")
-    return before.strip(), after.rstrip()
+from ..core import engine
+from ..core.encoder import AdaptedCLIP, MethodConfig, check_int, normal_
+from ..core.registry import register_method
+from ..core.tokens import ZERO_SHOT_TEMPLATE, TemplateTokenizer, split_template
 
 
 @dataclass(frozen=True)
@@ -36,7 +30,7 @@ class VPTConfig(MethodConfig):
 
     n_tokens: int = 32
     depth: Optional[int] = None
-    template: str = "a photo of a {}."
+    template: str = ZERO_SHOT_TEMPLATE
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -45,10 +39,13 @@ class VPTConfig(MethodConfig):
         split_template(self.template, "VPTConfig")
 
 
-class VPT(BaselineEncoder):
+@register_method
+class VPT(AdaptedCLIP):
     """Frozen open_clip + deep visual prompts ``prompts`` (depth, n_tokens, vision width)."""
 
     method = "vpt"
+    config_class = VPTConfig
+    learned_towers = {"prompts": "visual"}
 
     def __init__(self, clip_model: nn.Module, config: VPTConfig = VPTConfig(), **kwargs):
         super().__init__(clip_model, config, **kwargs)
@@ -68,9 +65,8 @@ class VPT(BaselineEncoder):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, embed_dim)."""
-        x, n = run_vision(self.clip.visual, images, self._prompts_at)
-        return self._maybe_normalize(pool_image(self.clip.visual, x[:, :n]), normalize)
+        return self._maybe_normalize(engine.encode_image(self.clip.visual, images, self._prompts_at), normalize)
 
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
         """Class names or token ids (C, L) -> (C, embed_dim): frozen CLIP text of the template."""
-        return self._maybe_normalize(run_text(self.text_view, self.template(text)), normalize)
+        return self._maybe_normalize(engine.encode_text(self.text_view, self.template(text)), normalize)

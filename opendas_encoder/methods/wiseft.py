@@ -23,9 +23,11 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .base import BaselineEncoder, MethodConfig
-from .towers import TemplateTokenizer, pool_image, run_text, run_vision
-from .vpt import split_template
+from ..core import engine
+from ..core.encoder import AdaptedCLIP, MethodConfig
+from ..core.registry import register_method
+from ..core.tokens import ZERO_SHOT_TEMPLATE, TemplateTokenizer, split_template
+from ..core.towers import weights_fingerprint
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class WiSEFTConfig(MethodConfig):
 
     alpha: float = 0.5
     train_projection: Optional[bool] = None
-    template: str = "a photo of a {}."
+    template: str = ZERO_SHOT_TEMPLATE
     interpolated: bool = False
 
     def __post_init__(self):
@@ -80,11 +82,13 @@ class _Store(nn.Module):
         return [getattr(self, f"t{i}") for i in range(len(self._buffers))]
 
 
-class WiSEFT(BaselineEncoder):
+class WiSEFT(AdaptedCLIP):
     """open_clip with one trainable tower and weight-space ensembling. Use :class:`WiSEFTText` / :class:`WiSEFTVisual`."""
 
     method = ""
     tower = ""
+    config_class = WiSEFTConfig
+    tensors_file = "towers.safetensors"  # whole fine-tuned tower weights, not prompts
 
     def __init__(self, clip_model: nn.Module, config: WiSEFTConfig = WiSEFTConfig(), **kwargs):
         if self.tower not in ("text", "visual"):
@@ -98,7 +102,7 @@ class WiSEFT(BaselineEncoder):
         self.zero_shot = _Store([params[n] for n in self._names])
         self.fine_tuned: Optional[_Store] = None
         self.template = TemplateTokenizer(self.tokenizer, *split_template(cfg.template, "WiSEFTConfig"))
-        if cfg.interpolated:  # a config from a finalized checkpoint: weights arrive via load_prompt_state_dict
+        if cfg.interpolated:  # a config from a finalized checkpoint: weights arrive via load_learned_state_dict
             self.config = replace(cfg, interpolated=False)
             self._pending_alpha = cfg.alpha
         else:
@@ -114,21 +118,27 @@ class WiSEFT(BaselineEncoder):
         for p in self.named_learned_parameters().values():
             p.requires_grad_(on)
 
+    def base_fingerprint(self) -> dict:
+        """Fingerprint of the zero-shot weights this encoder started from (the live ones are fine-tuned)."""
+        params = {n: p for n, p in self.clip.named_parameters()}
+        params.update(zip(self._names, self.zero_shot.tensors()))
+        return weights_fingerprint(params)
+
     def named_learned_parameters(self) -> Dict[str, nn.Parameter]:
         params = dict(self.clip.named_parameters())
         return {n: params[n] for n in self._names}
 
-    def prompt_state_dict(self) -> Dict[str, torch.Tensor]:
+    def learned_state_dict(self) -> Dict[str, torch.Tensor]:
         """The fine-tuned tower weights (also after :meth:`finalize`), fp32 CPU copies."""
         if self.fine_tuned is None:
-            return super().prompt_state_dict()
+            return super().learned_state_dict()
         return {n: t.detach().float().cpu().contiguous().clone()
                 for n, t in zip(self._names, self.fine_tuned.tensors())}
 
-    def load_prompt_state_dict(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
+    def load_learned_state_dict(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load fine-tuned tower weights; re-apply the interpolation when the checkpoint was finalized."""
         alpha = self.config.alpha if self.fine_tuned is not None else self._pending_alpha
-        super().load_prompt_state_dict(tensors, source)
+        super().load_learned_state_dict(tensors, source)
         self.fine_tuned = None
         self.config = replace(self.config, interpolated=False)
         self._pending_alpha = None
@@ -149,14 +159,14 @@ class WiSEFT(BaselineEncoder):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, embed_dim) through the (possibly fine-tuned) image tower."""
-        x, n = run_vision(self.clip.visual, images)
-        return self._maybe_normalize(pool_image(self.clip.visual, x[:, :n]), normalize)
+        return self._maybe_normalize(engine.encode_image(self.clip.visual, images), normalize)
 
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
         """Class names or token ids (C, L) -> (C, embed_dim): the template through the text tower."""
-        return self._maybe_normalize(run_text(self.text_view, self.template(text)), normalize)
+        return self._maybe_normalize(engine.encode_text(self.text_view, self.template(text)), normalize)
 
 
+@register_method
 class WiSEFTText(WiSEFT):
     """WiSE-FT of the text tower."""
 
@@ -164,6 +174,7 @@ class WiSEFTText(WiSEFT):
     tower = "text"
 
 
+@register_method
 class WiSEFTVisual(WiSEFT):
     """WiSE-FT of the image tower."""
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import BaselineEncoder, MethodConfig, check_int
+from ..core import engine
+from ..core.encoder import AdaptedCLIP, MethodConfig, check_int
+from ..core.registry import register_method
 from .context import context_template, initial_context
-from .towers import pool_image, run_text, run_vision
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,13 @@ class CoCoOpConfig(MethodConfig):
             raise ValueError("CoCoOpConfig.ctx_init and .suffix must be strings")
 
 
-class CoCoOp(BaselineEncoder):
+@register_method
+class CoCoOp(AdaptedCLIP):
     """Frozen open_clip + CoCoOp context and meta-net. Parameters: ``ctx`` (n_ctx, text width), ``meta_net``."""
 
     method = "cocoop"
+    config_class = CoCoOpConfig
+    learned_towers = {"ctx": "text", "meta_net": "text"}
     image_conditioned_text = True
 
     def __init__(self, clip_model: nn.Module, config: CoCoOpConfig = CoCoOpConfig(), **kwargs):
@@ -68,13 +72,12 @@ class CoCoOp(BaselineEncoder):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, embed_dim): the unchanged CLIP image features."""
-        x, n = run_vision(self.clip.visual, images)
-        return self._maybe_normalize(pool_image(self.clip.visual, x[:, :n]), normalize)
+        return self._maybe_normalize(engine.encode_image(self.clip.visual, images), normalize)
 
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
         """Class names or token ids (C, L) -> (C, embed_dim) with the bare context (meta-net shift 0)."""
         tokens = self.template(text)
-        features = run_text(self.text_view, tokens, lambda i: self.ctx if i == 0 else None)
+        features = engine.encode_text(self.text_view, tokens, lambda i: self.ctx if i == 0 else None)
         return self._maybe_normalize(features, normalize)
 
     def encode_text_for_images(self, image_features: torch.Tensor, text, normalize: bool = False) -> torch.Tensor:
@@ -84,7 +87,7 @@ class CoCoOp(BaselineEncoder):
         shift = self.meta_net(image_features.float())                      # (B, text width)
         ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)                   # (B, n_ctx, text width)
         ctx = ctx.repeat_interleave(n_cls, dim=0)                          # (B * C, n_ctx, text width)
-        features = run_text(self.text_view, tokens.repeat(n_img, 1), lambda i: ctx if i == 0 else None)
+        features = engine.encode_text(self.text_view, tokens.repeat(n_img, 1), lambda i: ctx if i == 0 else None)
         return self._maybe_normalize(features.view(n_img, n_cls, -1), normalize)
 
     def compute_logits(self, images: torch.Tensor, text) -> torch.Tensor:

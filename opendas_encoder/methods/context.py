@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..prompted_clip import TextTowerView
-from .towers import TemplateTokenizer
+from ..core.tokens import TemplateTokenizer
+from ..core.towers import TextTowerView
 
 
 def context_template(tokenizer, n_ctx: int, ctx_init: str, suffix: str, owner: str) -> TemplateTokenizer:

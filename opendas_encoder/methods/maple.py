@@ -24,9 +24,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .base import BaselineEncoder, MethodConfig, check_int, normal_
+from ..core import engine
+from ..core.encoder import AdaptedCLIP, MethodConfig, check_int, normal_
+from ..core.registry import register_method
 from .context import context_template, initial_context
-from .towers import pool_image, run_text, run_vision
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,13 @@ class MaPLeConfig(MethodConfig):
             raise ValueError("MaPLeConfig.ctx_init and .suffix must be strings")
 
 
-class MaPLe(BaselineEncoder):
+@register_method
+class MaPLe(AdaptedCLIP):
     """Frozen open_clip + MaPLe: ``text_ctx`` (depth, n_ctx, text width) and per-depth couplings
     ``coupling_weight`` (depth, vision width, text width), ``coupling_bias`` (depth, vision width)."""
 
     method = "maple"
+    config_class = MaPLeConfig
 
     def __init__(self, clip_model: nn.Module, config: MaPLeConfig = MaPLeConfig(), **kwargs):
         super().__init__(clip_model, config, **kwargs)
@@ -81,11 +84,11 @@ class MaPLe(BaselineEncoder):
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, embed_dim)."""
         prompts = self.visual_prompts()
-        x, n = run_vision(self.clip.visual, images, lambda i: prompts[i] if i < prompts.shape[0] else None)
-        return self._maybe_normalize(pool_image(self.clip.visual, x[:, :n]), normalize)
+        features = engine.encode_image(self.clip.visual, images, lambda i: prompts[i] if i < prompts.shape[0] else None)
+        return self._maybe_normalize(features, normalize)
 
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
         """Class names or token ids (C, L) -> (C, embed_dim) with the deep text context."""
         d = min(self.depth, self.text_layers)
-        features = run_text(self.text_view, self.template(text), lambda i: self.text_ctx[i] if i < d else None)
+        features = engine.encode_text(self.text_view, self.template(text), lambda i: self.text_ctx[i] if i < d else None)
         return self._maybe_normalize(features, normalize)

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BaselineEncoder, MethodConfig, check_int
-from .towers import (TemplateTokenizer, causal_mask, embed_text, project_text_tokens, project_visual_tokens,
-                     run_text_blocks, run_vision)
-from .vpt import split_template
+from ..core import engine
+from ..core.encoder import AdaptedCLIP, MethodConfig, check_int
+from ..core.registry import register_method
+from ..core.tokens import ZERO_SHOT_TEMPLATE, TemplateTokenizer, split_template, trim_after_end_of_text
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class RPOConfig(MethodConfig):
     unit-vector perturbation of the initial token embeddings."""
 
     k: int = 24
-    template: str = "a photo of a {}."
+    template: str = ZERO_SHOT_TEMPLATE
     init_noise: float = 0.1
 
     def __post_init__(self):
@@ -55,10 +55,13 @@ def _near(token: torch.Tensor, k: int, noise: float) -> torch.Tensor:
     return token.detach().float().unsqueeze(0).repeat(k, 1) + noise * direction
 
 
-class RPO(BaselineEncoder):
+@register_method
+class RPO(AdaptedCLIP):
     """Frozen open_clip + K read-only prompt pairs ``text_prompts`` / ``visual_prompts``."""
 
     method = "rpo"
+    config_class = RPOConfig
+    learned_towers = {"text_prompts": "text", "visual_prompts": "visual"}
 
     def __init__(self, clip_model: nn.Module, config: RPOConfig = RPOConfig(), **kwargs):
         super().__init__(clip_model, config, **kwargs)
@@ -86,33 +89,33 @@ class RPO(BaselineEncoder):
         k = self.config.k
         mask = torch.zeros(n + k, n + k, device=images.device)
         mask[:, n:] = float("-inf")  # nobody attends to a prompt: originals stay vanilla, prompts only read
-        return run_vision(self.clip.visual, images, lambda i: self.visual_prompts if i == 0 else None, mask)
+        return engine.run_vision(self.clip.visual, images, lambda i: self.visual_prompts if i == 0 else None, mask)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, K * D) ensemble feature (unit norm; see the module docstring)."""
         x, n = self.image_tokens(images)
-        return self._ensemble(project_visual_tokens(self.clip.visual, x[:, n:]))
+        return self._ensemble(engine.project_visual_tokens(self.clip.visual, x[:, n:]))
 
     # ------------------------------------------------------------------ text tower
     def text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Template token ids (C, L) -> last-block outputs (C, L + K, W), before ``ln_final``."""
         view = self.text_view
         tokens = tokens.to(view.token_embedding.weight.device)
-        x = embed_text(view, tokens)
+        x = engine.embed_text(view, tokens)
         n_cls, length = tokens.shape
         k = self.config.k
         prompts = self.text_prompts.to(x.dtype).unsqueeze(0).expand(n_cls, -1, -1)
         x = torch.cat([x, prompts], dim=1)
         mask = torch.full((n_cls, length + k, length + k), float("-inf"), device=x.device)
-        base = causal_mask(view, length)
+        base = engine.causal_mask(view, length)
         mask[:, :length, :length] = 0.0 if base is None else base.to(mask)
         readable = torch.arange(length, device=x.device).unsqueeze(0) <= tokens.argmax(dim=1, keepdim=True)
         mask[:, length:, :length] = torch.where(readable, 0.0, float("-inf")).unsqueeze(1)
         heads = view.transformer.resblocks[0].attn.num_heads
-        return run_text_blocks(view, x, mask.repeat_interleave(heads, dim=0))
+        return engine.run_text_blocks(view, x, mask.repeat_interleave(heads, dim=0))
 
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
         """Class names or token ids (C, L) -> (C, K * D) ensemble feature (unit norm)."""
-        tokens = self.template(text)
+        tokens = trim_after_end_of_text(self.template(text), self.text_view)  # exact: nothing reads the padding
         x = self.text_view.ln_final(self.text_tokens(tokens)[:, tokens.shape[1]:])
-        return self._ensemble(project_text_tokens(self.text_view, x))
+        return self._ensemble(engine.project_text_tokens(self.text_view, x))

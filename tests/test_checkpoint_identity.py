@@ -1,0 +1,100 @@
+"""Checkpoint identity (issue 13 item 10) and checkpoints written by the previous format (issue 15)."""
+
+import json
+import os
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import opendas_encoder as oe
+from conftest import make_tiny_clip
+from opendas_encoder.core.checkpoint import CONFIG_NAME
+
+IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+NAMES = ["chair", "office chair", "lamp"]
+LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy_checkpoints")
+
+
+def saved(tmp_path, clip, method="opendas", **cfg):
+    model = oe.wrap_clip(method, clip, model_name="tiny", **(cfg or dict(visual_tokens=2, text_tokens=4)))
+    return model, oe.save_checkpoint(model, str(tmp_path / "c"))
+
+
+def test_other_patch_size_with_equal_widths_is_refused(tmp_path):
+    """Like ViT-B-16 vs ViT-B-32: same widths and depths, another patch size and grid."""
+    _, folder = saved(tmp_path, make_tiny_clip(0))
+    other = make_tiny_clip(0, vision_cfg=dict(patch_size=16))
+    with pytest.raises(ValueError, match=r"patch_size: checkpoint \[8, 8\] vs model \[16, 16\]"):
+        oe.load_encoder(folder, model=other)
+
+
+def test_other_context_length_is_refused(tmp_path):
+    _, folder = saved(tmp_path, make_tiny_clip(0))
+    other = make_tiny_clip(0, text_cfg=dict(context_length=32))
+    with pytest.raises(ValueError, match="context_length: checkpoint 77 vs model 32"):
+        oe.load_encoder(folder, model=other)
+
+
+def test_same_architecture_with_other_weights_is_refused_naming_the_tensors(tmp_path):
+    _, folder = saved(tmp_path, make_tiny_clip(0))
+    with pytest.raises(ValueError, match=r"weights differ.*visual\.conv1\.weight"):
+        oe.load_encoder(folder, model=make_tiny_clip(1))
+
+
+def test_the_same_weights_in_half_precision_are_accepted(tmp_path):
+    clip = make_tiny_clip(0)
+    model, folder = saved(tmp_path, clip)
+    loaded = oe.load_encoder(folder, model=make_tiny_clip(0).half().float())  # fp16 rounding of the same weights
+    assert torch.equal(loaded.visual_prompts, model.visual_prompts)
+
+
+def test_wiseft_checkpoint_identifies_its_zero_shot_base(tmp_path):
+    clip = make_tiny_clip(0)
+    model = oe.wrap_clip("wiseft-visual", clip, model_name="tiny")
+    with torch.no_grad():
+        for p in model.learned_parameters():
+            p.add_(1.0)  # fine-tuned far away from the base
+    folder = oe.save_checkpoint(model, str(tmp_path / "c"))
+    assert os.path.isfile(os.path.join(folder, "towers.safetensors"))  # whole towers, not prompts
+    loaded = oe.load_encoder(folder, model=make_tiny_clip(0))
+    assert torch.equal(loaded.learned_state_dict()["visual.conv1.weight"],
+                       model.learned_state_dict()["visual.conv1.weight"])
+    with pytest.raises(ValueError, match="weights differ"):
+        oe.load_encoder(folder, model=make_tiny_clip(1))
+
+
+def test_non_finite_tensors_are_refused(tmp_path):
+    _, folder = saved(tmp_path, make_tiny_clip(0))
+    path = os.path.join(folder, "prompts.safetensors")
+    tensors = load_file(path)
+    tensors["visual_prompts"][0, 0, 0] = float("nan")
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match="'visual_prompts' holds non-finite values"):
+        oe.load_encoder(folder, model=make_tiny_clip(0))
+
+
+def test_checkpoint_records_identity_facts(tmp_path):
+    _, folder = saved(tmp_path, make_tiny_clip(0))
+    config = json.loads(open(os.path.join(folder, CONFIG_NAME)).read())
+    assert config["format_version"] == 2 and config["tensors_file"] == "prompts.safetensors"
+    assert {"patch_size", "grid_size", "context_length"} <= set(config["base_model"])
+    assert config["base_model"]["grid_size"] == [4, 4]
+    assert "visual.conv1.weight" in config["base_fingerprint"]
+    assert "prompts" not in config and config["method_config"]["visual_tokens"] == 2
+
+
+# ---------------------------------------------------------------- format 1 (written by main b7e0b1a)
+@pytest.mark.parametrize("method", ["opendas", "vpt"])
+def test_format1_checkpoints_load_and_give_the_features_they_gave(method):
+    torch.manual_seed(0)
+    base = open_clip.create_model("opendas-tiny-vit")  # the base the fixture was written on (see its README)
+    loaded = oe.load_encoder(os.path.join(LEGACY, method), model=base)
+    expected = load_file(os.path.join(LEGACY, f"{method}_expected_features.safetensors"))
+    with torch.no_grad():
+        assert (loaded.encode_image(IMAGES) - expected["image"]).abs().max() <= 1e-6
+        assert (loaded.encode_text(NAMES) - expected["text"]).abs().max() <= 1e-6
+    if method == "opendas":
+        assert loaded.config.legacy_conventions and loaded.config.visual_tokens == 3
+
