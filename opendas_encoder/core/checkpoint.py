@@ -1,11 +1,12 @@
-"""Checkpoints: a folder with the learned tensors (safetensors) and ``opendas_config.json``.
+"""Checkpoints: a folder with the learned tensors (safetensors), ``opendas_config.json`` and a model card.
 
 The JSON (sorted keys) records the open_clip model name and pretrained tag, the method and its
 ``method_config``, the base model's shape facts (widths, depths, patch size, grid, context length)
 and a fingerprint of its frozen weights, the tensor file name and shapes, the package version and
 free-form training metadata. Nothing is ever unpickled. Loading is strict: another base model
 (shape or weights), a missing file, a corrupt or non-finite tensor file, or mismatched tensors are
-refused with a message naming the folder and both sides; unknown JSON keys only warn.
+refused with a message naming the folder and both sides; unknown JSON keys only warn. Folders can
+live on the Hugging Face Hub (``hf-hub:ORG/REPO``, see :mod:`.hub`).
 
 Format 1 (before opendas_encoder 0.2) kept OpenDAS's config under ``prompts`` and used two older
 conventions (layer-0 visual prompts after ``ln_pre``, no closing period); such checkpoints load with
@@ -27,6 +28,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..version import __version__
 from .encoder import tokenizer_for
+from .hub import CARD_NAME, HUB_PREFIX, download_checkpoint, model_card, push_checkpoint
 from .registry import get_method
 from .towers import base_signature, check_vision_tower, fingerprints_match, weights_fingerprint
 
@@ -63,11 +65,12 @@ def _json_default(obj):
     return str(obj)
 
 
-def save_checkpoint(model, directory: str, **metadata) -> str:
-    """Write ``model``'s learned tensors and configuration to ``directory`` (created; files replaced atomically).
+def save_checkpoint(model, directory: str, push_to_hub: Optional[str] = None, **metadata) -> str:
+    """Write ``model``'s learned tensors, configuration and model card to ``directory`` (created; files
+    replaced atomically); with ``push_to_hub="ORG/REPO"`` upload the folder to the Hugging Face Hub.
 
-    ``metadata`` is free-form JSON-serialisable training information (dataset, epochs, seed, metrics).
-    Returns the directory.
+    ``metadata`` is free-form JSON-serialisable training information (dataset, epochs, seed, results,
+    command). Returns the directory.
     """
     os.makedirs(directory, exist_ok=True)
     tensors = model.learned_state_dict()
@@ -86,9 +89,29 @@ def save_checkpoint(model, directory: str, **metadata) -> str:
         "opendas_encoder_version": __version__,
         "metadata": metadata,
     }
+    _write_config_and_card(directory, config)
+    if push_to_hub:
+        push_checkpoint(directory, push_to_hub)
+    return directory
+
+
+def _write_config_and_card(directory: str, config: dict) -> None:
     text = json.dumps(config, sort_keys=True, indent=2, default=_json_default) + "\n"
     atomic_write_bytes(os.path.join(directory, CONFIG_NAME), text.encode("utf-8"))
-    return directory
+    atomic_write_bytes(os.path.join(directory, CARD_NAME), model_card(json.loads(text)).encode("utf-8"))
+
+
+def update_checkpoint_metadata(directory: str, **metadata) -> dict:
+    """Merge ``metadata`` (e.g. the run's results table, the command) into a saved checkpoint's record
+    and rewrite its model card; the tensors are untouched. Returns the updated config."""
+    path = os.path.join(directory, CONFIG_NAME)
+    config = read_checkpoint_config(directory)
+    with open(path, encoding="utf-8") as f:
+        stored = json.load(f)  # keep the stored format (read_checkpoint_config converts format 1)
+    stored.setdefault("metadata", {}).update(metadata)
+    _write_config_and_card(directory, stored)
+    config["metadata"] = stored["metadata"]
+    return config
 
 
 def read_checkpoint_config(directory: str) -> dict:
@@ -156,7 +179,7 @@ def _check_base_model(directory: str, config: dict, model, rebuilt_random: bool)
 
 
 def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, model=None):
-    """Rebuild an adapted encoder from a checkpoint folder.
+    """Rebuild an adapted encoder from a checkpoint folder or a Hub checkpoint ``"hf-hub:ORG/REPO[@rev]"``.
 
     The base model is built from the recorded open_clip name and pretrained tag (``pretrained``
     overrides the tag, e.g. a local copy of the same weights), or ``model`` is used: an open_clip
@@ -165,6 +188,8 @@ def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, 
     """
     from .factory import create_base_model_and_transforms
 
+    if directory.startswith(HUB_PREFIX):
+        directory = download_checkpoint(directory)
     config = read_checkpoint_config(directory)
     cls = get_method(config["method"])
     method_config = cls.config_class.from_dict(config["method_config"], source=f"{directory}: method_config")
