@@ -110,6 +110,6 @@ def test_text_towers_pooling_elsewhere_are_refused_by_name():
     torch.manual_seed(0)
     model = open_clip.CustomTextCLIP(embed_dim=24, vision_cfg=dict(image_size=32, layers=1, width=48, head_width=16,
                                                                    patch_size=8),
-                                     text_cfg=dict(width=40, heads=4, layers=1, pool_type="last"))
-    with pytest.raises(oe.UnsupportedModelError, match="pool type 'last'"):
+                                     text_cfg=dict(width=40, heads=4, layers=1, pool_type="first"))
+    with pytest.raises(oe.UnsupportedModelError, match="pool type 'first'"):
         oe.wrap_clip("opendas", model)

@@ -30,7 +30,7 @@ from ..version import __version__
 from .encoder import tokenizer_for
 from .hub import CARD_NAME, HUB_PREFIX, download_checkpoint, model_card, push_checkpoint
 from .registry import get_method
-from .towers import base_signature, check_vision_tower, fingerprints_match, weights_fingerprint
+from .towers import VisionTowerView, base_signature, fingerprints_match, weights_fingerprint
 
 CONFIG_NAME = "opendas_config.json"
 LEGACY_TENSORS_FILE = "prompts.safetensors"
@@ -207,7 +207,7 @@ def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, 
                           "gives new random weights (pass model= to reuse the original)", stacklevel=2)
             rebuilt_random = True
         model, _, preprocess = create_base_model_and_transforms(model_name, tag, device)
-    check_vision_tower(model.visual)
+    VisionTowerView.of(model.visual)
     _check_base_model(directory, config, model, rebuilt_random)
     encoder = cls(model, method_config, tokenizer=tokenizer_for(model_name, model), preprocess=preprocess,
                   model_name=model_name, pretrained=tag)

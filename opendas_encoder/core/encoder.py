@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tokens import TextInput
-from .towers import TextTowerView, base_signature, check_tokenizer, check_vision_tower, weights_fingerprint
+from .tokens import TextInput, TokenLayout
+from .towers import TextTowerView, VisionTowerView, base_signature, weights_fingerprint
 
 
 def default_tokenizer(clip_model: nn.Module):
@@ -95,8 +95,8 @@ class AdaptedCLIP(nn.Module):
     def __init__(self, clip_model: nn.Module, config, tokenizer=None, preprocess=None,
                  model_name: Optional[str] = None, pretrained: Optional[str] = None, freeze_base: bool = True):
         super().__init__()
-        check_vision_tower(clip_model.visual)
-        view = TextTowerView.of(clip_model)
+        VisionTowerView.of(clip_model.visual)
+        TextTowerView.of(clip_model)
         self.clip = clip_model
         if freeze_base:
             self.clip.requires_grad_(False)
@@ -105,7 +105,7 @@ class AdaptedCLIP(nn.Module):
         self.model_name = model_name
         self.pretrained = pretrained
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(clip_model)
-        check_tokenizer(self.tokenizer, view.context_length)
+        TokenLayout.of(self.tokenizer)  # refuses, by name, tokenizers whose layout the engine cannot follow
         self.preprocess = preprocess if preprocess is not None else default_preprocess(clip_model)
 
     # ------------------------------------------------------------------ shape facts
@@ -118,16 +118,20 @@ class AdaptedCLIP(nn.Module):
         return self.clip.visual
 
     @property
+    def vision_view(self) -> VisionTowerView:
+        return VisionTowerView.of(self.clip.visual)
+
+    @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale
 
     @property
     def embed_dim(self) -> int:
-        return int(self.clip.visual.output_dim)
+        return self.vision_view.output_dim
 
     @property
     def image_size(self) -> Tuple[int, int]:
-        return tuple(self.clip.visual.image_size)
+        return self.vision_view.image_size
 
     @property
     def context_length(self) -> int:
@@ -135,7 +139,7 @@ class AdaptedCLIP(nn.Module):
 
     @property
     def vision_width(self) -> int:
-        return int(self.clip.visual.transformer.width)
+        return self.vision_view.width
 
     @property
     def text_width(self) -> int:
@@ -143,7 +147,7 @@ class AdaptedCLIP(nn.Module):
 
     @property
     def vision_layers(self) -> int:
-        return len(self.clip.visual.transformer.resblocks)
+        return self.vision_view.layers
 
     @property
     def text_layers(self) -> int:

@@ -5,15 +5,16 @@ driving open_clip's own submodules (patch embedding ``VisionTransformer._embeds`
 ``_pool`` / ``ln_post`` / ``proj``, token embedding, ``ln_final``, ``text_projection``,
 ``text_global_pool``). Nothing of open_clip is forked and nothing here branches on a method.
 
-Vision (deep visual prompts, VPT-deep / IVLP / MaPLe / OpenDAS): ``prompts_at(i)`` gives P tokens
+Vision (deep visual prompts, VPT-deep / IVLP / MaPLe / OpenDAS), over an open_clip or timm ViT
+(:class:`~.towers.VisionTowerView`): ``prompts_at(i)`` gives P tokens
 placed after the N original tokens (class token + patches) at the input of block ``i``, replacing
 the previous block's outputs there; None keeps them. **Convention for every method:** layer-0
 prompts pass through ``ln_pre`` together with the patch tokens (they are concatenated before the
 pre-norm in the VPT, MaPLe/IVLP and RPO reference code); deeper prompts enter as they are. Prompt
 outputs never enter the image pooling.
 
-Text (deep text context, CoOp / MaPLe / OpenDAS): the template (see :mod:`.tokens`) leaves context
-positions 1..K after the start token; ``context_at(i)`` replaces them at the input of block ``i``
+Text (deep text context, CoOp / MaPLe / OpenDAS): the template (see :mod:`.tokens`) leaves K context
+positions right after the start token (position 1.. for CLIP, 0.. for SigLIP, which has none); ``context_at(i)`` replaces them at the input of block ``i``
 (layer 0: the token embeddings, before positional embeddings are added; deeper: the previous
 block's outputs). Features are pooled at the end-of-text token. For a causal tower the padding after
 the last end-of-text token is cut first (exact: nothing attends to later positions).
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .tokens import trim_after_end_of_text
-from .towers import TextTowerView
+from .towers import TextTowerView, VisionTowerView
 
 #: layer index -> tokens (P, W) or (B, P, W) inserted at the input of that layer, or None
 LayerTokens = Callable[[int], Optional[torch.Tensor]]
@@ -41,9 +42,12 @@ def _batched(tokens: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tens
 
 def run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor], use_ckpt: bool) -> torch.Tensor:
     """One residual block (through activation checkpointing when the tower has it on and x needs grad)."""
+    def call(t):
+        return block(t, attn_mask=attn_mask) if attn_mask is not None else block(t)
+
     if use_ckpt and x.requires_grad:
-        return checkpoint(lambda t: block(t, attn_mask=attn_mask), x, use_reentrant=False)
-    return block(x, attn_mask=attn_mask)
+        return checkpoint(call, x, use_reentrant=False)
+    return call(x)
 
 
 # ---------------------------------------------------------------------------------------------- vision
@@ -51,28 +55,28 @@ def run_vision(visual: nn.Module, images: torch.Tensor, prompts_at: Optional[Lay
                attn_mask: Optional[torch.Tensor] = None, layer0_ln_pre: bool = True) -> Tuple[torch.Tensor, int]:
     """images (B, 3, H, W) -> (every block-output token (B, N + P, W), N original tokens).
 
-    ``attn_mask`` (N + P, N + P), additive, is given to every block (RPO's read-only prompts).
-    ``layer0_ln_pre=False`` exists only to reproduce OpenDAS checkpoints of format 1, whose layer-0
-    prompts skipped ``ln_pre``; every method uses the convention above.
+    ``visual`` is an open_clip or timm ViT tower (:class:`VisionTowerView`). ``attn_mask`` (N + P, N + P),
+    additive, is given to every block (RPO's read-only prompts). ``layer0_ln_pre=False`` exists only to
+    reproduce OpenDAS checkpoints of format 1, whose layer-0 prompts skipped ``ln_pre``.
     """
-    use_ckpt = bool(getattr(visual.transformer, "grad_checkpointing", False))
-    x = visual._embeds(images)
+    tower = VisionTowerView.of(visual)
+    use_ckpt = tower.grad_checkpointing
+    x = tower.embed(images)
     n_tokens = x.shape[1]
-    for i, block in enumerate(visual.transformer.resblocks):
+    for i, block in enumerate(tower.blocks):
         prompts = prompts_at(i) if prompts_at is not None else None
         if prompts is not None:
             prompts = _batched(prompts, x.shape[0], x.dtype)
             if i == 0 and layer0_ln_pre:
-                prompts = visual.ln_pre(prompts)
+                prompts = tower.pre_norm(prompts)
             x = torch.cat([x[:, :n_tokens], prompts], dim=1)
         x = run_block(block, x, attn_mask, use_ckpt)
     return x, n_tokens
 
 
 def pool_image(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Original output tokens (B, N, W) -> projected image features (B, D), open_clip's own pooling."""
-    pooled, _ = visual._pool(tokens)
-    return pooled @ visual.proj if visual.proj is not None else pooled
+    """Original output tokens (B, N, W) -> image features (B, D), the tower's own pooling and projection."""
+    return VisionTowerView.of(visual).pool(tokens)
 
 
 def encode_image(visual: nn.Module, images: torch.Tensor, prompts_at: Optional[LayerTokens] = None,
@@ -83,24 +87,24 @@ def encode_image(visual: nn.Module, images: torch.Tensor, prompts_at: Optional[L
 
 
 def project_visual_tokens(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Any output tokens (..., W) -> ``ln_post`` and projection (..., D), as for the class token."""
-    tokens = visual.ln_post(tokens)
-    return tokens @ visual.proj if visual.proj is not None else tokens
+    """Any output tokens (..., W) -> final norm and projection (..., D), as for the class token."""
+    return VisionTowerView.of(visual).project_tokens(tokens)
 
 
 # ---------------------------------------------------------------------------------------------- text
-def replace_context(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """Hidden states (B, L, W) with positions 1..K replaced by ``context`` (K, W) or (B, K, W)."""
+def replace_context(x: torch.Tensor, context: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """Hidden states (B, L, W) with positions start..start+K-1 replaced by ``context`` (K, W) or (B, K, W)."""
     ctx = _batched(context, x.shape[0], x.dtype)
-    return torch.cat([x[:, :1], ctx, x[:, 1 + ctx.shape[1]:]], dim=1)
+    return torch.cat([x[:, :start], ctx, x[:, start + ctx.shape[1]:]], dim=1)
 
 
-def embed_text(view: TextTowerView, tokens: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Token ids (B, L) -> input embeddings (B, L, W): ``context`` at 1..K, then positional embeddings."""
+def embed_text(view: TextTowerView, tokens: torch.Tensor, context: Optional[torch.Tensor] = None,
+               start: int = 1) -> torch.Tensor:
+    """Token ids (B, L) -> input embeddings (B, L, W): ``context`` after the start tokens, then positions."""
     cast_dtype = view.transformer.get_cast_dtype()
     x = view.token_embedding(tokens).to(cast_dtype)
     if context is not None:
-        x = replace_context(x, context)
+        x = replace_context(x, context, start)
     return x + view.positional_embedding[:tokens.shape[1]].to(cast_dtype)
 
 
@@ -110,13 +114,13 @@ def causal_mask(view: TextTowerView, length: int) -> Optional[torch.Tensor]:
 
 
 def run_text_blocks(view: TextTowerView, x: torch.Tensor, attn_mask: Optional[torch.Tensor],
-                    context_at: Optional[LayerTokens] = None) -> torch.Tensor:
-    """Run every text block on (B, L, W); ``context_at(i)`` for i >= 1 replaces positions 1..K first."""
+                    context_at: Optional[LayerTokens] = None, start: int = 1) -> torch.Tensor:
+    """Run every text block on (B, L, W); ``context_at(i)`` for i >= 1 replaces the context positions first."""
     use_ckpt = bool(getattr(view.transformer, "grad_checkpointing", False))
     for i, block in enumerate(view.transformer.resblocks):
         context = context_at(i) if (context_at is not None and i > 0) else None
         if context is not None:
-            x = replace_context(x, context)
+            x = replace_context(x, context, start)
         x = run_block(block, x, attn_mask, use_ckpt)
     return x
 
@@ -138,9 +142,11 @@ def pool_text(view: TextTowerView, x: torch.Tensor, tokens: torch.Tensor) -> tor
     return project_text_tokens(view, pooled)
 
 
-def encode_text(view: TextTowerView, tokens: torch.Tensor, context_at: Optional[LayerTokens] = None) -> torch.Tensor:
-    """Template token ids (B, L) -> text features (B, D) with deep context (see the module docstring)."""
+def encode_text(view: TextTowerView, tokens: torch.Tensor, context_at: Optional[LayerTokens] = None,
+                start: int = 1) -> torch.Tensor:
+    """Template token ids (B, L) -> text features (B, D) with deep context at ``start``.. (see the module
+    docstring; ``start`` is the template's ``context_start``: 1 after CLIP's start token, 0 for SigLIP)."""
     tokens = trim_after_end_of_text(tokens.to(view.token_embedding.weight.device), view)
-    x = embed_text(view, tokens, context_at(0) if context_at is not None else None)
-    x = run_text_blocks(view, x, causal_mask(view, tokens.shape[1]), context_at)
+    x = embed_text(view, tokens, context_at(0) if context_at is not None else None, start)
+    x = run_text_blocks(view, x, causal_mask(view, tokens.shape[1]), context_at, start)
     return pool_text(view, x, tokens)

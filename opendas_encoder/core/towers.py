@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -52,10 +52,10 @@ class TextTowerView:
         for name in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
             if not hasattr(owner, name):
                 raise UnsupportedModelError(f"model has no text-tower attribute {name!r}")
-        if pool_type not in ("argmax", "eos"):
+        if pool_type not in ("argmax", "eos", "last"):
             raise UnsupportedModelError(
-                f"text pool type {pool_type!r} is not supported: the engine places learned context after the "
-                "start token and pools at the end-of-text token ('argmax' or 'eos' pooling)")
+                f"text pool type {pool_type!r} is not supported: the engine pools where the tower does, at the "
+                "end-of-text token ('argmax', 'eos') or the last position ('last', SigLIP)")
         if not getattr(owner.transformer, "batch_first", True):
             raise UnsupportedModelError("sequence-first open_clip transformers are not supported")
         return TextTowerView(owner.token_embedding, owner.positional_embedding, owner.transformer,
@@ -71,68 +71,131 @@ class TextTowerView:
         return is_causal(self.attn_mask)
 
 
+@dataclass(frozen=True)
+class VisionTowerView:
+    """A ViT image tower seen through one interface: open_clip's ``VisionTransformer`` (CLIP, CLIPA,
+    MetaCLIP, CoCa's image side) or a timm ``VisionTransformer`` inside open_clip's ``TimmModel``
+    (SigLIP, SigLIP 2). ``embed`` gives the tokens entering block 0 (N = prefix + patch tokens),
+    ``pre_norm`` is what the patch tokens went through before block 0 (layer-0 prompts take it too),
+    ``pool`` turns the N original block outputs into image features."""
+
+    module: nn.Module
+    kind: str  # "open_clip" or "timm"
+    blocks: nn.Module
+    pre_norm: nn.Module
+    width: int
+    image_size: Tuple[int, int]
+    patch_size: Tuple[int, int]
+    grid_size: Tuple[int, int]
+    output_dim: int
+
+    @property
+    def layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        owner = self.module.transformer if self.kind == "open_clip" else self.module.trunk
+        return bool(getattr(owner, "grad_checkpointing", False))
+
+    @staticmethod
+    def of(visual: nn.Module) -> "VisionTowerView":
+        from open_clip.transformer import VisionTransformer
+
+        if isinstance(visual, VisionTransformer):
+            for name in ("_embeds", "_pool"):
+                if not hasattr(visual, name):
+                    raise UnsupportedModelError(f"open_clip VisionTransformer lacks {name}; "
+                                                "install open_clip_torch>=3.1,<3.4")
+            if not getattr(visual.transformer, "batch_first", True):
+                raise UnsupportedModelError("sequence-first open_clip transformers are not supported")
+            return VisionTowerView(visual, "open_clip", visual.transformer.resblocks, visual.ln_pre,
+                                   int(visual.transformer.width), tuple(visual.image_size), tuple(visual.patch_size),
+                                   tuple(visual.grid_size), int(visual.output_dim))
+        trunk = getattr(visual, "trunk", None)
+        if trunk is not None:
+            return VisionTowerView._of_timm(visual, trunk)
+        raise UnsupportedModelError(
+            f"vision tower {type(visual).__name__} is not a ViT (open_clip VisionTransformer or a timm "
+            "VisionTransformer); prompt methods insert tokens between transformer blocks")
+
+    @staticmethod
+    def _of_timm(visual: nn.Module, trunk: nn.Module) -> "VisionTowerView":
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+        if not isinstance(trunk, TimmViT):
+            why = {"Eva": "EVA towers use rotary position embeddings, which give prompt tokens no position"}
+            reason = why.get(type(trunk).__name__, "it is not a transformer over patch tokens")
+            raise UnsupportedModelError(f"timm vision tower {type(trunk).__name__} is not supported: {reason}")
+        if "pool" in getattr(visual, "head", {}):
+            raise UnsupportedModelError("timm towers with open_clip's attention-pool head (abs_attn / rot_attn) "
+                                        "are not supported")
+        patch = tuple(trunk.patch_embed.patch_size)
+        grid = tuple(trunk.patch_embed.grid_size)
+        out_dim = int(getattr(trunk, "num_classes", 0) or trunk.num_features)  # timm's head, if any
+        for layer in visual.head.modules():  # then open_clip's projection head ("linear" / "mlp")
+            if isinstance(layer, nn.Linear):
+                out_dim = int(layer.out_features)
+        return VisionTowerView(visual, "timm", trunk.blocks, trunk.norm_pre, int(trunk.embed_dim),
+                               tuple(visual.image_size), patch, grid, out_dim)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> tokens entering block 0 (B, N, W)."""
+        if self.kind == "open_clip":
+            return self.module._embeds(images)
+        trunk = self.module.trunk
+        x = trunk._pos_embed(trunk.patch_embed(images))
+        return trunk.norm_pre(trunk.patch_drop(x))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The N original block outputs (B, N, W) -> image features (B, D), the tower's own pooling."""
+        if self.kind == "open_clip":
+            pooled, _ = self.module._pool(tokens)
+            return pooled @ self.module.proj if self.module.proj is not None else pooled
+        trunk = self.module.trunk
+        return self.module.head(trunk.forward_head(trunk.norm(tokens)))
+
+    def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Any block outputs (..., W) -> the final norm and projection (..., D), as for the class token."""
+        if self.kind != "open_clip":
+            raise UnsupportedModelError("per-token projection (RPO) needs an open_clip VisionTransformer")
+        tokens = self.module.ln_post(tokens)
+        return tokens @ self.module.proj if self.module.proj is not None else tokens
+
+
 def check_vision_tower(visual: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` unless ``visual`` is an open_clip ViT the engine can drive."""
-    from open_clip.transformer import VisionTransformer
-
-    if not isinstance(visual, VisionTransformer):
-        raise UnsupportedModelError(
-            f"vision tower {type(visual).__name__} is not an open_clip VisionTransformer; "
-            "prompt methods need a ViT image encoder (e.g. ViT-B-16, ViT-L-14)")
-    if getattr(visual, "attn_pool", None) is not None:
-        raise UnsupportedModelError("vision towers with attentional pooling (CoCa) are not supported")
-    for name in ("_embeds", "_pool"):
-        if not hasattr(visual, name):
-            raise UnsupportedModelError(f"open_clip VisionTransformer lacks {name}; install open_clip_torch>=3.1,<3.4")
-    if not getattr(visual.transformer, "batch_first", True):
-        raise UnsupportedModelError("sequence-first open_clip transformers are not supported")
-
-
-def check_tokenizer(tokenizer, context_length: int) -> None:
-    """Refuse tokenizers whose ids break the engine's assumptions, naming the tokenizer.
-
-    The engine inserts context right after a start token at position 0 and finds the end of the
-    text by ``argmax`` (open_clip's ``SimpleTokenizer``: start-of-text 49406 first, end-of-text
-    49407 = the largest id). Hugging Face tokenizers (SigLIP, MT5, ...) do not give that layout.
-    """
-    try:
-        ids = tokenizer(["a"])
-    except Exception as exc:  # the tokenizer itself failed: say which one
-        raise UnsupportedModelError(f"tokenizer {type(tokenizer).__name__} failed on ['a']: {exc}") from exc
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] != context_length:
-        raise UnsupportedModelError(
-            f"tokenizer {type(tokenizer).__name__} must return (B, {context_length}) token ids for this text "
-            f"tower, got {getattr(ids, 'shape', type(ids).__name__)}")
-    sot, eot = getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None)
-    row = ids[0]
-    end = int(row.argmax())
-    if sot is None or eot is None or int(row[0]) != sot or int(row[end]) != eot or end < 2:
-        raise UnsupportedModelError(
-            f"tokenizer {type(tokenizer).__name__} does not put a start token first and an end-of-text token "
-            "with the largest id after the text (open_clip's SimpleTokenizer layout); prompt methods need it")
+    """Raise :class:`UnsupportedModelError` unless ``visual`` is a ViT the engine can drive."""
+    VisionTowerView.of(visual)
 
 
 def base_signature(clip_model: nn.Module) -> dict:
-    """Shape facts of an open_clip ViT model that a checkpoint must match (JSON-able)."""
+    """Shape facts of the base model that a checkpoint must match (JSON-able)."""
     text = TextTowerView.of(clip_model)
-    visual = clip_model.visual
+    vision = VisionTowerView.of(clip_model.visual)
     return {
         "context_length": text.context_length,
-        "embed_dim": int(visual.output_dim),
-        "grid_size": list(visual.grid_size),
-        "image_size": list(visual.image_size),
-        "patch_size": list(visual.patch_size),
+        "embed_dim": vision.output_dim,
+        "grid_size": list(vision.grid_size),
+        "image_size": list(vision.image_size),
+        "patch_size": list(vision.patch_size),
         "text_layers": len(text.transformer.resblocks),
         "text_width": int(text.transformer.width),
-        "vision_layers": len(visual.transformer.resblocks),
-        "vision_width": int(visual.transformer.width),
+        "vision_layers": vision.layers,
+        "vision_width": vision.width,
     }
 
 
-#: Frozen tensors whose values identify a base model's weights (present in every open_clip ViT CLIP).
-_FINGERPRINT_TENSORS = ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding",
-                        "token_embedding.weight", "positional_embedding", "text.token_embedding.weight",
-                        "text.positional_embedding", "logit_scale")
+def fingerprint_tensor_names(params: Dict[str, torch.Tensor]) -> List[str]:
+    """The identifying tensors of a CLIP: for the image tower and for the rest (text tower, logit
+    scale), the first two parameters in registration order and the largest one (patch embedding,
+    token embedding)."""
+    names = list(params)
+    picked = []
+    for group in ([n for n in names if n.startswith("visual.")], [n for n in names if not n.startswith("visual.")]):
+        if group:
+            largest = max(group, key=lambda n: params[n].numel())
+            picked += [n for n in dict.fromkeys(group[:2] + [largest]) if n not in picked]
+    return picked
 
 
 def weights_fingerprint(params: Dict[str, torch.Tensor]) -> Dict[str, List[float]]:
@@ -143,9 +206,7 @@ def weights_fingerprint(params: Dict[str, torch.Tensor]) -> Dict[str, List[float
     match (:func:`fingerprints_match` compares with a tolerance); different weights do not.
     """
     out = {}
-    for name in _FINGERPRINT_TENSORS:
-        if name not in params:
-            continue
+    for name in fingerprint_tensor_names(params):
         t = params[name].detach().to("cpu", torch.float64).flatten()
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
         direction = torch.randn(t.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -77,7 +77,8 @@ class CoCoOp(AdaptedCLIP):
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
         """Class names or token ids (C, L) -> (C, embed_dim) with the bare context (meta-net shift 0)."""
         tokens = self.template(text)
-        features = engine.encode_text(self.text_view, tokens, lambda i: self.ctx if i == 0 else None)
+        features = engine.encode_text(self.text_view, tokens, lambda i: self.ctx if i == 0 else None,
+                                      self.template.context_start)
         return self._maybe_normalize(features, normalize)
 
     def encode_text_for_images(self, image_features: torch.Tensor, text, normalize: bool = False) -> torch.Tensor:
@@ -87,7 +88,8 @@ class CoCoOp(AdaptedCLIP):
         shift = self.meta_net(image_features.float())                      # (B, text width)
         ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)                   # (B, n_ctx, text width)
         ctx = ctx.repeat_interleave(n_cls, dim=0)                          # (B * C, n_ctx, text width)
-        features = engine.encode_text(self.text_view, tokens.repeat(n_img, 1), lambda i: ctx if i == 0 else None)
+        features = engine.encode_text(self.text_view, tokens.repeat(n_img, 1), lambda i: ctx if i == 0 else None,
+                                      self.template.context_start)
         return self._maybe_normalize(features.view(n_img, n_cls, -1), normalize)
 
     def compute_logits(self, images: torch.Tensor, text) -> torch.Tensor:

@@ -90,5 +90,6 @@ class MaPLe(AdaptedCLIP):
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
         """Class names or token ids (C, L) -> (C, embed_dim) with the deep text context."""
         d = min(self.depth, self.text_layers)
-        features = engine.encode_text(self.text_view, self.template(text), lambda i: self.text_ctx[i] if i < d else None)
+        features = engine.encode_text(self.text_view, self.template(text), lambda i: self.text_ctx[i] if i < d else None,
+                                      self.template.context_start)
         return self._maybe_normalize(features, normalize)

@@ -129,7 +129,7 @@ class PromptedCLIP(AdaptedCLIP):
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
     def _init_text_context(self, view: TextTowerView) -> None:
-        ids = phrase_ids(self.tokenizer, self.config.text_init)
+        ids = phrase_ids(self.tokenizer, self.config.text_init, self.template.layout)
         if ids is None:
             return
         k = self.config.text_tokens
@@ -145,18 +145,21 @@ class PromptedCLIP(AdaptedCLIP):
     def _carry_deep_text_prompts(self, view: TextTowerView) -> None:
         """Deep text prompts := the frozen tower's hidden states at the context positions.
 
-        Runs [SOT, layer-0 context] through the frozen blocks and stores, for each layer
-        0 < i < text_depth, its input at the context positions: with a causal tower these are what the
-        untrained encoder would carry anyway, so replacing them changes nothing until training moves them.
+        Runs the template with an empty class name ("<layer-0 context> .") through the frozen blocks
+        and stores, for each layer 0 < i < text_depth, its input at the context positions. In a causal
+        tower (CLIP) the context positions never see the class name, so these are the states every
+        prompt carries anyway: the untrained text encoder equals zero-shot CLIP exactly. In a
+        bidirectional tower (SigLIP) they attend to the name: exact for the empty name only, an
+        approximation (the name-free context) for real names.
         """
-        sot = self.tokenizer([""])[:, :1].to(view.token_embedding.weight.device)
-        x = engine.embed_text(view, torch.cat([sot, sot.new_zeros(1, self.config.text_tokens)], dim=1),
-                              self.text_prompts[0])
-        mask = engine.causal_mask(view, x.shape[1])
+        tokens = self.template([""]).to(view.token_embedding.weight.device)
+        start, k = self.template.context_start, self.config.text_tokens
+        x = engine.embed_text(view, tokens, self.text_prompts[0], start)
+        mask = engine.causal_mask(view, tokens.shape[1])
         for i, block in enumerate(view.transformer.resblocks):
             if 0 < i < self.config.text_depth:
-                self.text_prompts[i] = x[0, 1:].float()
-            x = block(x, attn_mask=mask)
+                self.text_prompts[i] = x[0, start:start + k].float()
+            x = engine.run_block(block, x, mask, use_ckpt=False)
 
     # ------------------------------------------------------------------ what trains
     def prompt_parameters(self) -> List[nn.Parameter]:
@@ -185,7 +188,8 @@ class PromptedCLIP(AdaptedCLIP):
 
         Each class name is encoded as "<learned context> <class name>."; both inputs give the same features.
         """
-        features = engine.encode_text(self.text_view, self.template(text), self._text_context_at)
+        features = engine.encode_text(self.text_view, self.template(text), self._text_context_at,
+                                      self.template.context_start)
         return self._maybe_normalize(features, normalize)
 
     def extra_repr(self) -> str:

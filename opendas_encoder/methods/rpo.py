@@ -31,6 +31,7 @@ from ..core import engine
 from ..core.encoder import AdaptedCLIP, MethodConfig, check_int
 from ..core.registry import register_method
 from ..core.tokens import ZERO_SHOT_TEMPLATE, TemplateTokenizer, split_template, trim_after_end_of_text
+from ..core.towers import UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,14 @@ class RPO(AdaptedCLIP):
     def __init__(self, clip_model: nn.Module, config: RPOConfig = RPOConfig(), **kwargs):
         super().__init__(clip_model, config, **kwargs)
         cfg = self.config
+        view = self.text_view
+        if not (view.causal and view.pool_type == "argmax" and self.vision_view.kind == "open_clip"):
+            raise UnsupportedModelError(
+                "RPO reads its prompts at CLIP's end-of-text token of a causal text tower (argmax pooling) and "
+                f"projects per-prompt tokens of an open_clip ViT; this model has a {view.pool_type!r}-pooled "
+                f"{'causal' if view.causal else 'bidirectional'} text tower and a {self.vision_view.kind} ViT")
         self.template = TemplateTokenizer(self.tokenizer, *split_template(cfg.template, "RPOConfig"))
-        eot = getattr(self.tokenizer, "eot_token_id", None)
-        if eot is None:
-            eot = int(self.tokenizer([""])[0].max())
+        eot = self.template.layout.end_ids[0]
         embedding = self.text_view.token_embedding.weight
         self.text_prompts = nn.Parameter(_near(embedding[eot], cfg.k, cfg.init_noise))
         self.visual_prompts = nn.Parameter(_near(self.clip.visual.class_embedding, cfg.k, cfg.init_noise))
