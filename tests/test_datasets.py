@@ -275,6 +275,39 @@ def test_scannetpp_frames_stride_and_order(tmp_path):
         scene.frames(stride=0)
 
 
+def test_scannetpp_unaligned_arkit_poses_are_refused_unless_allowed(tmp_path):
+    """A pose_intrinsic_imu.json frame with only ARKit's ``pose`` (no ``aligned_pose``) is not in the
+    mesh's frame: reading it is an error naming the file, unless the user opts in (issue 13.9)."""
+    root = str(tmp_path / "scannetpp")
+    write_two_box_scene(root)
+    scene = ScanNetPPScene(root, "0b031f3119")
+    arkit = np.eye(4)
+    arkit[:3, 3] = (10.0, 0.0, 0.0)          # an ARKit pose: a different world frame than the mesh's
+    with open(scene.pose_json_path) as f:
+        data = json.load(f)
+    for entry in data.values():
+        del entry["aligned_pose"]
+        entry["pose"] = arkit.tolist()
+    with open(scene.pose_json_path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match=r"pose_intrinsic_imu\.json.*frame_000000.*aligned_pose.*allow_unaligned_poses"):
+        scene.frames(source="pose_json")
+    for name in ("images.txt", "cameras.txt"):   # without COLMAP, "auto" reads the JSON: refused as well
+        os.remove(os.path.join(scene.colmap_dir, name))
+    with pytest.raises(ValueError, match="aligned_pose"):
+        scene.frames()
+    with pytest.raises(ValueError, match=r"pose_intrinsic_imu\.json"):   # before any rendering
+        ScanNetPPOffices(root, scene_ids=["0b031f3119"], stride=1, render_dir=str(tmp_path / "r"), progress=False)
+    (fr,) = scene.frames(allow_unaligned_poses=True)
+    np.testing.assert_array_equal(fr.cam_to_world, arkit)
+    for entry in data.values():               # neither pose: an error even when unaligned poses are allowed
+        del entry["pose"]
+    with open(scene.pose_json_path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match="frame_000000 has no 'aligned_pose'"):
+        scene.frames(allow_unaligned_poses=True)
+
+
 def test_ply_builtin_reader_matches(tmp_path, monkeypatch):
     import builtins
 

@@ -364,11 +364,15 @@ class ScanNetPPScene:
         return os.path.join(self.iphone_dir, "pose_intrinsic_imu.json")
 
     # frames
-    def frames(self, stride: int = 1, source: str = "auto", check_files: bool = True) -> List[ScanNetPPFrame]:
+    def frames(self, stride: int = 1, source: str = "auto", check_files: bool = True,
+               allow_unaligned_poses: bool = False) -> List[ScanNetPPFrame]:
         """Every stride-th iPhone frame (in COLMAP image-id order, or sorted frame names).
 
         source: "colmap" (iphone/colmap/*.txt), "pose_json" (aligned_pose of pose_intrinsic_imu.json)
         or "auto" (colmap when present). check_files: raise FileNotFoundError for a missing RGB image.
+        allow_unaligned_poses: a ``pose_intrinsic_imu.json`` frame without ``aligned_pose`` is an error
+        (its ``pose`` is ARKit's own frame, not the mesh's: masks would be rendered in the wrong place);
+        True uses ``pose`` for such frames instead (only for scenes whose ARKit frame is the mesh frame).
         """
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
@@ -377,7 +381,7 @@ class ScanNetPPScene:
         if source == "colmap":
             frames = self._colmap_frames()
         elif source == "pose_json":
-            frames = self._pose_json_frames()
+            frames = self._pose_json_frames(allow_unaligned_poses)
         else:
             raise ValueError(f"source must be 'auto', 'colmap' or 'pose_json', got {source!r}")
         frames = frames[::stride]
@@ -403,7 +407,7 @@ class ScanNetPPScene:
             out.append(ScanNetPPFrame(stem, rgb, depth, im.cam_to_world, cam.K, cam.width, cam.height))
         return out
 
-    def _pose_json_frames(self) -> List[ScanNetPPFrame]:
+    def _pose_json_frames(self, allow_unaligned_poses: bool = False) -> List[ScanNetPPFrame]:
         path = self.pose_json_path
         if not os.path.isfile(path):
             raise FileNotFoundError(f"scene {self.scene_id}: no camera poses (neither {os.path.join(self.colmap_dir, 'images.txt')} nor {path})")
@@ -412,9 +416,16 @@ class ScanNetPPScene:
         out = []
         for key in sorted(data):
             entry = data[key]
-            pose = entry.get("aligned_pose", entry.get("pose"))
-            if pose is None or "intrinsic" not in entry:
-                raise ValueError(f"{path}: frame {key} lacks 'aligned_pose'/'intrinsic'")
+            if "intrinsic" not in entry:
+                raise ValueError(f"{path}: frame {key} lacks 'intrinsic'")
+            pose = entry.get("aligned_pose")
+            if pose is None:
+                if "pose" not in entry or not allow_unaligned_poses:
+                    raise ValueError(
+                        f"{path}: frame {key} has no 'aligned_pose'" + (
+                            " (only the unaligned ARKit 'pose', which is not in the mesh's frame; pass "
+                            "allow_unaligned_poses=True to use it anyway)" if "pose" in entry else ""))
+                pose = entry["pose"]
             stem, rgb, depth = self._frame_paths(key)
             width, height = (Image.open(rgb).size if os.path.isfile(rgb) else (0, 0))
             out.append(ScanNetPPFrame(stem, rgb, depth, np.asarray(pose, dtype=np.float64).reshape(4, 4),
@@ -507,14 +518,16 @@ class ScanNetPPOffices(LabelMapSegmentDataset):
     split, or give ``scene_ids``. stride: keep every stride-th posed frame. render_scale: render
     the masks (and load the RGB) at this fraction of the RGB resolution. render_dir: where the
     instance maps are cached (default ``~/.cache/opendas_encoder/scannetpp_renders``).
+    pose_source / allow_unaligned_poses: see :meth:`ScanNetPPScene.frames` (frames without an
+    ``aligned_pose`` are refused unless allow_unaligned_poses=True).
     classes: the labels of the split's annotated objects (sorted).
     """
 
     def __init__(self, root: str, split: str = "train", stride: int = 10, min_pixels: int = DEFAULT_MIN_PIXELS,
                  render_scale: float = 0.25, render_dir: Optional[str] = None,
                  scene_ids: Optional[Sequence[str]] = None, split_file: Optional[str] = None,
-                 pose_source: str = "auto", threads: int = 0, index_cache: Optional[str] = None,
-                 progress: bool = True):
+                 pose_source: str = "auto", allow_unaligned_poses: bool = False, threads: int = 0,
+                 index_cache: Optional[str] = None, progress: bool = True):
         if not 0 < render_scale <= 1:
             raise ValueError(f"render_scale must be in (0, 1], got {render_scale}")
         ids = list(scene_ids) if scene_ids is not None else split_scene_ids(split, split_file)
@@ -523,7 +536,7 @@ class ScanNetPPOffices(LabelMapSegmentDataset):
                                        f"scale_{render_scale:g}")
         frames, all_labels = [], set()
         for scene in tqdm(scenes, desc="ScanNet++ scenes", disable=not progress, leave=False):
-            fr = scene.frames(stride, source=pose_source)
+            fr = scene.frames(stride, source=pose_source, allow_unaligned_poses=allow_unaligned_poses)
             maps = render_scene_instance_maps(scene, fr, self.render_dir, render_scale, threads, progress)
             labels = scene.instance_labels()
             all_labels.update(labels.values())
@@ -606,6 +619,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r.add_argument("--stride", type=int, default=10)
     r.add_argument("--scale", type=float, default=0.25)
     r.add_argument("--render-dir", default=None)
+    r.add_argument("--allow-unaligned-poses", action="store_true",
+                   help="use ARKit's unaligned 'pose' for frames of pose_intrinsic_imu.json without 'aligned_pose' "
+                        "(refused by default: those poses are not in the mesh's frame)")
     args = ap.parse_args(argv)
     if args.cmd == "vocab":
         vocab = offices_vocabulary(args.root, args.split_file)
@@ -614,7 +630,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             vocab.save(args.out)
             print(f"saved {args.out}")
     else:
-        ds = ScanNetPPOffices(args.root, args.split, stride=args.stride, render_scale=args.scale, render_dir=args.render_dir)
+        ds = ScanNetPPOffices(args.root, args.split, stride=args.stride, render_scale=args.scale, render_dir=args.render_dir,
+                              allow_unaligned_poses=args.allow_unaligned_poses)
         print(f"{ds.name}: {len(ds)} segments, {len(ds.classes)} classes, {len(ds.frames)} frames\n"
               f"{ds.enumeration_skips.summary()}")
     return 0
