@@ -1,83 +1,82 @@
 """Datasets by name: ``build_dataset(name, root, split, **kw) -> SegmentDataset``.
 
-Names: "generic", "ade20k-150", "kitti-360", "scannetpp-offices", "generated-world". Builders are
-imported lazily so that an optional dependency of one dataset never affects the others.
+A dataset module registers its builder when it is imported::
+
+    @register_dataset("my-dataset")
+    def build(root, split, **kw) -> SegmentDataset: ...
+
+and is found by name through the entry-point group ``opendas_encoder.datasets`` (name -> module),
+which this package's ``pyproject.toml`` fills for its own datasets ("generic", "ade20k-150",
+"kitti-360", "scannetpp-offices", and the generated world's "generated-world") and which other
+distributions may extend. Looking up a name that is not registered yet imports the module its entry
+point names, so an optional dependency of one dataset never affects the others.
 """
 
 from __future__ import annotations
 
-import os
+from importlib.metadata import entry_points
 from typing import Callable, Dict, List, Optional
 
 from .segments import SegmentDataset
 
 Builder = Callable[..., SegmentDataset]
 
-RESOURCES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources")
+#: Entry-point group: ``<dataset name> = <module that registers it>``.
+ENTRY_POINT_GROUP = "opendas_encoder.datasets"
 
 
-def resource_path(name: str) -> str:
-    """Absolute path of a packaged resource file (``opendas_encoder/resources/<name>``); must exist."""
-    path = os.path.join(RESOURCES_DIR, name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"packaged resource not found: {path}")
-    return path
+class _Entry:
+    def __init__(self, builder: Builder, needs_root: bool):
+        self.builder, self.needs_root = builder, needs_root
 
 
-def _generic(root, split, **kw):
-    from .generic import GenericSegmentDataset
-    return GenericSegmentDataset(root, split=split, **kw)
+_REGISTRY: Dict[str, _Entry] = {}
 
 
-def _ade20k(root, split, **kw):
-    from .ade20k import ADE20K150
-    return ADE20K150(root, split=split or "validation", **kw)
+def register_dataset(name: str, builder: Optional[Builder] = None, *, needs_root: bool = True,
+                     overwrite: bool = False):
+    """Register ``builder(root, split, **kw) -> SegmentDataset`` under ``name``; usable as a decorator.
+
+    needs_root: ``build_dataset`` refuses a missing ``root`` for this dataset (False for datasets
+    that are generated rather than read). Registering a taken name is an error unless ``overwrite``.
+    """
+    def add(fn: Builder) -> Builder:
+        if name in _REGISTRY and not overwrite and _REGISTRY[name].builder is not fn:
+            raise ValueError(f"dataset {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
+        _REGISTRY[name] = _Entry(fn, needs_root)
+        return fn
+
+    return add if builder is None else add(builder)
 
 
-def _kitti360(root, split, **kw):
-    from .kitti360 import KITTI360
-    return KITTI360(root, split=split or "val", **kw)
+def _entry_points():
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _scannetpp(root, split, **kw):
-    from .scannetpp import ScanNetPPOffices
-    return ScanNetPPOffices(root, split=split or "train", **kw)
-
-
-def _generated_world(root, split, **kw):
-    try:
-        from ..world import make_target_domain
-    except ImportError as exc:
-        raise ImportError("the generated world (opendas_encoder.world.make_target_domain) is not available") from exc
-    if root is not None:
-        kw["root"] = root
-    return make_target_domain(split=split, **kw)
-
-
-_REGISTRY: Dict[str, Builder] = {
-    "generic": _generic,
-    "ade20k-150": _ade20k,
-    "kitti-360": _kitti360,
-    "scannetpp-offices": _scannetpp,
-    "generated-world": _generated_world,
-}
-
-
-def register_dataset(name: str, builder: Builder, overwrite: bool = False) -> None:
-    """Add a dataset builder ``builder(root, split, **kw) -> SegmentDataset`` under ``name``."""
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"dataset {name!r} is already registered")
-    _REGISTRY[name] = builder
+def _load(name: str) -> None:
+    """Import the module that the entry point ``name`` names (it registers the dataset)."""
+    ep = _entry_points().get(name)
+    if ep is not None:
+        ep.load()
+        if name not in _REGISTRY:
+            raise RuntimeError(f"entry point {ENTRY_POINT_GROUP}:{name} = {ep.value} did not register "
+                               f"a dataset named {name!r}")
 
 
 def list_datasets() -> List[str]:
-    return sorted(_REGISTRY)
+    """Names of the registered datasets and of those an entry point offers (nothing is imported)."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
 def build_dataset(name: str, root: Optional[str] = None, split: Optional[str] = None, **kw) -> SegmentDataset:
     """Build the dataset registered as ``name`` (keyword arguments go to its constructor)."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {list_datasets()}")
-    if root is None and name != "generated-world":
+        _load(name)
+    if name not in _REGISTRY:
+        hint = "" if _entry_points() else (f" (no {ENTRY_POINT_GROUP!r} entry points are installed: "
+                                           "install the package, e.g. pip install -e .)")
+        raise ValueError(f"unknown dataset {name!r}; known: {list_datasets()}{hint}")
+    entry = _REGISTRY[name]
+    if root is None and entry.needs_root:
         raise ValueError(f"dataset {name!r} needs a root folder")
-    return _REGISTRY[name](root, split, **kw)
+    return entry.builder(root, split, **kw)
