@@ -462,10 +462,10 @@ def test_registry_takes_a_new_dataset_by_decorator(tmp_path):
         write_generic(str(tmp_path / "g"))
         assert "unit-test-generic" in list_datasets()
         assert len(build_dataset("unit-test-generic", str(tmp_path / "g"), "train", progress=False)) == 5
-        with pytest.raises(ValueError, match="already registered"):
+        with pytest.raises(ValueError, match="'unit-test-generic' is registered twice"):
             registry.register_dataset("unit-test-generic", lambda root, split: None)
     finally:
-        registry._REGISTRY.pop("unit-test-generic", None)
+        registry.DATASETS._entries.pop("unit-test-generic", None)
 
 
 def test_real_loaders_never_import_generated_code(repo_root):
