@@ -29,7 +29,7 @@ if ROOT not in sys.path:
 from integrations.openmask3d.readers import find_mask_proposals, read_mask_proposals, read_processed_scene  # noqa: E402
 from opendas_encoder.threed import (MaskFeatureConfig, compute_mask_features, compute_mask_features_loop,  # noqa: E402
                                     plan_crops)
-from opendas_encoder.threed.generated_scene import generate_scene, write_openmask3d_layout  # noqa: E402
+from opendas_encoder.generated.scene3d import generate_scene, write_openmask3d_layout  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:

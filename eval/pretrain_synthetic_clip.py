@@ -2,7 +2,7 @@
 
     nice -n 5 python eval/pretrain_synthetic_clip.py --seed 0
 
-Builds ``opendas-world-vit`` (open_clip custom config in ``opendas_encoder/model_configs``, real
+Builds ``opendas-world-vit`` (open_clip custom config in ``opendas_encoder/generated/world/clip``, real
 open_clip BPE tokenizer), trains it on freshly generated captioned source images with a
 multi-positive contrastive loss (a caption that leaves out an attribute is a positive for every
 image it fits), then measures zero-shot accuracy on the source domain and on the target domain's
@@ -37,15 +37,16 @@ import open_clip  # noqa: E402
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from opendas_encoder.world import (  # noqa: E402
+from opendas_encoder.generated.world import (  # noqa: E402
+    WORLD_LABEL,
     WORLD_MODEL_NAME,
     WORLD_PRETRAINED,
     make_target_domain,
     world_model_config_path,
     world_vocabulary,
 )
-from opendas_encoder.world.source import caption_matches, sample_source_batch  # noqa: E402
-from opendas_encoder.world.zero_shot import source_zero_shot_report, target_zero_shot_report  # noqa: E402
+from opendas_encoder.generated.world.source import caption_matches, sample_source_batch  # noqa: E402
+from opendas_encoder.generated.world.zero_shot import source_zero_shot_report, target_zero_shot_report  # noqa: E402
 
 
 @dataclass
@@ -59,7 +60,7 @@ class PretrainConfig:
     warmup: int = 150  # linear warm-up steps
     weight_decay: float = 0.1  # on weight matrices only (not norms, biases, embeddings, logit scale)
     threads: int = 1  # torch CPU threads (2 threads ran 4x slower on the shared 2-core machine)
-    out: str = "checkpoints/clip_generated_world"  # output folder
+    out: str = "opendas_encoder/generated/world/clip"  # output folder (the shipped package data)
     eval_n: int = 2000  # source images for the final zero-shot accuracy
     target_scenes: int = 150  # target test scenes for the final zero-shot accuracy
     log_every: int = 100  # steps between log lines (with a quick source accuracy)
@@ -233,7 +234,7 @@ def main(argv=None) -> dict:
     train_time = time.time() - start
     results = evaluate(model, preprocess, tokenizer, cfg)
     info = {
-        "world": "generated world",
+        "world": WORLD_LABEL,
         "model": WORLD_MODEL_NAME,
         "pretrained_tag": WORLD_PRETRAINED,
         "command": command,

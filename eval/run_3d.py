@@ -51,7 +51,7 @@ from integrations.openmask3d.readers import (ProcessedLayout, find_mask_proposal
 from opendas_encoder.metrics import instance_ap  # noqa: E402
 from opendas_encoder.threed import (OPENMASK3D_TEMPLATE, MaskFeatureConfig, SamRefiner, Scene3D,  # noqa: E402
                                     classify_masks, compute_mask_features, encode_queries)
-from opendas_encoder.threed.generated_scene import generate_dataset, proposals_from_gt  # noqa: E402
+from opendas_encoder.generated.scene3d import generate_dataset, proposals_from_gt  # noqa: E402
 
 CLIP, OPENDAS = "clip", "opendas"
 

@@ -20,8 +20,8 @@ Examples::
     python eval/run_cls.py --methods opendas vpt maple --seeds 5 --tables 1 2 5 7
     python eval/run_cls.py --dataset configs/table1/kitti360/opendas.yaml --methods opendas cocoop vpt rpo maple
 
-Without ``--dataset`` the data are the generated world (``opendas_encoder.world``) and the model its
-small CLIP (``checkpoints/clip_generated_world``, written by ``eval/pretrain_synthetic_clip.py``):
+Without ``--dataset`` the data are the generated world (``opendas_encoder.generated.world``) and the model its
+small CLIP (``opendas_encoder/generated/world/clip``, written by ``eval/pretrain_synthetic_clip.py``):
 those numbers are measured on generated data, not on a real dataset.
 """
 
@@ -49,7 +49,7 @@ from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_m
 from opendas_encoder.train.trainer import read_log  # noqa: E402
 from opendas_encoder.vocab import select_negative_queries  # noqa: E402
 
-WORLD_LABEL = "generated world (procedurally generated, not a real dataset)"
+from opendas_encoder.generated.world import WORLD_LABEL, WORLD_LABEL_LONG  # noqa: E402
 DEFAULT_METHODS = ("opendas", "cocoop", "vpt", "rpo", "maple")
 #: the paper's method options (Tab. 1 counts on ViT-L-14); depths None = every layer of the model at hand
 METHOD_OPTIONS = {
@@ -146,7 +146,7 @@ def run_config(base: TrainConfig, spec: RunSpec, seed: int, out_dir: str) -> Tra
 
 # ---------------------------------------------------------------------------------------------- config
 def world_config(args) -> TrainConfig:
-    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+    from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     pretrained = WORLD_PRETRAINED if args.pretrained is None else (args.pretrained or None)
     return TrainConfig(
@@ -187,10 +187,10 @@ def run_all(base: TrainConfig, methods: Sequence[str], tables: Sequence[str], se
     vocab = negatives = None
     if world:
         from opendas_encoder.vocab import Vocabulary
-        from opendas_encoder.world import world_negatives, world_vocabulary
+        from opendas_encoder.generated.world import world_negatives, world_vocabulary
 
         words = world_vocabulary()
-        vocab, negatives = Vocabulary(base=words["base"], test=words["test"], name="generated world"), world_negatives()
+        vocab, negatives = Vocabulary(base=words["base"], test=words["test"], name=WORLD_LABEL), world_negatives()
     probe = build_model(replace(base, method="opendas", seed=0))
     sig = probe.base_signature()
     data = prepare_experiment(base, probe, progress=progress, vocab=vocab, negatives=negatives)
@@ -217,7 +217,7 @@ def run_all(base: TrainConfig, methods: Sequence[str], tables: Sequence[str], se
                 spi = seconds_per_iteration(config.output_dir)
                 if spi is not None:
                     entry.seconds_per_iter.append(spi)
-    return {"dataset": WORLD_LABEL if world else base.name, "model": {"name": base.model.name,
+    return {"dataset": WORLD_LABEL_LONG if world else base.name, "model": {"name": base.model.name,
                                                                       "pretrained": base.model.pretrained},
             "base_model": sig, "seeds": seeds, "vocabulary": data.vocab.counts(),
             "negatives": len(data.negatives.queries), "zero_shot": zero_shot,

@@ -1,6 +1,6 @@
 """`opendas demo`: OpenDAS on the generated world, end to end, in a few minutes on a laptop CPU.
 
-Loads the small CLIP shipped in ``checkpoints/clip_generated_world`` (pretrained on the world's
+Loads the small CLIP shipped in ``opendas_encoder/generated/world/clip`` (pretrained on the world's
 source domain by ``eval/pretrain_synthetic_clip.py``), generates the shifted target domain (base
 classes for adaptation, base + novel for testing), evaluates zero-shot CLIP, runs both OpenDAS
 stages, evaluates again and prints the base/novel table. Every number it prints is measured on the
@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
+from .generated.world import WORLD_LABEL
 from .plots import format_table, metric_cell
 from .train.config import DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig
 from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_experiment
-
-WORLD_LABEL = "generated world"
 
 #: OpenDAS variants the demo can run: the paper's initialisation, and deep text prompts that start as
 #: the frozen model's own hidden states (``text_deep_init="carry"``, exact zero-shot CLIP at step 0).
@@ -47,7 +46,7 @@ class DemoOptions:
 
 def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: str = "two-stage") -> TrainConfig:
     """The training config of one demo run; ``method`` is a baseline or a key of ``OPENDAS_VARIANTS``."""
-    from .world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+    from .generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     prompts = OPENDAS_VARIANTS.get(method)
     return TrainConfig(
@@ -67,7 +66,7 @@ def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: 
 
 def run_demo(opts: DemoOptions) -> dict:
     """Run the demo for ``opts.seeds`` seeds; returns {"zero_shot", "opendas", "seconds", "per_seed", ...}."""
-    from .world import world_negatives, world_vocabulary
+    from .generated.world import world_negatives, world_vocabulary
     from .vocab import Vocabulary
 
     t0 = time.perf_counter()

@@ -6,6 +6,8 @@ from typing import Dict, Iterable, List, Sequence
 
 import torch
 
+from .vocab import normalize_name
+
 #: The instruction of the paper's Appendix C, verbatim, for users who generate negatives with an LLM.
 APPENDIX_C_INSTRUCTION = (
     "Your task is to produce five distinct examples for each class provided in the list, ensuring that the "
@@ -31,11 +33,10 @@ def mine_negatives(encoder, classes: Sequence[str], candidates: Iterable[str], p
     prompt); zero-shot CLIP (``create_encoder("zeroshot", ...)``) is the natural choice. Candidates equal to a class (case-insensitive), duplicates and
     ``exclude`` (e.g. the novel test classes) are never proposed.
     """
-    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
-    banned = {norm(c) for c in classes} | {norm(e) for e in exclude}
+    banned = {normalize_name(c) for c in classes} | {normalize_name(e) for e in exclude}
     pool, seen = [], set()
     for c in candidates:
-        key = norm(c)
+        key = normalize_name(c)
         if c.strip() and key not in banned and key not in seen:
             seen.add(key)
             pool.append(c.strip())

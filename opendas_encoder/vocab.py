@@ -15,8 +15,9 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 NEGATIVES_PER_CLASS = 5
 
 
-def _norm(name: str) -> str:
-    return " ".join(name.strip().lower().split())
+def normalize_name(name: str) -> str:
+    """A class name or query as compared everywhere: lower-case, single spaces, no outer spaces."""
+    return " ".join(str(name).lower().split())
 
 
 @dataclass
@@ -106,8 +107,8 @@ def validate_negatives(negatives: Dict[str, Sequence[str]], classes: Iterable[st
             if not isinstance(n, str) or not n.strip():
                 problems.append(f"{cls!r}: empty or non-string negative {n!r}")
                 continue
-            key = _norm(n)
-            if key == _norm(cls):
+            key = normalize_name(n)
+            if key == normalize_name(cls):
                 problems.append(f"{cls!r}: negative equals the class itself")
             if key in seen:
                 problems.append(f"{cls!r}: duplicate negative {n!r}")
@@ -156,12 +157,12 @@ def select_negative_queries(negatives: Dict[str, Sequence[str]], base: Sequence[
     already in the label space); with ``drop_novel`` a negative equal to a novel class is dropped so
     that novel queries stay unseen. Duplicates across classes are kept once; order is stable.
     """
-    base_keys = {_norm(c) for c in base}
-    novel_keys = {_norm(c) for c in novel}
+    base_keys = {normalize_name(c) for c in base}
+    novel_keys = {normalize_name(c) for c in novel}
     out, seen, dropped = [], set(), []
     for cls in base:
         for neg in negatives.get(cls, []):
-            key = _norm(neg)
+            key = normalize_name(neg)
             if key in base_keys:
                 dropped.append((cls, neg, "is a base class"))
             elif drop_novel and key in novel_keys:

@@ -21,7 +21,7 @@ def write_config(tmp_path, **extra):
         "output_dir": str(tmp_path / "run"),
     }
     cfg.update(extra)
-    from opendas_encoder.world import world_negatives
+    from opendas_encoder.generated.world import world_negatives
 
     (tmp_path / "negatives.json").write_text(json.dumps(world_negatives()))
     path = tmp_path / "config.yaml"

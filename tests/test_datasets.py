@@ -3,6 +3,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,14 +13,14 @@ from opendas_encoder.data import CLIP_MEAN_PIXEL, SegmentError, crop_segment
 from opendas_encoder.data.ade20k import ADE20K150, ade20k_150_classes
 from opendas_encoder.data.cache import SegmentCache
 from opendas_encoder.data.generic import GenericSegmentDataset
-from opendas_encoder.data.registry import build_dataset, list_datasets, resource_path
+from opendas_encoder.data.registry import build_dataset, list_datasets
+from opendas_encoder.data.resources import resource_path
 from opendas_encoder.data.scannetpp import (ScanNetPPOffices, ScanNetPPScene, offices_split, offices_vocabulary,
                                             qvec_to_rotmat, read_ply_mesh, rotmat_to_qvec)
-from opendas_encoder.data.scannetpp_fixture import FixtureFrame, box_mesh, look_at, write_scannetpp_scene
-from opendas_encoder.data.scannetpp_render import open3d_available
+from opendas_encoder.data.scannetpp.render import open3d_available
+from opendas_encoder.generated.datasets import SEQ, write_ade20k, write_generic, write_kitti360
+from opendas_encoder.generated.scannetpp import FixtureFrame, box_mesh, look_at, write_scannetpp_scene
 from opendas_encoder.vocab import load_negatives, validate_negatives
-
-from tests.fixtures_data import SEQ, write_ade20k, write_generic, write_kitti360
 
 FILL = tuple(int(round(c)) for c in CLIP_MEAN_PIXEL)
 needs_open3d = pytest.mark.skipif(not open3d_available(), reason="needs open3d: pip install open3d (+ libusb-1.0-0)")
@@ -227,6 +229,11 @@ def test_quaternion_round_trip():
     R = qvec_to_rotmat(q)
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
     np.testing.assert_allclose(rotmat_to_qvec(R), q, atol=1e-9)
+    # COLMAP order (qw, qx, qy, qz): 90 degrees about z maps x to y; 180 degrees about x flips y and z
+    c = np.sqrt(0.5)
+    np.testing.assert_allclose(qvec_to_rotmat([c, 0, 0, c]), [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)
+    np.testing.assert_allclose(qvec_to_rotmat([0, 1, 0, 0]), np.diag([1.0, -1.0, -1.0]), atol=1e-12)
+    np.testing.assert_allclose(rotmat_to_qvec(qvec_to_rotmat(-q)), q, atol=1e-9)   # sign fixed: qw >= 0
 
 
 def test_scannetpp_layout_reader(tmp_path):
@@ -275,30 +282,73 @@ def test_scannetpp_frames_stride_and_order(tmp_path):
         scene.frames(stride=0)
 
 
-def test_ply_builtin_reader_matches(tmp_path, monkeypatch):
-    import builtins
+def test_scannetpp_unaligned_arkit_poses_are_refused_unless_allowed(tmp_path):
+    """A pose_intrinsic_imu.json frame with only ARKit's ``pose`` (no ``aligned_pose``) is not in the
+    mesh's frame: reading it is an error naming the file, unless the user opts in (issue 13.9)."""
+    root = str(tmp_path / "scannetpp")
+    write_two_box_scene(root)
+    scene = ScanNetPPScene(root, "0b031f3119")
+    arkit = np.eye(4)
+    arkit[:3, 3] = (10.0, 0.0, 0.0)          # an ARKit pose: a different world frame than the mesh's
+    with open(scene.pose_json_path) as f:
+        data = json.load(f)
+    for entry in data.values():
+        del entry["aligned_pose"]
+        entry["pose"] = arkit.tolist()
+    with open(scene.pose_json_path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match=r"pose_intrinsic_imu\.json.*frame_000000.*aligned_pose.*allow_unaligned_poses"):
+        scene.frames(source="pose_json")
+    for name in ("images.txt", "cameras.txt"):   # without COLMAP, "auto" reads the JSON: refused as well
+        os.remove(os.path.join(scene.colmap_dir, name))
+    with pytest.raises(ValueError, match="aligned_pose"):
+        scene.frames()
+    with pytest.raises(ValueError, match=r"pose_intrinsic_imu\.json"):   # before any rendering
+        ScanNetPPOffices(root, scene_ids=["0b031f3119"], stride=1, render_dir=str(tmp_path / "r"), progress=False)
+    (fr,) = scene.frames(allow_unaligned_poses=True)
+    np.testing.assert_array_equal(fr.cam_to_world, arkit)
+    for entry in data.values():               # neither pose: an error even when unaligned poses are allowed
+        del entry["pose"]
+    with open(scene.pose_json_path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match="frame_000000 has no 'aligned_pose'"):
+        scene.frames(allow_unaligned_poses=True)
+
+
+def test_ply_mesh_reader_binary_ascii_big_endian(tmp_path):
+    """read_ply_mesh gives back the mesh written by write_ply, and the same mesh written by plyfile
+    itself as ASCII and as big-endian binary (the formats releases use); non-triangles are refused."""
+    import plyfile
+
+    from opendas_encoder.data.ply import write_ply
 
     verts, faces, colors, *_ = two_box_world()
-    from opendas_encoder.data.scannetpp_fixture import write_ply_mesh
     path = str(tmp_path / "m.ply")
-    write_ply_mesh(path, verts, faces, colors)
-    real_import = builtins.__import__
-
-    def no_plyfile(name, *a, **k):
-        if name == "plyfile":
-            raise ImportError("hidden")
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_plyfile)
+    write_ply(path, verts, colors, faces)
     mesh = read_ply_mesh(path)
     np.testing.assert_allclose(mesh.vertices, verts, atol=1e-5)
     np.testing.assert_array_equal(mesh.faces, faces)
     np.testing.assert_array_equal(mesh.colors, colors)
+    original = plyfile.PlyData.read(path)
+    for name, text, order in (("ascii.ply", True, "="), ("big.ply", False, ">")):
+        plyfile.PlyData(original.elements, text=text, byte_order=order).write(str(tmp_path / name))
+        other = read_ply_mesh(str(tmp_path / name))
+        np.testing.assert_allclose(other.vertices, verts, atol=1e-5)
+        np.testing.assert_array_equal(other.faces, faces)
+        np.testing.assert_array_equal(other.colors, colors)
+    quad = np.zeros(1, dtype=[("vertex_indices", "O")])
+    quad["vertex_indices"][0] = np.array([0, 1, 2, 3], dtype=np.int32)
+    plyfile.PlyData([original["vertex"], plyfile.PlyElement.describe(quad, "face")]).write(str(tmp_path / "quad.ply"))
+    with pytest.raises(ValueError, match=r"quad\.ply.*triangle"):
+        read_ply_mesh(str(tmp_path / "quad.ply"))
+    (tmp_path / "junk.ply").write_bytes(b"not a ply file")
+    with pytest.raises(ValueError, match=r"junk\.ply"):
+        read_ply_mesh(str(tmp_path / "junk.ply"))
 
 
 @needs_open3d
 def test_renderer_two_boxes_with_occlusion():
-    from opendas_encoder.data.scannetpp_render import MeshRaycaster, face_values_from_vertices
+    from opendas_encoder.data.scannetpp.render import MeshRaycaster, face_values_from_vertices
 
     verts, faces, _, inst, T, expected = two_box_world()
     assert (expected == 5).sum() == 48 and (expected == 9).sum() == 18  # B is partly hidden by A
@@ -328,7 +378,7 @@ def test_scannetpp_offices_segments_from_rendered_masks(tmp_path, monkeypatch):
                             threads=1, progress=False)
     assert half[0].image.shape == (12, 16, 3) and half[0].mask.shape == (12, 16)
     # a second construction reads the cached maps and renders nothing
-    import opendas_encoder.data.scannetpp_render as render_mod
+    import opendas_encoder.data.scannetpp.render as render_mod
     monkeypatch.setattr(render_mod, "MeshRaycaster", None)
     again = ScanNetPPOffices(root, scene_ids=["0b031f3119"], stride=1, render_scale=1.0, render_dir=renders,
                              progress=False)
@@ -346,7 +396,7 @@ def test_scannetpp_vocabulary_counts(tmp_path):
     vocab = offices_vocabulary(root, split_file)
     assert vocab.base == ["chair", "desk"] and vocab.test == ["chair", "desk", "robot arm"]
     assert vocab.counts() == {"base": 2, "test": 3, "test_base": 2, "novel": 1}
-    from opendas_encoder.data.scannetpp import main
+    from opendas_encoder.data.scannetpp.__main__ import main
     out = str(tmp_path / "vocab.json")
     assert main(["vocab", "--root", root, "--split-file", split_file, "--out", out]) == 0
     assert json.load(open(out))["novel"] == ["robot arm"]
@@ -390,8 +440,45 @@ def test_registry(tmp_path):
     assert len(ds) == 5
     write_ade20k(str(tmp_path / "ade"))
     assert build_dataset("ade20k-150", str(tmp_path / "ade"), "validation", progress=False).labels() == ["wall", "flag", "light"]
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'imagenet'; known: \['ade20k-150', 'generated-world'"):
         build_dataset("imagenet", "x")
+    world = build_dataset("generated-world", None, "test", n_scenes=2, seed=0)   # generated: no root
+    assert len(world) > 0 and world.name.startswith("generated")
+    with pytest.raises(ValueError, match="takes no root"):
+        build_dataset("generated-world", "some/folder", "test", n_scenes=2, seed=0)
+    with pytest.raises(ValueError, match="'generic' needs a root"):
+        build_dataset("generic", None)
+
+
+def test_registry_takes_a_new_dataset_by_decorator(tmp_path):
+    from opendas_encoder.data import registry
+    from opendas_encoder.data.generic import GenericSegmentDataset
+
+    @registry.register_dataset("unit-test-generic")
+    def build(root, split, **kw):
+        return GenericSegmentDataset(root, split=split, **kw)
+
+    try:
+        write_generic(str(tmp_path / "g"))
+        assert "unit-test-generic" in list_datasets()
+        assert len(build_dataset("unit-test-generic", str(tmp_path / "g"), "train", progress=False)) == 5
+        with pytest.raises(ValueError, match="'unit-test-generic' is registered twice"):
+            registry.register_dataset("unit-test-generic", lambda root, split: None)
+    finally:
+        registry.DATASETS._entries.pop("unit-test-generic", None)
+
+
+def test_real_loaders_never_import_generated_code(repo_root):
+    """The real dataset modules (and the data layer around them) import without the generated package."""
+    code = ("import sys\n"
+            "import opendas_encoder.data.registry, opendas_encoder.data.generic, opendas_encoder.data.ade20k\n"
+            "import opendas_encoder.data.kitti360, opendas_encoder.data.scannetpp, opendas_encoder.data.cache\n"
+            "import opendas_encoder.data.ply, opendas_encoder.metrics, opendas_encoder.vocab\n"
+            "bad = [m for m in sys.modules if m.startswith('opendas_encoder.generated')]\n"
+            "print(bad)\n"
+            "sys.exit(1 if bad else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------------------------- negatives

@@ -90,7 +90,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
 
 
 def _cli_config(tmp_path, name: str) -> str:
-    from opendas_encoder.world import world_negatives
+    from opendas_encoder.generated.world import world_negatives
 
     (tmp_path / "negatives.json").write_text(json.dumps(world_negatives()))
     cfg = {"name": name, "seed": 0, "model": {"name": "opendas-tiny-vit", "pretrained": None},

@@ -1,6 +1,9 @@
 """Tests of opendas_encoder.metrics: hand-computed cases and scikit-learn cross-checks."""
 
+import importlib.util
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -297,3 +300,104 @@ def test_ap_bare_label_id_is_an_instance_as_in_scannet():
     r = instance_ap({"s": _pred([gt == 1001], [0.9], [A])}, {"s": gt}, [A], ["a"])
     # one TP, one missed instance: (P=1, R=1/2) + closing (1, 0) -> AP = 1/4 + 1/4.
     assert r["ap"] == pytest.approx(50.0)
+
+
+# ------------------------------------------------------------------ against OpenMask3D's evaluation code
+#
+# OpenMask3D (OpenMask3D/openmask3d @ 3bc3fc5) ships ScanNet's instance evaluation as
+# openmask3d/evaluation/eval_semantic_instance.py; it is imported from $OPENMASK3D_ROOT (an unpacked
+# shared/upstream/openmask3d.tar.gz), never copied. CI sets OPENMASK3D_ROOT.
+
+OPENMASK3D_ROOT = os.environ.get("OPENMASK3D_ROOT")
+OM3D_CLASS_IDS = [3, 5, 8, 12, 40]        # evaluated label ids; 7 and 21 occur in the ground truth as void
+OM3D_NAMES = ["cabinet", "chair", "door", "counter", "box"]
+
+
+@pytest.fixture
+def openmask3d_eval(monkeypatch):
+    """OpenMask3D's evaluation module, loaded fresh from $OPENMASK3D_ROOT with our class list."""
+    if not OPENMASK3D_ROOT:
+        pytest.skip("set OPENMASK3D_ROOT to an OpenMask3D tree at 3bc3fc5 (unpack shared/upstream/openmask3d.tar.gz) "
+                    "to compare instance_ap with its ScanNet evaluation")
+    eval_dir = os.path.join(OPENMASK3D_ROOT, "openmask3d", "evaluation")
+    path = os.path.join(eval_dir, "eval_semantic_instance.py")
+    assert os.path.isfile(path), f"OPENMASK3D_ROOT={OPENMASK3D_ROOT} has no {path}"
+    for name in ("util", "util_3d"):            # its sibling modules are imported by these bare names
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(eval_dir)
+    if not hasattr(np, "in1d"):  # NumPy 2.4 removed in1d, which it calls on 1-D arrays (= np.isin there)
+        monkeypatch.setattr(np, "in1d", np.isin, raising=False)
+    spec = importlib.util.spec_from_file_location("openmask3d_eval_semantic_instance", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "CLASS_LABELS", list(OM3D_NAMES))
+    monkeypatch.setattr(module, "VALID_CLASS_IDS", np.array(OM3D_CLASS_IDS))
+    monkeypatch.setattr(module, "ID_TO_LABEL", dict(zip(OM3D_CLASS_IDS, OM3D_NAMES)))
+    monkeypatch.setattr(module, "LABEL_TO_ID", dict(zip(OM3D_NAMES, OM3D_CLASS_IDS)))
+    return module
+
+
+def _generated_instance_case(seed: int, n_scenes: int = 3):
+    """Random scenes with the cases ScanNet's rules distinguish: void labels, unannotated points, small
+    (ignored) instances, a bare ``label * 1000`` id; predictions that are noisy copies of instances,
+    duplicates, predictions of void or unevaluated classes, random blobs, small masks, tied scores."""
+    rng = np.random.default_rng(seed)
+    gts, preds = {}, {}
+    for s in range(n_scenes):
+        n = int(rng.integers(1500, 3000))
+        gt = np.zeros(n, dtype=np.int64)
+        order = rng.permutation(n)
+        pos, instances = 0, []
+        labels = [OM3D_CLASS_IDS[0]] + list(rng.choice(OM3D_CLASS_IDS + [7, 21], size=int(rng.integers(4, 9))))
+        for k, label in enumerate(labels):
+            size = int(rng.choice([40, 90, 150, 300, 500]) if k else 400)  # the first: a large instance of class 0
+            if pos + size > n:
+                break
+            ids = order[pos:pos + size]
+            pos += size
+            inst = label * 1000 + (0 if (s == 1 and k == 2) else k + 1)   # one bare label * 1000 id
+            gt[ids] = inst
+            instances.append((ids, label))
+        masks, scores, classes = [], [], []
+        for ids, label in instances:
+            for _ in range(int(rng.integers(0, 3))):                    # 0-2 noisy copies (duplicates)
+                keep = ids[rng.random(len(ids)) < rng.uniform(0.4, 1.0)]     # IoU spreads over 0.2..1
+                extra = rng.choice(n, size=int(rng.integers(0, len(ids) // 4 + 1)), replace=False)
+                m = np.zeros(n, dtype=bool)
+                m[keep] = True
+                m[extra] = True
+                masks.append(m)
+                scores.append(round(float(rng.random()), 1))            # one decimal: ties happen
+                classes.append(label if rng.random() < 0.8 else int(rng.choice(OM3D_CLASS_IDS + [9])))
+        for _ in range(int(rng.integers(2, 6))):                        # random blobs, some below 100 points
+            m = np.zeros(n, dtype=bool)
+            m[rng.choice(n, size=int(rng.integers(20, 400)), replace=False)] = True
+            masks.append(m)
+            scores.append(round(float(rng.random()), 1))
+            classes.append(int(rng.choice(OM3D_CLASS_IDS)))
+        order_p = rng.permutation(len(masks))
+        scene = f"scene{s:04d}_00"
+        gts[scene] = gt
+        preds[scene] = {"masks": np.stack([masks[i] for i in order_p], axis=1),
+                        "scores": np.asarray([scores[i] for i in order_p]),
+                        "classes": np.asarray([classes[i] for i in order_p])}
+    return gts, preds
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_instance_ap_matches_openmask3d_scannet_evaluation(openmask3d_eval, tmp_path, seed):
+    gts, preds = _generated_instance_case(seed)
+    for scene, gt in gts.items():
+        np.savetxt(tmp_path / f"{scene}.txt", gt, fmt="%d")           # ScanNet's gt file: one id per line
+    theirs_in = {scene: {"pred_masks": p["masks"].astype(np.float32), "pred_scores": p["scores"],
+                         "pred_classes": p["classes"]} for scene, p in preds.items()}
+    avgs, *_ = openmask3d_eval.evaluate(theirs_in, str(tmp_path), str(tmp_path / "out.txt"), dataset="scannet")
+    ours = instance_ap(preds, gts, OM3D_CLASS_IDS, OM3D_NAMES)
+    for key, their_key in (("ap", "all_ap"), ("ap50", "all_ap_50%"), ("ap25", "all_ap_25%")):
+        assert ours[key] / 100.0 == pytest.approx(float(avgs[their_key]), abs=1e-12, nan_ok=True), key
+    for name in OM3D_NAMES:
+        theirs = avgs["classes"][name]
+        for key, their_key in (("ap", "ap"), ("ap50", "ap50%"), ("ap25", "ap25%")):
+            assert ours["per_class"][name][key] / 100.0 == pytest.approx(float(theirs[their_key]), abs=1e-12,
+                                                                          nan_ok=True), (name, key)
+    assert 0.0 < ours["ap25"] < 100.0   # the case is neither trivial nor hopeless

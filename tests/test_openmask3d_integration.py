@@ -14,7 +14,7 @@ from integrations.openmask3d.launch import NumpyWithFeatureDim, ProjectedPointsP
 from integrations.openmask3d.override import OpenDASOverride, split_overrides
 from integrations.openmask3d.readers import (ProcessedLayout, find_mask_proposals, read_mask_proposals,
                                              read_processed_scene, read_scannet_gt)
-from opendas_encoder.threed.generated_scene import generate_scene, write_openmask3d_layout
+from opendas_encoder.generated.scene3d import generate_scene, write_openmask3d_layout
 
 OPENMASK3D_ROOT = os.environ.get("OPENMASK3D_ROOT")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from opendas_encoder.threed.generated_scene import scene_colours
+from opendas_encoder.generated.scene3d import scene_colours
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,10 +10,11 @@ from PIL import Image
 
 from opendas_encoder.threed import (MaskFeatureConfig, SamRefiner, Scene3D, classify_masks, compute_mask_features,
                                     compute_mask_features_loop, compute_view_stats, expand_box,
-                                    multi_level_boxes, plan_crops, project_points, read_ply_vertices, scale_intrinsic,
-                                    top_k_views, visible_points, write_ply_points)
-from opendas_encoder.threed.generated_scene import (generate_scene, proposals_from_gt, write_openmask3d_layout,
-                                                    write_scannetpp_layout)
+                                    multi_level_boxes, plan_crops, project_points, scale_intrinsic, top_k_views,
+                                    visible_points)
+from opendas_encoder.data.ply import read_ply_vertices, write_ply
+from opendas_encoder.generated.scene3d import (generate_scene, proposals_from_gt, write_openmask3d_layout,
+                                               write_scannetpp_layout)
 from opendas_encoder.threed.views import frame_view_stats
 
 K10 = np.array([[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]])
@@ -101,7 +102,7 @@ def test_classify_masks_exact_and_zero_row():
 def test_ply_binary_round_trip_and_ascii(tmp_path):
     pts = np.array([[0, 1, 2], [3.5, -1, 0.25]], dtype=np.float32)
     cols = np.array([[255, 0, 1], [2, 3, 4]], dtype=np.uint8)
-    write_ply_points(str(tmp_path / "a.ply"), pts, cols)
+    write_ply(str(tmp_path / "a.ply"), pts, cols)
     d = read_ply_vertices(str(tmp_path / "a.ply"))
     np.testing.assert_array_equal(d["points"], pts)
     np.testing.assert_array_equal(d["colors"], cols)
@@ -268,7 +269,7 @@ def test_config_validation():
 
 
 def test_core_import_does_not_pull_heavy_dependencies(repo_root):
-    code = ("import sys, opendas_encoder.threed, opendas_encoder.threed.generated_scene, "
+    code = ("import sys, opendas_encoder.threed, opendas_encoder.generated.scene3d, opendas_encoder.data.ply, "
             "opendas_encoder.threed.scannetpp_scene; "
             "bad = [m for m in ('open3d', 'hydra', 'omegaconf', 'plyfile', 'MinkowskiEngine', 'detectron2') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")

@@ -3,6 +3,10 @@
 import json
 import os
 import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ import torch
 from scipy.ndimage import binary_erosion
 
 from opendas_encoder.data.segments import Segment, SegmentDataset, crop_segment
-from opendas_encoder.world import (
+from opendas_encoder.generated.world import (
     BASE_CLASSES,
     COLOURS,
     NOVEL_CLASSES,
@@ -28,8 +32,8 @@ from opendas_encoder.world import (
     world_negatives,
     world_vocabulary,
 )
-from opendas_encoder.world.render import pattern_colour
-from opendas_encoder.world.source import caption_matches, make_caption, render_source_sample
+from opendas_encoder.generated.world.render import pattern_colour
+from opendas_encoder.generated.world.source import caption_matches, make_caption, render_source_sample
 
 SOURCE_WORDS = set(STYLES) | set(COLOURS) | set(SHAPES)
 
@@ -229,7 +233,8 @@ def test_negatives_are_valid_and_hard():
 
 # ----------------------------------------------------------------------------- shipped CLIP
 
-CKPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "clip_generated_world")
+CKPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "opendas_encoder", "generated", "world",
+                        "clip")
 CKPT = os.path.join(CKPT_DIR, "open_clip_model.safetensors")
 
 
@@ -239,6 +244,55 @@ def test_checkpoint_path_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("OPENDAS_CHECKPOINTS", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "clip_generated_world")):
         world_checkpoint_path()
+
+
+def test_world_clip_configs_agree():
+    """The open_clip config registered by name and the local-dir: config describe the same model."""
+    with open(world_model_config_path()) as f:
+        by_name = json.load(f)
+    with open(os.path.join(CKPT_DIR, "open_clip_config.json")) as f:
+        local_dir = json.load(f)
+    assert by_name == local_dir["model_cfg"]
+
+
+def test_world_tag_resolves_through_the_entry_point_in_a_fresh_process(repo_root):
+    """The core factory knows nothing of the world: ``import opendas_encoder`` loads no generated code, and
+    ``create_model("opendas-world-vit", "generated-world")`` finds the shipped weights through the
+    ``opendas_encoder.pretrained`` entry point (so it also works from a wheel, run outside the repository)."""
+    code = (
+        "import sys, torch, opendas_encoder as oe\n"
+        "from safetensors.torch import load_file\n"
+        "assert not [m for m in sys.modules if m.startswith('opendas_encoder.generated')], 'generated code imported'\n"
+        "m = oe.create_model('opendas-world-vit', 'generated-world')\n"
+        "from opendas_encoder.generated.world import world_checkpoint_path\n"
+        "assert oe.resolve_pretrained('opendas-world-vit', 'generated-world') == world_checkpoint_path()\n"
+        "ref = load_file(world_checkpoint_path())\n"
+        "sd = m.clip.state_dict()\n"
+        "assert set(ref) == set(sd) and all(torch.equal(sd[k], ref[k].to(sd[k].dtype)) for k in ref)\n"
+        "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENDAS_CHECKPOINTS"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(tempfile.gettempdir()), env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+def test_wheel_ships_the_world_clip_and_the_entry_points(repo_root, tmp_path):
+    """``pip wheel .`` holds everything ``opendas demo`` needs (issue 13.7: a non-editable install must run it)."""
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                        str(tmp_path), repo_root], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (wheel,) = tmp_path.glob("opendas_encoder-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+        shipped = z.read("opendas_encoder/generated/world/clip/open_clip_model.safetensors")
+    for name in ("open_clip_config.json", "pretrain_info.json"):
+        assert f"opendas_encoder/generated/world/clip/{name}" in names
+    assert "opendas_encoder/model_configs/opendas-world-vit.json" in names
+    with open(CKPT, "rb") as f:
+        assert shipped == f.read()
+    assert "generated-world = opendas_encoder.generated.world.clip" in entry_points
+    assert "generated-world = opendas_encoder.generated.world.target" in entry_points
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +336,7 @@ def test_shipped_clip_beats_chance_zero_shot(world_clip):
 
 
 def test_shipped_clip_recognises_target_crops_above_chance(world_clip):
-    from opendas_encoder.world import target_zero_shot_report
+    from opendas_encoder.generated.world import target_zero_shot_report
 
     model, preprocess, tokenizer = world_clip
     v = world_vocabulary()

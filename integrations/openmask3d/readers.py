@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from opendas_encoder.threed.ply import read_ply_vertices
+from opendas_encoder.data.ply import read_ply_vertices
 from opendas_encoder.threed.scene import PosedFrame, Scene3D
 
 
@@ -160,7 +160,7 @@ def read_scannet_gt(path: str, num_points: Optional[int] = None) -> np.ndarray:
 
 
 def read_classes_json(path: str) -> dict:
-    """``{"class_ids": [...], "class_names": [...], "base": [...]}`` (see generated_scene)."""
+    """``{"class_ids": [...], "class_names": [...], "base": [...]}`` (see opendas_encoder.generated.scene3d)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class list not found: {path}")
     with open(path, encoding="utf-8") as f:

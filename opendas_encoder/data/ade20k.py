@@ -15,17 +15,17 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from .generic import LabelFrame, LabelMapSegmentDataset, require_dir
-from .segments import DEFAULT_MIN_PIXELS
 from ..vocab import read_class_list
+from .generic import LabelFrame, LabelMapSegmentDataset, require_dir
+from .registry import register_dataset
+from .resources import resource_path
+from .segments import DEFAULT_MIN_PIXELS
 
 SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
 
 def ade20k_150_classes() -> List[str]:
     """The 150 class names in label order (annotation value k -> names[k - 1])."""
-    from .registry import resource_path
-
     names = read_class_list(resource_path("ade20k_150_classes.txt"))
     if len(names) != 150:
         raise ValueError(f"{resource_path('ade20k_150_classes.txt')}: expected 150 names, got {len(names)}")
@@ -70,3 +70,8 @@ class ADE20K150(LabelMapSegmentDataset):
         if not frames:
             raise FileNotFoundError(f"no ADE20K annotations (*.png) in {ann_dir}")
         self._enumerate(frames, progress, index_cache)
+
+
+@register_dataset("ade20k-150")
+def _build(root: str, split: Optional[str], **kw) -> ADE20K150:
+    return ADE20K150(root, split=split or "validation", **kw)

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..vocab import read_class_list
+from .registry import register_dataset
 from .segments import (DEFAULT_MIN_PIXELS, Segment, SegmentDataset, SegmentError, SkipReport,
                        read_label_png, read_rgb)
 
@@ -292,3 +293,8 @@ class GenericSegmentDataset(LabelMapSegmentDataset):
             else:
                 self.enumeration_skips.add(SegmentError(image, "no annotation"))
         self._enumerate(frames, progress, index_cache)
+
+
+@register_dataset("generic")
+def _build(root: str, split: Optional[str], **kw) -> GenericSegmentDataset:
+    return GenericSegmentDataset(root, split=split, **kw)

@@ -22,6 +22,7 @@ import os
 from typing import Dict, List, Optional
 
 from .generic import LabelFrame, LabelMapSegmentDataset, require_dir
+from .registry import register_dataset
 from .segments import DEFAULT_MIN_PIXELS
 
 FRAME_LISTS = {"train": "2013_05_28_drive_train_frames.txt", "val": "2013_05_28_drive_val_frames.txt"}
@@ -111,3 +112,8 @@ class KITTI360(LabelMapSegmentDataset):
             inst = instance_path_for(sem)
             frames.append(LabelFrame(rgb, inst if use_instances and os.path.isfile(inst) else sem, rule))
         self._enumerate(frames, progress, index_cache)
+
+
+@register_dataset("kitti-360")
+def _build(root: str, split: Optional[str], **kw) -> KITTI360:
+    return KITTI360(root, split=split or "val", **kw)

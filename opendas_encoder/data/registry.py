@@ -1,83 +1,61 @@
 """Datasets by name: ``build_dataset(name, root, split, **kw) -> SegmentDataset``.
 
-Names: "generic", "ade20k-150", "kitti-360", "scannetpp-offices", "generated-world". Builders are
-imported lazily so that an optional dependency of one dataset never affects the others.
+A dataset module registers its builder when it is imported::
+
+    @register_dataset("my-dataset")
+    def build(root, split, **kw) -> SegmentDataset: ...
+
+and is found by name through the entry-point group ``opendas_encoder.datasets`` (name -> module; the
+same mechanism as the method registry, :class:`opendas_encoder.core.registry.Registry`). This
+package's ``pyproject.toml`` names its own datasets there ("generic", "ade20k-150", "kitti-360",
+"scannetpp-offices", and the generated world's "generated-world"); other installed packages may add
+theirs. A name is imported only when it is looked up, so an optional dependency of one dataset never
+affects the others.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
+from ..core.registry import Registry
 from .segments import SegmentDataset
 
 Builder = Callable[..., SegmentDataset]
 
-RESOURCES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources")
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """builder(root, split, **kw) -> SegmentDataset; needs_root: a missing root is refused."""
+
+    builder: Builder
+    needs_root: bool = True
 
 
-def resource_path(name: str) -> str:
-    """Absolute path of a packaged resource file (``opendas_encoder/resources/<name>``); must exist."""
-    path = os.path.join(RESOURCES_DIR, name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"packaged resource not found: {path}")
-    return path
+DATASETS: Registry = Registry("dataset", "opendas_encoder.datasets")
 
 
-def _generic(root, split, **kw):
-    from .generic import GenericSegmentDataset
-    return GenericSegmentDataset(root, split=split, **kw)
+def register_dataset(name: str, builder: Optional[Builder] = None, *, needs_root: bool = True):
+    """Register ``builder(root, split, **kw) -> SegmentDataset`` under ``name``; usable as a decorator.
 
+    needs_root: ``build_dataset`` refuses a missing ``root`` (False for datasets that are generated,
+    not read). A name registered twice with different builders is an error.
+    """
+    def add(fn: Builder) -> Builder:
+        DATASETS.register(name, DatasetEntry(fn, needs_root))
+        return fn
 
-def _ade20k(root, split, **kw):
-    from .ade20k import ADE20K150
-    return ADE20K150(root, split=split or "validation", **kw)
-
-
-def _kitti360(root, split, **kw):
-    from .kitti360 import KITTI360
-    return KITTI360(root, split=split or "val", **kw)
-
-
-def _scannetpp(root, split, **kw):
-    from .scannetpp import ScanNetPPOffices
-    return ScanNetPPOffices(root, split=split or "train", **kw)
-
-
-def _generated_world(root, split, **kw):
-    try:
-        from ..world import make_target_domain
-    except ImportError as exc:
-        raise ImportError("the generated world (opendas_encoder.world.make_target_domain) is not available") from exc
-    if root is not None:
-        kw["root"] = root
-    return make_target_domain(split=split, **kw)
-
-
-_REGISTRY: Dict[str, Builder] = {
-    "generic": _generic,
-    "ade20k-150": _ade20k,
-    "kitti-360": _kitti360,
-    "scannetpp-offices": _scannetpp,
-    "generated-world": _generated_world,
-}
-
-
-def register_dataset(name: str, builder: Builder, overwrite: bool = False) -> None:
-    """Add a dataset builder ``builder(root, split, **kw) -> SegmentDataset`` under ``name``."""
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"dataset {name!r} is already registered")
-    _REGISTRY[name] = builder
+    return add if builder is None else add(builder)
 
 
 def list_datasets() -> List[str]:
-    return sorted(_REGISTRY)
+    """Every known dataset name (imports the modules of all ``opendas_encoder.datasets`` entry points)."""
+    return DATASETS.names()
 
 
 def build_dataset(name: str, root: Optional[str] = None, split: Optional[str] = None, **kw) -> SegmentDataset:
     """Build the dataset registered as ``name`` (keyword arguments go to its constructor)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {list_datasets()}")
-    if root is None and name != "generated-world":
+    entry: DatasetEntry = DATASETS.get(name)
+    if root is None and entry.needs_root:
         raise ValueError(f"dataset {name!r} needs a root folder")
-    return _REGISTRY[name](root, split, **kw)
+    return entry.builder(root, split, **kw)

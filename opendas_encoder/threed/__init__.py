@@ -8,14 +8,13 @@ numpy + torch only (no open3d/hydra/MinkowskiEngine). Public API:
     MaskFeatureConfig, plan_crops, compute_mask_features, compute_mask_features_loop
     SamRefiner                                    optional Segment Anything refinement
     encode_queries, classify_masks, OPENMASK3D_TEMPLATE
-    read_ply_vertices, write_ply_points
+    (PLY files: opendas_encoder.data.ply.read_ply_vertices / write_ply)
 """
 
 from .classify import OPENMASK3D_TEMPLATE, classify_masks, encode_queries
 from .crops import SamRefiner, expand_box, mask_to_box, multi_level_boxes
 from .features import (CropPlan, MaskFeatureConfig, aggregate_crop_features, compute_mask_features,
                        compute_mask_features_loop, encode_crops, plan_crops)
-from .ply import read_ply_vertices, write_ply_points
 from .projection import DEFAULT_VIS_THRESHOLD, project_points, scale_intrinsic, visible_points
 from .scene import InstanceGroundTruth, PosedFrame, Scene3D
 from .views import ViewStats, compute_view_stats, top_k_views
@@ -23,7 +22,7 @@ from .views import ViewStats, compute_view_stats, top_k_views
 __all__ = [
     "OPENMASK3D_TEMPLATE", "classify_masks", "encode_queries", "SamRefiner", "expand_box", "mask_to_box",
     "multi_level_boxes", "CropPlan", "MaskFeatureConfig", "aggregate_crop_features", "compute_mask_features",
-    "compute_mask_features_loop", "encode_crops", "plan_crops", "read_ply_vertices", "write_ply_points",
+    "compute_mask_features_loop", "encode_crops", "plan_crops",
     "DEFAULT_VIS_THRESHOLD", "project_points", "scale_intrinsic", "visible_points", "InstanceGroundTruth",
     "PosedFrame", "Scene3D", "ViewStats", "compute_view_stats", "top_k_views",
 ]

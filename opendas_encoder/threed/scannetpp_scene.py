@@ -19,15 +19,16 @@ from .scene import PosedFrame, Scene3D
 SCANNETPP_DEPTH_SCALE = 1000.0
 
 
-def read_scannetpp_scene(root: str, scene_id: str, frame_step: int = 1) -> Scene3D:
-    """Mesh vertices and every ``frame_step``-th iPhone frame of a ScanNet++ scene."""
+def read_scannetpp_scene(root: str, scene_id: str, frame_step: int = 1, allow_unaligned_poses: bool = False) -> Scene3D:
+    """Mesh vertices and every ``frame_step``-th iPhone frame of a ScanNet++ scene
+    (``allow_unaligned_poses``: see :meth:`ScanNetPPScene.frames`)."""
     from ..data.scannetpp import ScanNetPPScene
 
     scene = ScanNetPPScene(root, scene_id)
     frames = [PosedFrame(color_path=f.rgb_path, depth_path=f.depth_path, cam_to_world=f.cam_to_world,
                          intrinsic=f.intrinsics, depth_scale=SCANNETPP_DEPTH_SCALE,
                          intrinsic_hw=(int(f.height), int(f.width)), name=f.name)
-              for f in scene.frames(stride=frame_step)]
+              for f in scene.frames(stride=frame_step, allow_unaligned_poses=allow_unaligned_poses)]
     return Scene3D(name=scene_id, points=np.asarray(scene.mesh_vertices(), dtype=np.float64), frames=frames)
 
 

@@ -1,6 +1,8 @@
-"""Writers of tiny datasets in the real on-disk layouts (generic, ADE20K-150, KITTI-360, ScanNet++).
+"""Tiny generated datasets in the real on-disk layouts of the 2D loaders (generic, ADE20K-150, KITTI-360).
 
-Each writer returns what a loader must find, so tests compare against hand-placed regions.
+Each writer places hand-chosen regions on random images and returns what a loader must find, so
+tests compare the real loaders (:mod:`opendas_encoder.data`) against known masks. The ScanNet++
+layout writer is :mod:`.scannetpp`.
 """
 
 from __future__ import annotations

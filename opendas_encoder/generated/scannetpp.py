@@ -1,10 +1,10 @@
-"""Write a scene in the ScanNet++ on-disk layout (for tests and generated 3D scenes).
+"""Write a scene in the ScanNet++ on-disk layout (generated ScanNet++ data for tests and 3D scenes).
 
-:func:`write_scannetpp_scene` writes exactly the files :class:`.scannetpp.ScanNetPPScene` reads
-(the layout of a real release): a binary PLY mesh, ``segments.json`` + ``segments_anno.json``,
-iPhone RGB/depth frames, a COLMAP text model and ``pose_intrinsic_imu.json``. It needs only numpy
-and PIL; when RGB or depth images are not given and open3d is installed they are rendered from
-the mesh (vertex colours, z-depth), otherwise RGB is mid-grey and depth is not written.
+:func:`write_scannetpp_scene` writes exactly the files :class:`opendas_encoder.data.scannetpp.ScanNetPPScene`
+reads (the layout of a real release): a binary PLY mesh, ``segments.json`` + ``segments_anno.json``,
+iPhone RGB/depth frames, a COLMAP text model and ``pose_intrinsic_imu.json``. When RGB or depth
+images are not given and open3d is installed they are rendered from the mesh (vertex colours,
+z-depth), otherwise RGB is mid-grey and depth is not written.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import List, Mapping, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .scannetpp import MESH_FILE, rotmat_to_qvec
+from ..data.ply import write_ply
+from ..data.scannetpp.io import rotmat_to_qvec
+from ..data.scannetpp.scene import MESH_FILE
 
 
 @dataclass
@@ -33,33 +35,6 @@ class FixtureFrame:
     rgb: Optional[np.ndarray] = None
     depth: Optional[np.ndarray] = None
     depth_size: Optional[Sequence[int]] = None
-
-
-def write_ply_mesh(path: str, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray] = None) -> None:
-    """Binary little-endian PLY: vertex (float x y z, uchar red green blue), face (uchar count, int indices)."""
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
-    if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"vertices must be (V, 3) and faces (F, 3), got {vertices.shape}, {faces.shape}")
-    if colors is None:
-        colors = np.full((len(vertices), 3), 128, dtype=np.uint8)
-    vdt = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    v = np.empty(len(vertices), dtype=vdt)
-    v["x"], v["y"], v["z"] = vertices.T
-    v["red"], v["green"], v["blue"] = np.asarray(colors, dtype=np.uint8).T
-    fdt = np.dtype([("n", "u1"), ("idx", "<i4", (3,))])
-    f = np.empty(len(faces), dtype=fdt)
-    f["n"] = 3
-    f["idx"] = faces
-    header = ("ply\nformat binary_little_endian 1.0\ncomment written by opendas_encoder\n"
-              f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\n"
-              f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(v.tobytes())
-        fh.write(f.tobytes())
 
 
 def _segment_indices(instances: np.ndarray) -> np.ndarray:
@@ -91,7 +66,8 @@ def write_scannetpp_scene(root: str, scene_id: str, vertices: np.ndarray, faces:
     missing = sorted(set(np.unique(instances[instances > 0]).tolist()) - set(labels))
     if missing:
         raise ValueError(f"objectIds without a label: {missing}")
-    write_ply_mesh(os.path.join(scans, MESH_FILE), vertices, faces, colors)
+    write_ply(os.path.join(scans, MESH_FILE), vertices, np.full((len(vertices), 3), 128, np.uint8) if colors is None
+              else colors, faces)
 
     seg = _segment_indices(instances)
     _write_json(os.path.join(scans, "segments.json"), {"sceneId": scene_id, "segIndices": seg.tolist()})
@@ -113,9 +89,10 @@ def _write_json(path: str, obj) -> None:
 
 
 def _write_frames(iphone: str, vertices, faces, colors, frames: List[FixtureFrame], jpeg_quality: int) -> None:
-    from .scannetpp_render import MeshRaycaster, open3d_available, scale_intrinsics
+    from ..data.scannetpp.render import MeshRaycaster, open3d_available, scale_intrinsics
 
-    caster = MeshRaycaster(vertices, faces, threads=1) if open3d_available() and len(faces) else None
+    needs_render = any(fr.rgb is None or fr.depth is None for fr in frames)
+    caster = MeshRaycaster(vertices, faces, threads=1) if needs_render and open3d_available() and len(faces) else None
     for sub in ("rgb", "depth", "colmap"):
         os.makedirs(os.path.join(iphone, sub), exist_ok=True)
     cam_lines, img_lines, pose_json = [], [], {}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.segments import SegmentDataset, crop_segment
+from ...data.segments import SegmentDataset, crop_segment
 from .attributes import all_kinds
 from .source import render_source_sample
 

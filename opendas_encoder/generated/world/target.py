@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..data.segments import Segment, SegmentDataset
+from ...data.registry import register_dataset
+from ...data.segments import Segment, SegmentDataset
 from .attributes import CONFUSABLE_COLOURS, CONFUSABLE_SHAPES, STYLES, ObjectKind
 from .render import default_placement, downsample, new_canvas, owner_masks, paint_object
 
@@ -309,3 +310,11 @@ def make_target_domain(n_scenes: int, seed: int, split: str = "train",
                        rendering: Optional[TargetRendering] = None) -> TargetDomain:
     """``n_scenes`` target scenes of ``split`` ("train": base classes only; "test": base + novel)."""
     return TargetDomain(n_scenes, seed, split, rendering)
+
+
+@register_dataset("generated-world", needs_root=False)
+def _build(root: Optional[str], split: Optional[str], **kw) -> TargetDomain:
+    """The dataset ``"generated-world"``: ``make_target_domain(split=split or "train", **kw)``."""
+    if root is not None:
+        raise ValueError(f"dataset 'generated-world' is generated, not read: it takes no root (got {root!r})")
+    return make_target_domain(split=split or "train", **kw)

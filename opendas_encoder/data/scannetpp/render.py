@@ -1,7 +1,8 @@
-"""Render a triangle mesh into posed pinhole cameras by ray casting (open3d, CPU).
+"""Per-frame 2D instance maps of ScanNet++ scenes, rendered from the annotated mesh and cached.
 
-Used to make per-frame 2D instance masks of ScanNet++ scenes from the annotated mesh: every pixel
-gets the value of the first face its ray hits (occlusion is exact), 0 where no face is hit.
+The mesh is ray cast into posed pinhole cameras (open3d, CPU): every pixel gets the value of the
+first face its ray hits (occlusion is exact), 0 where no face is hit. The maps are cached as
+16-bit PNGs (objectId per pixel) by :func:`render_scene_instance_maps`.
 
 Camera conventions (OpenCV / COLMAP): x right, y down, z forward; ``cam_to_world`` maps camera
 coordinates to world coordinates; pixel (row i, col j) covers [j, j+1) x [i, i+1) in image
@@ -12,9 +13,15 @@ open3d is imported lazily (``pip install open3d``).
 
 from __future__ import annotations
 
-from typing import Tuple
+import os
+from typing import List, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..segments import SegmentError, read_label_png
+from .scene import ScanNetPPFrame, ScanNetPPScene
 
 INVALID = np.iinfo(np.uint32).max  # open3d's RaycastingScene.INVALID_ID
 
@@ -104,3 +111,39 @@ class MeshRaycaster:
         hit = prim >= 0
         out[hit] = face_values[prim[hit]]
         return out
+
+
+def render_scene_instance_maps(scene: ScanNetPPScene, frames: Sequence[ScanNetPPFrame], render_dir: str,
+                               scale: float = 0.25, threads: int = 0, progress: bool = True) -> List[str]:
+    """Paths of 16-bit instance maps (objectId per pixel, 0 = none) for ``frames``; renders the missing ones."""
+    out_dir = os.path.join(render_dir, scene.scene_id)
+    paths = [os.path.join(out_dir, f.name + ".png") for f in frames]
+    todo = [(f, p) for f, p in zip(frames, paths) if not _valid_png(p)]
+    if not todo:
+        return paths
+    os.makedirs(out_dir, exist_ok=True)
+    vertex_ids, _ = scene.vertex_instances()
+    if vertex_ids.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"scene {scene.scene_id}: objectId {vertex_ids.max()} does not fit a 16-bit PNG")
+    caster = MeshRaycaster(scene.mesh_vertices(), scene.mesh_faces(), threads=threads)
+    face_ids = face_values_from_vertices(scene.mesh_faces(), vertex_ids)
+    for f, p in tqdm(todo, desc=f"render {scene.scene_id}", disable=not progress, leave=False):
+        if f.width <= 0 or f.height <= 0:
+            raise ValueError(f"scene {scene.scene_id}: frame {f.name} has no image size")
+        w, h = max(1, int(round(f.width * scale))), max(1, int(round(f.height * scale)))
+        K = scale_intrinsics(f.intrinsics, w / f.width, h / f.height)
+        ids = caster.render_values(face_ids, f.cam_to_world, K, w, h)
+        tmp = p + ".tmp.png"
+        Image.fromarray(ids.astype(np.uint16)).save(tmp)
+        os.replace(tmp, p)
+    return paths
+
+
+def _valid_png(path: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    try:
+        read_label_png(path)
+        return True
+    except SegmentError:
+        return False

@@ -12,8 +12,8 @@ z-buffer over primitives). The scene is written in two on-disk layouts:
   (lower resolution than RGB, like the iPhone's LiDAR) and ``iphone/colmap/{cameras,images}.txt``.
 
 Object classes: colour + 3D shape names built from the generated world's colour vocabulary
-(``opendas_encoder.world.attributes.COLOURS``) when that module is present, else a fixed palette.
-Walls, floor and ceiling are geometry without instance ground truth.
+(:data:`opendas_encoder.generated.world.attributes.COLOURS`). Walls, floor and ceiling are geometry
+without instance ground truth.
 """
 
 from __future__ import annotations
@@ -26,23 +26,17 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .ply import write_ply_points
+from ..data.ply import write_ply
+from .scannetpp import FixtureFrame, look_at, write_scannetpp_scene
+from .world.attributes import COLOURS
 
-_FALLBACK_COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "red": (215, 35, 35), "green": (45, 165, 60), "blue": (40, 80, 215), "yellow": (235, 215, 35),
-    "purple": (135, 50, 175), "orange": (240, 135, 20),
-}
 _SURFACE_COLOURS = {"wall": (200, 196, 188), "floor": (120, 110, 100), "ceiling": (230, 230, 230)}
 SHAPES_3D = ("box", "cylinder")
 
 
 def scene_colours() -> Dict[str, Tuple[int, int, int]]:
-    """Object colours: the generated world's palette if available, else a built-in one."""
-    try:
-        from ..world.attributes import COLOURS
-        return dict(COLOURS)
-    except ImportError:
-        return dict(_FALLBACK_COLOURS)
+    """Object colours: the generated world's palette."""
+    return dict(COLOURS)
 
 
 def scene_classes() -> List[str]:
@@ -217,18 +211,6 @@ def render_frame(primitives: Sequence[Primitive], cam_to_world: np.ndarray, intr
     return rgb, depth.reshape(height, width).astype(np.float32)
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Camera-to-world (4, 4) for an OpenCV camera at ``eye`` looking at ``target`` (z up world)."""
-    forward = np.asarray(target, float) - np.asarray(eye, float)
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, up)
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, down, forward, eye
-    return pose
-
-
 # ---------------------------------------------------------------------------------------- scene
 def generate_scene(name: str = "generated_office_00", seed: int = 0, num_objects: int = 8, num_frames: int = 6,
                    height: int = 120, width: int = 160, spacing: float = 0.04) -> GeneratedScene:
@@ -331,65 +313,31 @@ def write_openmask3d_layout(scene: GeneratedScene, root: str, depth_scale: float
         Image.fromarray(rgb).save(os.path.join(d, "color", f"{i}.jpg"), quality=95)
         _save_depth_png(os.path.join(d, "depth", f"{i}.png"), depth, depth_scale)
         np.savetxt(os.path.join(d, "pose", f"{i}.txt"), pose, fmt="%.8f")
-    write_ply_points(os.path.join(d, f"{scene.name}.ply"), scene.points, scene.point_colors, scene.faces)
+    write_ply(os.path.join(d, f"{scene.name}.ply"), scene.points, scene.point_colors, scene.faces)
     torch.save(torch.from_numpy(proposals_from_gt(scene.gt_ids)), os.path.join(d, f"{scene.name}_masks.pt"))
     np.savetxt(os.path.join(root, "gt", f"{scene.name}.txt"), scene.gt_ids, fmt="%d")
     return d
 
 
-def _rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(qw, qx, qy, qz) of a rotation matrix."""
-    w = np.sqrt(max(0.0, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
-    x = np.copysign(np.sqrt(max(0.0, 1 + R[0, 0] - R[1, 1] - R[2, 2])) / 2, R[2, 1] - R[1, 2])
-    y = np.copysign(np.sqrt(max(0.0, 1 - R[0, 0] + R[1, 1] - R[2, 2])) / 2, R[0, 2] - R[2, 0])
-    z = np.copysign(np.sqrt(max(0.0, 1 - R[0, 0] - R[1, 1] + R[2, 2])) / 2, R[1, 0] - R[0, 1])
-    return np.array([w, x, y, z])
-
-
 def write_scannetpp_layout(scene: GeneratedScene, root: str, depth_downsample: int = 2) -> str:
-    """Write ``scene`` in ScanNet++'s layout under ``root/data/<scene.name>``; return that dir.
+    """Write ``scene`` in ScanNet++'s layout under ``root/data/<scene.name>``
+    (:func:`.scannetpp.write_scannetpp_scene`); return that dir.
 
     Depth frames are ``depth_downsample`` times smaller than RGB (ScanNet++: 256x192 vs 1920x1440).
-    Segments: one per primitive; ``segments_anno.json`` groups object segments into instances.
+    Objects are annotated instances (objectId = instance + 1, labelled with their class); walls,
+    floor and ceiling are unannotated.
     """
-    d = os.path.join(root, "data", scene.name)
-    for sub in ("scans", "iphone/rgb", "iphone/depth", "iphone/colmap"):
-        os.makedirs(os.path.join(d, sub), exist_ok=True)
-    write_ply_points(os.path.join(d, "scans", "mesh_aligned_0.05.ply"), scene.points, scene.point_colors, scene.faces)
-    # segment id = index of the object's primitive; all background points share one segment
-    seg = np.zeros(len(scene.points), dtype=np.int64)
-    inst_to_prim = {p.instance: i for i, p in enumerate(scene.primitives) if p.instance >= 0}
-    seg[:] = len(scene.primitives)
-    for inst, pi in inst_to_prim.items():
-        seg[scene.point_instance == inst] = pi
-    with open(os.path.join(d, "scans", "segments.json"), "w", encoding="utf-8") as f:
-        json.dump({"sceneId": scene.name, "segIndices": seg.tolist()}, f)
-    groups = [{"id": inst + 1, "objectId": inst + 1, "label": scene.primitives[pi].label, "segments": [int(pi)]}
-              for inst, pi in sorted(inst_to_prim.items())]
-    with open(os.path.join(d, "scans", "segments_anno.json"), "w", encoding="utf-8") as f:
-        json.dump({"sceneId": scene.name, "segGroups": groups}, f, indent=1)
-    K = scene.intrinsic
-    with open(os.path.join(d, "iphone", "colmap", "cameras.txt"), "w", encoding="utf-8") as f:
-        f.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
-        f.write(f"1 OPENCV {scene.width} {scene.height} {K[0, 0]:.6f} {K[1, 1]:.6f} {K[0, 2]:.6f} {K[1, 2]:.6f} 0 0 0 0\n")
-    lines = ["# Image list with two lines of data per image:",
-             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
     dh, dw = scene.height // depth_downsample, scene.width // depth_downsample
-    Kd = K.copy()
+    Kd = scene.intrinsic.copy()
     Kd[:2] /= depth_downsample
-    for i, pose in enumerate(scene.cam_to_world):
-        frame = f"frame_{i * 10:06d}"
-        rgb, _ = render_frame(scene.primitives, pose, K, scene.height, scene.width)
+    frames = []
+    for pose in scene.cam_to_world:
+        rgb, _ = render_frame(scene.primitives, pose, scene.intrinsic, scene.height, scene.width)
         _, depth = render_frame(scene.primitives, pose, Kd, dh, dw)
-        Image.fromarray(rgb).save(os.path.join(d, "iphone", "rgb", frame + ".jpg"), quality=95)
-        _save_depth_png(os.path.join(d, "iphone", "depth", frame + ".png"), depth, 1000.0)
-        w2c = np.linalg.inv(pose)
-        q, tvec = _rotation_to_quaternion(w2c[:3, :3]), w2c[:3, 3]
-        lines.append(f"{i + 1} " + " ".join(f"{v:.9f}" for v in (*q, *tvec)) + f" 1 {frame}.jpg")
-        lines.append("")
-    with open(os.path.join(d, "iphone", "colmap", "images.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    open(os.path.join(d, "iphone", "colmap", "points3D.txt"), "w").close()
+        frames.append(FixtureFrame(pose, scene.intrinsic, scene.width, scene.height, rgb=rgb, depth=depth))
+    objects = np.where(scene.point_instance >= 0, scene.point_instance + 1, 0)
+    labels = {p.instance + 1: p.label for p in scene.primitives if p.instance >= 0}
+    d = write_scannetpp_scene(root, scene.name, scene.points, scene.faces, scene.point_colors, objects, labels, frames)
     os.makedirs(os.path.join(root, "metadata"), exist_ok=True)
     with open(os.path.join(root, "metadata", "instance_classes.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(scene.classes) + "\n")
