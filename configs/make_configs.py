@@ -4,7 +4,8 @@
 
 The YAML schema is ``opendas_encoder.train.config.TrainConfig``. Dataset roots are relative to the
 working directory (put or link the releases under ``data/``: ``data/ADEChallengeData2016``,
-``data/KITTI-360``, ``data/scannetpp``). Facts behind the numbers:
+``data/KITTI-360``, ``data/scannetpp``); the negatives files are relative to each config file (the
+sets shipped in ``opendas_encoder/resources/``). Facts behind the numbers:
 
 * OpenDAS (233K parameters on ViT-L/14): K_v = 8 visual tokens in all 24 vision layers and K_t = 4
   text tokens in all 12 text layers (8*24*1024 + 4*12*768 = 233,472), text prompts initialised from
@@ -16,10 +17,15 @@ working directory (put or link the releases under ``data/``: ``data/ADEChallenge
 * Baseline options follow from the parameter counts of Tab. 1 on ViT-L/14: VPT-deep 32 tokens x 24
   layers x 1024 = 786K; CoCoOp 4 context tokens + meta-net 768-48-768 = 77K; RPO 24 prompt pairs
   x (768 + 1024) = 43K; MaPLe 2 tokens at depth 24 with its coupling layers = 18,935K. Baselines
-  and WiSE-FT train in one stage ("single") for the same 10 epochs.
+  and WiSE-FT train in one stage ("one-stage-ce": every trainable parameter, cross-entropy) for the
+  same 10 epochs.
 * "No adaptation" rows: the zero-shot CLIP evaluation that every run reports before training.
-* Tab. 5 training settings (the icons of the rows are lost in the text version of the paper): joint
-  visual + text with triplet, text only, visual only, and two-stage (visual, then text + triplet).
+* Tab. 5 training settings (the icons of the rows are lost in the text version of the paper):
+  "joint-triplet" (visual + text together with the triplet loss, the paper's "Joint + T"), text only,
+  visual only, and two-stage (visual, then text + triplet). The tower a setting does not train stays
+  exactly CLIP's: text-only has no visual prompt tokens (visual_tokens: 0; 4 x 12 x 768 = 36,864 text
+  parameters on ViT-L/14), visual-only carries the zero-shot text ("a photo of a" in the context,
+  text_deep_init: carry; its text prompts are not trained).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import sys
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 
 ROOTS = {"ade20k-150": "data/ADEChallengeData2016", "kitti-360": "data/KITTI-360", "scannetpp-offices": "data/scannetpp"}
 SPLITS = {  # (train split, test split)
@@ -66,11 +73,17 @@ def spec(name: str, which: int) -> dict:
     return out
 
 
+#: prompt fields that keep the untrained tower of a Tab. 5 setting exactly CLIP's
+IDENTITY_PROMPTS = {"visual-only": {"text_deep_init": "carry"}, "text-only": {"visual_tokens": 0}}
+
+
 def config(table: str, train: str, test: str, method: str = "opendas", setting: str = None,
            prompts: dict = None, lambda_end: float = 5.0, method_options: dict = None, tag: str = None) -> tuple:
     tag = tag or method
-    setting = setting or ("two-stage" if method == "opendas" else "single")
+    setting = setting or ("two-stage" if method == "opendas" else "one-stage-ce")
     rel = os.path.join(table, f"{SHORT[train]}_to_{SHORT[test]}" if train != test else SHORT[train], f"{tag}.yaml")
+    prompts = dict(OPENDAS_PROMPTS if prompts is None else prompts, **IDENTITY_PROMPTS.get(setting, {}))
+    negatives = os.path.relpath(os.path.join(REPO, NEGATIVES[train]), os.path.dirname(os.path.join(HERE, rel)))
     cfg = {
         "name": f"{table}/{SHORT[train]}" + (f"_to_{SHORT[test]}" if train != test else "") + f"/{tag}",
         "seed": 0,
@@ -78,12 +91,12 @@ def config(table: str, train: str, test: str, method: str = "opendas", setting: 
         "setting": setting,
         "method_options": dict(METHOD_OPTIONS.get(method, {}) if method_options is None else method_options),
         "model": {"name": "ViT-L-14", "pretrained": "openai"},
-        "prompts": dict(OPENDAS_PROMPTS if prompts is None else prompts) if method == "opendas" else {},
+        "prompts": prompts if method == "opendas" else {},
         "data": {
             "train": spec(train, 0),
             "test": spec(test, 1),
             "vocabulary": None,  # base = training labels, test = test labels, novel = test - base
-            "negatives": NEGATIVES[train] if method == "opendas" else None,
+            "negatives": negatives if method == "opendas" else None,  # relative to this file
             "expand_ratio": 0.0,
             "min_pixels": 16,
         },
@@ -118,7 +131,7 @@ def all_configs() -> dict:
         for lam in (0, 2, 5, 10):
             add(config("table5_lambda", ds, ds, prompts=ablation_prompts, lambda_end=lam, tag=f"lambda{lam}"))
         # Table 5 (bottom): training settings
-        for setting in ("joint", "text-only", "visual-only", "two-stage"):
+        for setting in ("joint-triplet", "text-only", "visual-only", "two-stage"):
             add(config("table5_setting", ds, ds, setting=setting, tag=setting))
         # Table 6: WiSE-FT of the text or the visual encoder (OpenDAS row = Tables 1/2)
         for tower in ("text", "visual"):

@@ -1,165 +1,383 @@
-"""Training configuration: typed dataclasses, read from YAML or JSON, validated with clear errors.
+"""Training configuration: pydantic models read from YAML or JSON and validated before any work.
 
 Example (YAML)::
 
     name: offices
     seed: 0
-    model: {name: ViT-L-14, pretrained: openai}
-    prompts: {visual_tokens: 8, text_tokens: 4}
-    data:
+    model: {name: ViT-L-14, pretrained: openai}      # omitted: ViT-L-14 / openai (the paper's)
+    prompts: {visual_tokens: 8, text_tokens: 4}      # omitted keys: the paper's (PromptConfig)
+    data:                                            # required: data.train (name, root, split)
       train: {name: generic, root: /data/offices, split: train}
       test: {name: generic, root: /data/offices, split: test}
-      negatives: negatives.json
+      negatives: negatives.json                      # relative to this file
     schedule: {lr: 0.0025, batch_size: 16, stage1_epochs: 5, stage2_epochs: 5}
     output_dir: runs/offices
+
+Every section is a pydantic model with ``extra="forbid"``: unknown keys, wrong types and values out
+of range are refused by :func:`load_config` with one message that names the file and every bad key,
+before any dataset is read. Numbers are coerced the way pydantic does it (PyYAML reads ``1e-5`` as
+the string ``"1e-5"``; it becomes the float 1e-05); integers and booleans must be written as such.
+Omitted keys take the paper's defaults, except ``data.train``, which has none: a config file must say
+which data it trains on (the generated world too: ``{name: generated-world, split: train, ...}``).
+
+The training setting defaults per method (``opendas``: ``two-stage``; every baseline: ``one-stage-ce``,
+its single training stage) and a method/setting pair that cannot train is refused here. A setting that
+leaves a tower untrained keeps that tower exactly CLIP's (see :meth:`TrainConfig.prompt_config`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Dict, List, Optional
+import warnings
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Annotated, Any, Dict, List, Literal, Optional
+
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from ..methods.opendas import PromptConfig
 
-SETTINGS = ("two-stage", "joint", "visual-only", "text-only", "single")
+#: Training settings (paper Tab. 5 and the baselines' single stage). Each names what it does:
+#: ``two-stage``: visual prompts (CE), then text prompts (CE + triplet), OpenDAS;
+#: ``joint-triplet``: visual and text prompts together with CE + triplet (Tab. 5 "Joint + T");
+#: ``visual-only`` / ``text-only``: one of the two OpenDAS stages alone;
+#: ``one-stage-ce``: every trainable parameter of the method at once, cross-entropy only (the baselines).
+SETTINGS = ("two-stage", "joint-triplet", "visual-only", "text-only", "one-stage-ce")
+#: Old setting names, still read (with a FutureWarning).
+SETTING_ALIASES = {"joint": "joint-triplet", "single": "one-stage-ce"}
+#: Settings each method can train with; a method not listed trains in one stage only.
+METHOD_SETTINGS = {"opendas": SETTINGS}
+#: The setting a method gets when the config does not name one.
+DEFAULT_SETTING = {"opendas": "two-stage"}
+BASELINE_SETTING = "one-stage-ce"
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
-
-@dataclass
-class DatasetSpec:
-    """A dataset from the registry (``opendas_encoder.data.registry``): name, root, split, extra options."""
-
-    name: str = "generated-world"
-    root: Optional[str] = None
-    split: str = "train"
-    options: Dict[str, Any] = field(default_factory=dict)
+# Numbers: pydantic's float coercion (a numeric string such as YAML's "1e-5" becomes a float), finite.
+Float = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
 
-@dataclass
-class DataConfig:
-    train: DatasetSpec = field(default_factory=DatasetSpec)
-    test: Optional[DatasetSpec] = field(default_factory=lambda: DatasetSpec(split="test"))
-    #: JSON {"base": [...], "test": [...]}; default: base = train labels, test = test labels.
-    vocabulary: Optional[str] = None
-    #: JSON {class: [five negatives]}; None = no negative queries.
-    negatives: Optional[str] = None
-    drop_novel_negatives: bool = True
-    expand_ratio: float = 0.0
-    min_pixels: int = 16
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
-@dataclass
-class ModelSpec:
-    name: str = "opendas-world-vit"
-    pretrained: Optional[str] = "generated-world"
+def normalize_setting(setting: str, warn: bool = True) -> str:
+    """The current name of ``setting`` (old names ``joint`` / ``single`` are read with a FutureWarning)."""
+    if setting in SETTING_ALIASES:
+        new = SETTING_ALIASES[setting]
+        if warn:
+            warnings.warn(f"setting {setting!r} is renamed {new!r}; the old name will stop working",
+                          FutureWarning, stacklevel=3)
+        return new
+    return setting
 
 
-@dataclass
-class ScheduleConfig:
+def method_settings(method: str) -> tuple:
+    """The settings ``method`` can train with (the first is its default)."""
+    allowed = METHOD_SETTINGS.get(method, (BASELINE_SETTING,))
+    default = DEFAULT_SETTING.get(method, BASELINE_SETTING)
+    return (default,) + tuple(s for s in allowed if s != default)
+
+
+class DatasetSpec(_Section):
+    """A dataset from the registry (``opendas_encoder.data.registry``): name, root, split, options."""
+
+    name: StrictStr  # registry name: generic, ade20k-150, kitti-360, scannetpp-offices, generated-world
+    root: Optional[StrictStr] = None  # dataset folder (relative to the working directory); generated-world: none
+    split: Optional[StrictStr]  # required: the split to read (null = the dataset has no split folders)
+    options: Dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments of the dataset's loader
+
+    @model_validator(mode="after")
+    def _known_dataset(self):
+        from ..data.registry import list_datasets
+
+        if self.name not in list_datasets():
+            raise ValueError(f"unknown dataset {self.name!r}; known: {list_datasets()}")
+        if self.root is None and self.name != "generated-world":
+            raise ValueError(f"dataset {self.name!r} needs a root folder (key 'root')")
+        return self
+
+
+class DataConfig(_Section):
+    train: DatasetSpec  # required: the segments prompts learn from
+    test: Optional[DatasetSpec] = None  # evaluated before and after training; None = no evaluation
+    vocabulary: Optional[StrictStr] = None  # JSON {"base": [...], "test": [...]}; None: the datasets' labels
+    negatives: Optional[StrictStr] = None  # JSON {class: [five negatives]}; None = no negative queries
+    drop_novel_negatives: StrictBool = True  # drop negatives equal to a novel test class
+    expand_ratio: NonNegFloat = 0.0  # grow each segment's crop box by this fraction
+    min_pixels: PositiveInt = 16  # segments with fewer pixels are skipped
+
+    @field_validator("vocabulary", "negatives")
+    @classmethod
+    def _file_exists(cls, value):
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"file not found: {os.path.abspath(value)} (a relative path in a config file is "
+                             "relative to that file)")
+        return value
+
+
+class ModelSpec(_Section):
+    name: StrictStr = "ViT-L-14"  # open_clip model name (the paper's)
+    pretrained: Optional[StrictStr] = "openai"  # open_clip pretrained tag or weights file; None = random
+
+
+class ScheduleConfig(_Section):
     """The paper's defaults: SGD, lr 0.0025, cosine, 1 warm-up epoch at 1e-5, batch 16, 5 + 5 epochs."""
 
-    optimizer: str = "sgd"
-    lr: float = 0.0025
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    batch_size: int = 16
-    stage1_epochs: int = 5
-    stage2_epochs: int = 5
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.0025
+    momentum: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.9
+    weight_decay: NonNegFloat = 5e-4
+    warmup_epochs: NonNegInt = 1
+    warmup_lr: NonNegFloat = 1e-5
+    batch_size: PositiveInt = 16
+    stage1_epochs: NonNegInt = 5
+    stage2_epochs: NonNegInt = 5
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.lower() if isinstance(value, str) else value
 
 
-@dataclass
-class TripletConfig:
-    margin: float = 1.5
-    lambda_start: float = 0.0
-    lambda_end: float = 5.0
+class TripletConfig(_Section):
+    margin: NonNegFloat = 1.5
+    lambda_start: NonNegFloat = 0.0  # triplet weight at the first step of the text stage
+    lambda_end: NonNegFloat = 5.0  # ... and at its last step (linear in between)
 
 
-@dataclass
-class RuntimeConfig:
-    device: str = "auto"  # "auto" = cuda if available
-    amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16", "fp16"
-    cache_features: bool = True  # stage 2 on cached image features (no image tower) when augment is off
-    augment: bool = False  # random flip + random square crop (scale 0.7-1) of each training segment
-    num_workers: int = 0  # DataLoader workers that crop and preprocess segments
-    compile: bool = False  # torch.compile the encoder's forward functions (eager fallback with a warning)
-    eval_batch_size: int = 64
-    log_every: int = 10
+class RuntimeConfig(_Section):
+    device: StrictStr = "auto"  # "auto" = cuda if available, else a torch device string
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # "auto": bf16/fp16 on CUDA, off on CPU
+    cache_features: StrictBool = True  # text stage on cached image features (no image tower) when augment is off
+    augment: StrictBool = False  # random flip + random square crop (scale 0.7-1) of each training segment
+    num_workers: NonNegInt = 0  # DataLoader workers that crop and preprocess segments
+    compile: StrictBool = False  # torch.compile the encoder's forward functions (eager fallback with a warning)
+    eval_batch_size: PositiveInt = 64
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_log_every(cls, data):
+        if isinstance(data, dict) and "log_every" in data:  # written by configs of 0.1.0; it was never read
+            warnings.warn("runtime.log_every is ignored (every iteration is logged) and will stop being accepted",
+                          FutureWarning, stacklevel=2)
+            data = {k: v for k, v in data.items() if k != "log_every"}
+        return data
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value):
+        return "off" if value is False else value  # YAML 1.1 reads an unquoted off as false
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "auto":
+            import torch
+
+            try:
+                torch.device(value)
+            except RuntimeError:
+                raise ValueError(f"not a torch device: {value!r} (use auto, cpu, cuda, cuda:1, ...)") from None
+        return value
 
 
-@dataclass
-class TrainConfig:
-    name: str = "opendas"
-    seed: int = 0
-    method: str = "opendas"
-    setting: str = "two-stage"
-    method_options: Dict[str, Any] = field(default_factory=dict)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    prompts: Dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    triplet: TripletConfig = field(default_factory=TripletConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    output_dir: str = "runs/opendas"
+def _method_config_class(method: str):
+    if method == "opendas":
+        return PromptConfig
+    from ..baselines import METHODS
 
-    def __post_init__(self):
-        if self.setting not in SETTINGS:
-            raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}")
-        if self.schedule.optimizer.lower() not in ("sgd", "adamw"):
-            raise ValueError(f"schedule.optimizer must be 'sgd' or 'adamw', got {self.schedule.optimizer!r}")
-        if self.schedule.batch_size < 1:
-            raise ValueError("schedule.batch_size must be >= 1")
-        if self.runtime.amp not in AMP_MODES:
-            raise ValueError(f"runtime.amp must be one of {AMP_MODES}, got {self.runtime.amp!r}")
-        if not isinstance(self.runtime.num_workers, int) or self.runtime.num_workers < 0:
-            raise ValueError(f"runtime.num_workers must be an integer >= 0, got {self.runtime.num_workers!r}")
-        if not isinstance(self.runtime.compile, bool):
-            raise ValueError(f"runtime.compile must be true or false, got {self.runtime.compile!r}")
-        self.prompt_config()  # validates
+    return METHODS[method][1]
+
+
+@lru_cache(maxsize=None)
+def _adapter(cls) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def _validate_dataclass(cls, options: dict, where: str):
+    """``cls(**options)`` with pydantic's type checks and the dataclass's own ``__post_init__`` checks."""
+    # pydantic ignores unknown keys of a stdlib dataclass and cannot be told otherwise (TypeAdapter refuses a
+    # config for dataclasses), so the one check it lacks is written here
+    unknown = sorted(set(options) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(f.name for f in fields(cls))})")
+    try:
+        return _adapter(cls).validate_python(options)
+    except ValidationError as exc:
+        raise ValueError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+class TrainConfig(_Section):
+    """One training run. ``data`` may be omitted only in Python (e.g. for :func:`~.trainer.fit`, which
+    takes prepared segments); a config file must name ``data.train`` (:func:`config_from_dict`)."""
+
+    name: StrictStr = "opendas"
+    seed: NonNegInt = 0
+    method: StrictStr = "opendas"  # opendas or a baseline (opendas_encoder.baselines.METHOD_NAMES)
+    setting: Optional[StrictStr] = None  # None: the method's default (method_settings(method)[0])
+    method_options: Dict[str, Any] = Field(default_factory=dict)  # a baseline's config fields
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    prompts: Dict[str, Any] = Field(default_factory=dict)  # OpenDAS PromptConfig fields
+    data: Optional[DataConfig] = None
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    triplet: TripletConfig = Field(default_factory=TripletConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    output_dir: StrictStr = "runs/opendas"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _setting_name(cls, data, info):
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("setting"), str):
+            data["setting"] = normalize_setting(data["setting"])
+        if info.context and info.context.get("require_data") and data.get("data") is None:
+            data["data"] = {}  # so that pydantic reports the missing key by its name: data.train
+        return data
+
+    @model_validator(mode="after")
+    def _method_and_setting(self):
+        from ..baselines import METHOD_NAMES
+
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"unknown method {self.method!r}; known: {list(METHOD_NAMES)}")
+        allowed = method_settings(self.method)
+        if self.setting is None:
+            # not an assignment: validate_assignment would re-run this validator
+            object.__setattr__(self, "setting", allowed[0])
+        setting = normalize_setting(self.setting)
+        if setting not in SETTINGS:
+            raise ValueError(f"unknown setting {self.setting!r}; known: {list(SETTINGS)}")
+        if setting != self.setting:
+            object.__setattr__(self, "setting", setting)
+        if setting not in allowed:
+            raise ValueError(f"method {self.method!r} cannot train with setting {setting!r}: "
+                             f"{self.method} trains with {' or '.join(repr(s) for s in allowed)}")
+        if self.method == "opendas":
+            if self.method_options:
+                raise ValueError(f"method_options {sorted(self.method_options)}: OpenDAS takes its options "
+                                 "from 'prompts'")
+            self.prompt_config()  # validates, and warns about values the setting overrides
+        else:
+            if self.prompts:
+                raise ValueError(f"prompts {sorted(self.prompts)}: only OpenDAS has prompts; "
+                                 f"{self.method} takes its options from 'method_options'")
+            _validate_dataclass(_method_config_class(self.method), self.method_options, "method_options")
+        return self
 
     def prompt_config(self) -> PromptConfig:
-        return PromptConfig.from_dict(self.prompts, source="config prompts") if self.prompts else PromptConfig()
+        """OpenDAS's prompts for this run: ``prompts`` over the paper's defaults, with the setting's identity.
+
+        A tower the setting does not train stays exactly CLIP's: ``visual-only`` sets the deep text
+        prompts to ``text_deep_init="carry"`` from the zero-shot template's words (the text side is
+        zero-shot CLIP); ``text-only`` has no visual prompt tokens (``visual_tokens=0``, the image
+        tower is open_clip's). A written value that contradicts this is replaced, with a warning.
+        """
+        prompts = dict(self.prompts)
+        for key, value in identity_prompts(self.setting).items():
+            if key in prompts and prompts[key] != value:
+                warnings.warn(f"setting {self.setting!r} does not train that tower, which stays CLIP's: "
+                              f"prompts.{key} {prompts[key]!r} -> {value!r}", UserWarning, stacklevel=2)
+            prompts[key] = value
+        return _validate_dataclass(PromptConfig, prompts, "prompts")
+
+    def updated(self, **changes) -> "TrainConfig":
+        """A validated copy with ``changes`` (sections as models or dicts). Changing ``method`` without a
+        ``setting`` gives the new method's default setting."""
+        if "method" in changes and "setting" not in changes:
+            changes["setting"] = None
+        return type(self).model_validate({**dict(self), **changes})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON-able dictionary (for OpenDAS, ``prompts`` are the full prompt config that trains)."""
+        out = self.model_dump(mode="json")
+        if self.method == "opendas":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out["prompts"] = self.prompt_config().to_dict()
+        return out
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
 
 
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
-    kwargs = {}
-    for name, value in data.items():
-        f = known[name]
-        default = f.default_factory() if callable(getattr(f, "default_factory", None)) else f.default
-        if is_dataclass(default) and value is not None:
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif name == "test" and cls is DataConfig and value is not None:
-            kwargs[name] = _build(DatasetSpec, value, f"{where}.{name}")
+def identity_prompts(setting: str) -> dict:
+    """Prompt fields that keep the tower a setting does not train exactly CLIP's (see prompt_config)."""
+    if setting == "visual-only":
+        from .evaluate import ZERO_SHOT_TEMPLATE
+
+        return {"text_deep_init": "carry", "text_init": ZERO_SHOT_TEMPLATE.split("{}")[0].strip()}
+    if setting == "text-only":
+        return {"visual_tokens": 0}
+    return {}
+
+
+def _describe(error: dict) -> str:
+    """One line per pydantic error: dotted key, what is wrong, the value given."""
+    loc = ".".join(str(p) for p in error["loc"])
+    kind, given = error["type"], error.get("input")
+    if kind == "missing":
+        return f"{loc}: missing (required, no default)"
+    if kind == "literal_error":
+        return f"{loc} must be one of {error['ctx']['expected']}, got {given!r}"
+    if kind == "bool_type":
+        return f"{loc} must be true or false, got {given!r}"
+    msg = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"{loc}: {msg}" if loc else msg
+    return f"{loc}: {msg}, got {given!r}"
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """``source: invalid config`` and one line per problem; unknown keys grouped per section."""
+    unknown: Dict[str, List[str]] = {}
+    lines = []
+    for e in exc.errors():
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(".".join(str(p) for p in e["loc"][:-1]), []).append(str(e["loc"][-1]))
         else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            lines.append(_describe(e))
+    for where, keys in unknown.items():
+        lines.append(f"{where or '(top level)'}: unknown keys {sorted(keys)} (known: {_known_keys(where)})")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def _known_keys(where: str) -> List[str]:
+    model = TrainConfig
+    for part in [p for p in where.split(".") if p]:
+        ann = model.model_fields[part].annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and
+                      issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
 
 
 def config_from_dict(data: dict, source: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from a parsed config file; every problem in one ``ValueError`` naming ``source``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
     try:
-        return _build(TrainConfig, data, source)
-    except TypeError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+        return TrainConfig.model_validate(data, context={"require_data": True})
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, source)) from None
 
 
 def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig:
-    """Read a YAML/JSON training config; ``overrides`` are ``dotted.key=value`` strings (YAML values)."""
+    """Read and validate a YAML/JSON training config.
+
+    ``overrides``: ``dotted.key=value`` strings (values parsed as YAML). Relative ``data.negatives`` and
+    ``data.vocabulary`` paths written in the file are relative to the file; given as overrides, they
+    are relative to the working directory, like any command-line path.
+    """
     import yaml
 
     if not os.path.isfile(path):
@@ -169,8 +387,16 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
             data = yaml.safe_load(f) if not path.endswith(".json") else json.load(f)
         except (yaml.YAMLError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: cannot parse ({exc})") from None
-    data = data or {}
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     base_dir = os.path.dirname(os.path.abspath(path))
+    section = data.get("data")
+    if isinstance(section, dict):
+        for key in ("negatives", "vocabulary"):
+            value = section.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                section[key] = os.path.normpath(os.path.join(base_dir, value))
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key.sub=value")
@@ -178,15 +404,11 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+            node = child
         node[parts[-1]] = yaml.safe_load(value)
-    data_section = data.get("data") or {}
-    for key in ("negatives", "vocabulary"):  # relative file paths are relative to the config file
-        value = data_section.get(key)
-        if isinstance(value, str) and not os.path.isabs(value) and not os.path.exists(value):
-            candidate = os.path.join(base_dir, value)
-            if os.path.exists(candidate):
-                data_section[key] = candidate
     return config_from_dict(data, source=path)
 
 
@@ -202,15 +424,16 @@ class Stage:
 
 
 def stages_for(setting: str, schedule: ScheduleConfig) -> List[Stage]:
-    """The stages of a training setting (paper Tab. 5): two-stage OpenDAS and its ablations."""
+    """The stages of a training setting (paper Tab. 5): two-stage OpenDAS, its ablations, one-stage baselines."""
     s1, s2 = schedule.stage1_epochs, schedule.stage2_epochs
     table = {
         "two-stage": [Stage("visual", s1, True, False, False), Stage("text", s2, False, True, True)],
-        "joint": [Stage("joint", s1 + s2, True, True, True)],
+        "joint-triplet": [Stage("joint", s1 + s2, True, True, True)],
         "visual-only": [Stage("visual", s1, True, False, False)],
         "text-only": [Stage("text", s2, False, True, True)],
-        "single": [Stage("train", s1 + s2, True, True, False)],
+        "one-stage-ce": [Stage("train", s1 + s2, True, True, False)],
     }
+    setting = normalize_setting(setting)
     if setting not in table:
         raise ValueError(f"unknown setting {setting!r}; known: {sorted(table)}")
     return [st for st in table[setting] if st.epochs > 0]

@@ -1,0 +1,176 @@
+"""Training configs (issue 13.11, 13.16, 15): types, ranges and known keys checked before any work,
+the paper's defaults for omitted keys, a default setting per method, paths relative to the file."""
+
+import json
+import warnings
+
+import pytest
+import yaml
+
+from opendas_encoder import PromptConfig
+from opendas_encoder.baselines import METHOD_NAMES
+from opendas_encoder.train.config import (SETTINGS, RuntimeConfig, TrainConfig, config_from_dict, load_config,
+                                          stages_for)
+
+WORLD_TRAIN = {"name": "generated-world", "split": "train", "options": {"n_scenes": 4, "seed": 0}}
+
+
+def write(tmp_path, text: str, name: str = "run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------- types
+def test_yaml_scientific_notation_becomes_the_float_it_reads_as(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-5 without a dot as the string "1e-5"
+    assert yaml.safe_load("x: 1e-5")["x"] == "1e-5"
+    path = write(tmp_path, "data: {train: {name: generated-world, split: train}}\n"
+                           "schedule: {warmup_lr: 1e-5, lr: 2.5e-3, weight_decay: 5e-4}\n")
+    cfg = load_config(path)
+    assert type(cfg.schedule.warmup_lr) is float and cfg.schedule.warmup_lr == 1e-5
+    assert cfg.schedule.lr == 0.0025 and cfg.schedule.weight_decay == 0.0005
+
+
+def test_every_bad_value_is_named_with_the_file(tmp_path):
+    path = write(tmp_path, "data: {train: {name: generated-world, split: train}, expand_ratio: -0.5}\n"
+                           "schedule: {lr: fast, batch_size: '16', stage1_epochs: 2.5}\n"
+                           "runtime: {augment: 'yes', device: gpu0}\ntriplet: {margin: .nan}\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(path)
+    for key in ("data.expand_ratio", "schedule.lr", "schedule.batch_size", "schedule.stage1_epochs",
+                "runtime.augment", "runtime.device", "triplet.margin"):
+        assert key in msg, key
+    assert "'fast'" in msg and "'gpu0'" in msg
+
+
+def test_unknown_keys_are_refused_in_every_section(tmp_path):
+    path = write(tmp_path, "data: {train: {name: generated-world, split: train, root_dir: x}}\n"
+                           "schedul: {}\nprompts: {visual_token: 4}\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "data.train: unknown keys ['root_dir']" in msg and "unknown keys ['schedul']" in msg
+    with pytest.raises(ValueError, match=r"prompts: unknown keys \['visual_token'\]"):
+        config_from_dict({"data": {"train": WORLD_TRAIN}, "prompts": {"visual_token": 4}})
+    with pytest.raises(ValueError, match=r"method_options: unknown keys \['tokens'\]"):
+        config_from_dict({"data": {"train": WORLD_TRAIN}, "method": "vpt", "method_options": {"tokens": 4}})
+    with pytest.raises(ValueError, match="method_options: n_tokens"):
+        config_from_dict({"data": {"train": WORLD_TRAIN}, "method": "vpt", "method_options": {"n_tokens": "many"}})
+    with pytest.raises(ValueError, match="unknown dataset 'ade20k'"):
+        config_from_dict({"data": {"train": {"name": "ade20k", "root": "x", "split": "training"}}})
+    with pytest.raises(ValueError, match="needs a root folder"):
+        config_from_dict({"data": {"train": {"name": "generic", "split": "train"}}})
+
+
+def test_runtime_log_every_is_gone():
+    assert "log_every" not in RuntimeConfig.model_fields  # it was never read
+    with pytest.warns(FutureWarning, match="log_every"):
+        cfg = config_from_dict({"data": {"train": WORLD_TRAIN}, "runtime": {"log_every": 10}})
+    assert "log_every" not in cfg.to_dict()["runtime"]
+
+
+# ------------------------------------------------------------------------------------------- defaults
+def test_omitted_keys_give_the_papers_defaults():
+    cfg = config_from_dict({"data": {"train": WORLD_TRAIN}})
+    assert (cfg.model.name, cfg.model.pretrained) == ("ViT-L-14", "openai")
+    assert cfg.prompt_config() == PromptConfig()
+    pc = cfg.prompt_config().resolved(24, 12)  # the paper's 233,472 parameters on ViT-L-14
+    assert pc.visual_tokens * pc.visual_depth * 1024 + pc.text_tokens * pc.text_depth * 768 == 233_472
+    s = cfg.schedule
+    assert (s.optimizer, s.lr, s.momentum, s.weight_decay, s.warmup_epochs, s.warmup_lr, s.batch_size,
+            s.stage1_epochs, s.stage2_epochs) == ("sgd", 0.0025, 0.9, 5e-4, 1, 1e-5, 16, 5, 5)
+    assert (cfg.triplet.margin, cfg.triplet.lambda_start, cfg.triplet.lambda_end) == (1.5, 0.0, 5.0)
+    assert cfg.setting == "two-stage" and cfg.data.test is None
+
+
+def test_a_config_without_training_data_is_an_error_naming_the_key(tmp_path):
+    for text in ("name: x\n", "data: {negatives: null}\n", "{}\n", ""):
+        with pytest.raises(ValueError) as err:
+            load_config(write(tmp_path, text))
+        assert "data.train: missing" in str(err.value), text
+    with pytest.raises(ValueError, match=r"data.train.split: missing"):
+        config_from_dict({"data": {"train": {"name": "generated-world"}}})
+
+
+# ------------------------------------------------------------------------------------------- settings
+def test_every_method_gets_a_default_setting_it_can_train_with():
+    assert config_from_dict({"data": {"train": WORLD_TRAIN}}).setting == "two-stage"
+    for method in METHOD_NAMES:
+        if method == "opendas":
+            continue
+        cfg = config_from_dict({"data": {"train": WORLD_TRAIN}, "method": method})
+        assert cfg.setting == "one-stage-ce", method
+        assert [(st.visual, st.text, st.triplet) for st in stages_for(cfg.setting, cfg.schedule)] == \
+            [(True, True, False)]
+
+
+@pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m != "opendas"])
+@pytest.mark.parametrize("setting", ["two-stage", "joint-triplet", "visual-only", "text-only"])
+def test_a_method_setting_pair_that_cannot_train_is_refused_naming_both(tmp_path, method, setting):
+    path = write(tmp_path, yaml.safe_dump({"method": method, "setting": setting, "data": {"train": WORLD_TRAIN}}))
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert path in msg and repr(method) in msg and repr(setting) in msg and "one-stage-ce" in msg
+
+
+def test_setting_names_say_what_they_do_and_old_names_still_read():
+    assert set(SETTINGS) == {"two-stage", "joint-triplet", "visual-only", "text-only", "one-stage-ce"}
+    for old, new in (("single", "one-stage-ce"), ("joint", "joint-triplet")):
+        with pytest.warns(FutureWarning, match=f"'{old}' is renamed '{new}'"):
+            cfg = config_from_dict({"data": {"train": WORLD_TRAIN}, "setting": old})
+        assert cfg.setting == new
+        with pytest.warns(FutureWarning):
+            assert stages_for(old, cfg.schedule) == stages_for(new, cfg.schedule)
+    sched = TrainConfig().schedule
+    assert [(s.visual, s.text, s.triplet) for s in stages_for("joint-triplet", sched)] == [(True, True, True)]
+    assert [(s.visual, s.text, s.triplet) for s in stages_for("one-stage-ce", sched)] == [(True, True, False)]
+
+
+def test_an_untrained_tower_is_configured_as_clips_own():
+    vis = TrainConfig(setting="visual-only", prompts={"visual_tokens": 4})
+    assert vis.prompt_config().text_deep_init == "carry" and vis.prompt_config().text_init == "a photo of a"
+    assert vis.to_dict()["prompts"]["text_deep_init"] == "carry"  # what the run's config.json records
+    txt = TrainConfig(setting="text-only")
+    assert txt.prompt_config().visual_tokens == 0 and txt.to_dict()["prompts"]["visual_tokens"] == 0
+    with pytest.warns(UserWarning, match="prompts.visual_tokens 8 -> 0"):
+        TrainConfig(setting="text-only", prompts={"visual_tokens": 8})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TrainConfig(setting="two-stage").prompt_config() == PromptConfig()  # trained towers: untouched
+
+
+# ------------------------------------------------------------------------------------------- files
+def test_relative_paths_in_a_config_are_relative_to_its_file(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cwd").mkdir()
+    negatives = {"red square": ["a", "b", "c", "d", "e"]}
+    (tmp_path / "cfg" / "negatives.json").write_text(json.dumps(negatives))
+    (tmp_path / "cwd" / "negatives.json").write_text(json.dumps({"decoy": ["a", "b", "c", "d", "e"]}))
+    path = write(tmp_path / "cfg", yaml.safe_dump({"data": {"train": WORLD_TRAIN, "negatives": "negatives.json"}}))
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert load_config(path).data.negatives == str(tmp_path / "cfg" / "negatives.json")
+    # a path given on the command line is relative to the working directory
+    cfg = load_config(path, ["data.negatives=negatives.json"])
+    assert cfg.data.negatives == "negatives.json"
+    missing = write(tmp_path / "cfg", yaml.safe_dump({"data": {"train": WORLD_TRAIN, "vocabulary": "v.json"}}),
+                    "missing.yaml")
+    with pytest.raises(ValueError, match=r"data.vocabulary: file not found: .*cfg/v.json"):
+        load_config(missing)
+
+
+def test_overrides_are_validated_too(tmp_path):
+    path = write(tmp_path, yaml.safe_dump({"data": {"train": WORLD_TRAIN}}))
+    assert load_config(path, ["schedule.lr=1e-3", "runtime.amp=off"]).schedule.lr == 0.001
+    with pytest.raises(ValueError, match="schedule.batch_size: Input should be greater than or equal to 1"):
+        load_config(path, ["schedule.batch_size=0"])
+
+
+def test_the_saved_run_config_loads_back(tmp_path):
+    cfg = config_from_dict({"data": {"train": WORLD_TRAIN}, "setting": "visual-only", "output_dir": "x"})
+    cfg.save(str(tmp_path / "config.json"))
+    again = load_config(str(tmp_path / "config.json"))
+    assert again.to_dict() == cfg.to_dict()
