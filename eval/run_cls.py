@@ -10,7 +10,8 @@ number the mean ± standard deviation over seeds:
 * Table 7: OpenDAS with K_v in {8, 12} x K_t in {4, 8, 12} (#params, Acc, W-F1).
 
 OpenDAS trains in two stages with the negative queries; the baselines train in one stage
-("single") for stage1 + stage2 epochs, without negatives (as in ``configs/make_configs.py``).
+("one-stage-ce") for stage1 + stage2 epochs, without negatives (as in ``configs/make_configs.py``).
+Zero-shot CLIP ("No adaptation") encodes each class name as "a photo of a {}." (every method's template).
 Tables 5 and 7 use prompts in the first 12 layers of each tower (capped at the tower depth).
 The seed changes initialisation and batch order; the data stay the same.
 
@@ -31,7 +32,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -44,8 +45,9 @@ from opendas_encoder.core.registry import method_names  # noqa: E402
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig,  # noqa: E402
                                           TrainConfig, TripletConfig, load_config)
-from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, prepare_experiment,  # noqa: E402
-                                            run_experiment)
+from opendas_encoder.train.evaluate import ZERO_SHOT_TEMPLATE  # noqa: E402
+from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
+                                            prepare_experiment, run_experiment)
 from opendas_encoder.train.trainer import read_log  # noqa: E402
 from opendas_encoder.vocab import select_negative_queries  # noqa: E402
 
@@ -90,19 +92,13 @@ class RunResult:
     per_seed: List[dict] = field(default_factory=list)  # adapted metrics per seed
     seconds_per_iter: List[float] = field(default_factory=list)
 
-    def mean_std(self, key: str) -> Tuple[float, float]:
-        values = np.asarray([r[key] for r in self.per_seed if r.get(key) is not None], dtype=float)
-        if values.size == 0:
-            return float("nan"), float("nan")
-        return float(values.mean()), float(values.std())
-
     def summary(self) -> dict:
         out = {"tag": self.spec.tag, "method": self.spec.method, "setting": self.spec.setting, "params": self.params,
                "prompts": json.loads(self.spec.prompts), "method_options": json.loads(self.spec.options),
                "lambda_end": self.spec.lambda_end, "per_seed": self.per_seed,
                "seconds_per_iter": float(np.mean(self.seconds_per_iter)) if self.seconds_per_iter else None}
         for k in METRIC_KEYS:
-            out[k], out[k + "_std"] = self.mean_std(k)
+            out[k], out[k + "_std"] = mean_std([r.get(k) for r in self.per_seed])
         return out
 
 
@@ -123,7 +119,7 @@ def plan_runs(methods: Sequence[str], tables: Sequence[str], base_prompts: dict,
             if m == "opendas":
                 main.append(RunSpec("opendas", "opendas", "two-stage", prompts=dump(base_prompts)))
             else:
-                main.append(RunSpec(m, m, "single", options=dump(METHOD_OPTIONS.get(m, {}))))
+                main.append(RunSpec(m, m, "one-stage-ce", options=dump(METHOD_OPTIONS.get(m, {}))))
         plan["main"] = main
     if "5" in tables:
         p = dump(ablation_prompts(base_prompts, vision_layers, text_layers))
@@ -138,10 +134,10 @@ def plan_runs(methods: Sequence[str], tables: Sequence[str], base_prompts: dict,
 
 def run_config(base: TrainConfig, spec: RunSpec, seed: int, out_dir: str) -> TrainConfig:
     """The base configuration with the run's method, setting, prompts, options, lambda and seed."""
-    triplet = base.triplet if spec.lambda_end is None else replace(base.triplet, lambda_end=spec.lambda_end)
-    return replace(base, name=f"{base.name}/{spec.tag}/seed{seed}", seed=seed, method=spec.method,
-                   setting=spec.setting, prompts=json.loads(spec.prompts), method_options=json.loads(spec.options),
-                   triplet=triplet, output_dir=os.path.join(out_dir, spec.tag, f"seed{seed}"))
+    triplet = base.triplet if spec.lambda_end is None else dict(base.triplet, lambda_end=spec.lambda_end)
+    return base.updated(name=f"{base.name}/{spec.tag}/seed{seed}", seed=seed, method=spec.method,
+                        setting=spec.setting, prompts=json.loads(spec.prompts), method_options=json.loads(spec.options),
+                        triplet=triplet, output_dir=os.path.join(out_dir, spec.tag, f"seed{seed}"))
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -150,10 +146,11 @@ def world_config(args) -> TrainConfig:
 
     pretrained = WORLD_PRETRAINED if args.pretrained is None else (args.pretrained or None)
     return TrainConfig(
-        name="generated-world", model=ModelSpec(args.model or WORLD_MODEL_NAME, pretrained),
-        data=DataConfig(train=DatasetSpec("generated-world", None, "train", {"n_scenes": args.world_scenes[0], "seed": 0}),
-                        test=DatasetSpec("generated-world", None, "test", {"n_scenes": args.world_scenes[1],
-                                                                          "seed": 1000})),
+        name="generated-world", model=ModelSpec(name=args.model or WORLD_MODEL_NAME, pretrained=pretrained),
+        data=DataConfig(train=DatasetSpec(name="generated-world", split="train",
+                                          options={"n_scenes": args.world_scenes[0], "seed": 0}),
+                        test=DatasetSpec(name="generated-world", split="test",
+                                         options={"n_scenes": args.world_scenes[1], "seed": 1000})),
         schedule=ScheduleConfig(), triplet=TripletConfig(), runtime=RuntimeConfig(device=args.device),
         output_dir=args.out)
 
@@ -164,14 +161,14 @@ def base_config(args) -> TrainConfig:
     else:
         base = load_config(args.dataset, args.set)
         if args.model:
-            base = replace(base, model=replace(base.model, name=args.model))
+            base = base.updated(model=dict(base.model, name=args.model))
         if args.pretrained is not None:
-            base = replace(base, model=replace(base.model, pretrained=args.pretrained or None))
-        base = replace(base, runtime=replace(base.runtime, device=args.device))
+            base = base.updated(model=dict(base.model, pretrained=args.pretrained or None))
+        base = base.updated(runtime=dict(base.runtime, device=args.device))
     if args.epochs:
-        base = replace(base, schedule=replace(base.schedule, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1]))
+        base = base.updated(schedule=dict(base.schedule, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1]))
     if args.batch_size:
-        base = replace(base, schedule=replace(base.schedule, batch_size=args.batch_size))
+        base = base.updated(schedule=dict(base.schedule, batch_size=args.batch_size))
     return base
 
 
@@ -191,7 +188,7 @@ def run_all(base: TrainConfig, methods: Sequence[str], tables: Sequence[str], se
 
         words = world_vocabulary()
         vocab, negatives = Vocabulary(base=words["base"], test=words["test"], name=WORLD_LABEL), world_negatives()
-    probe = build_model(replace(base, method="opendas", seed=0))
+    probe = build_model(base.updated(method="opendas", setting="two-stage", method_options={}, seed=0))
     sig = probe.base_signature()
     data = prepare_experiment(base, probe, progress=progress, vocab=vocab, negatives=negatives)
     if data.test is None:
@@ -248,7 +245,7 @@ def format_tables(results: dict) -> Dict[str, str]:
     weights = results["model"]["pretrained"] or "random weights"
     head = (f"{results['dataset']}; model {results['model']['name']} ({weights}); "
             f"mean ± std over {results['seeds']} seed(s); {results['schedule']['stage1_epochs']} + "
-            f"{results['schedule']['stage2_epochs']} epochs")
+            f"{results['schedule']['stage2_epochs']} epochs; zero-shot template \"{ZERO_SHOT_TEMPLATE}\"")
     out = {}
     if "main" in plan:
         main = [runs[t] for t in plan["main"]]
@@ -293,19 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, metavar="CONFIG",
                    help="training config (YAML/JSON, opendas_encoder.train.config) giving data, model, schedule; "
                         "default: the generated world with its small CLIP")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=method_names())
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--tables", nargs="+", default=["1", "2"], choices=["1", "2", "5", "7"])
-    p.add_argument("--epochs", nargs=2, type=int, metavar=("STAGE1", "STAGE2"), default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=method_names(),
+                   help="methods of Tables 1 and 2")
+    p.add_argument("--seeds", type=int, default=3, help="runs per configuration (seeds 0..N-1)")
+    p.add_argument("--tables", nargs="+", default=["1", "2"], choices=["1", "2", "5", "7"], help="tables to write")
+    p.add_argument("--epochs", nargs=2, type=int, metavar=("STAGE1", "STAGE2"), default=None,
+                   help="epochs of stage 1 and stage 2 (baselines: their sum, in one stage)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (overrides the config's)")
     p.add_argument("--model", default=None, help="open_clip model name (overrides the config's)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or file ('' = random weights)")
-    p.add_argument("--world-scenes", nargs=2, type=int, default=[160, 100], metavar=("TRAIN", "TEST"))
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of --dataset's config")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/cls")
+    p.add_argument("--world-scenes", nargs=2, type=int, default=[160, 100], metavar=("TRAIN", "TEST"),
+                   help="generated-world scenes for training and testing (without --dataset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one value of --dataset's config (YAML syntax); repeat for more")
+    p.add_argument("--device", default="auto", help="torch device; auto = cuda if available")
+    p.add_argument("--out", default="runs/cls", help="folder for the runs and tables.md / tables.json")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs from their last epoch")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -315,7 +316,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit("--seeds must be >= 1")
     if args.dataset is not None and not os.path.isfile(args.dataset):
         raise SystemExit(f"config file not found: {args.dataset}")
-    base = base_config(args)
+    try:
+        base = base_config(args)
+    except ValueError as exc:  # the config's problems, each named (opendas_encoder.train.config)
+        raise SystemExit(f"run_cls: error: {exc}") from None
     results = run_all(base, args.methods, args.tables, args.seeds, args.out, world=args.dataset is None,
                       progress=not args.quiet, resume=args.resume)
     md_path, json_path = write_outputs(results, args.out)

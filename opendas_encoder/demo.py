@@ -18,7 +18,7 @@ from typing import List, Optional
 from .generated.world import WORLD_LABEL
 from .plots import format_table, metric_cell
 from .train.config import DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig
-from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_experiment
+from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_experiment, zero_shot_note
 
 #: OpenDAS variants the demo can run: the paper's initialisation, and deep text prompts that start as
 #: the frozen model's own hidden states (``text_deep_init="carry"``, exact zero-shot CLIP at step 0).
@@ -44,19 +44,20 @@ class DemoOptions:
     progress: bool = True
 
 
-def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: str = "two-stage") -> TrainConfig:
-    """The training config of one demo run; ``method`` is a baseline or a key of ``OPENDAS_VARIANTS``."""
+def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: Optional[str] = None) -> TrainConfig:
+    """The training config of one demo run; ``method`` is a baseline or a key of ``OPENDAS_VARIANTS``;
+    ``setting`` None: the method's default (OpenDAS two-stage, a baseline its single stage)."""
     from .generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     prompts = OPENDAS_VARIANTS.get(method)
     return TrainConfig(
         name=f"{WORLD_LABEL}: {method} seed {seed}", seed=seed,
-        method="opendas" if prompts is not None else method,
-        setting=setting if prompts is not None else "single", prompts=dict(prompts or {}),
-        model=ModelSpec(WORLD_MODEL_NAME, WORLD_PRETRAINED),
-        data=DataConfig(train=DatasetSpec("generated-world", None, "train", {"n_scenes": opts.train_scenes, "seed": seed}),
-                        test=DatasetSpec("generated-world", None, "test", {"n_scenes": opts.test_scenes,
-                                                                          "seed": 1000 + seed})),
+        method="opendas" if prompts is not None else method, setting=setting, prompts=dict(prompts or {}),
+        model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
+        data=DataConfig(train=DatasetSpec(name="generated-world", split="train",
+                                          options={"n_scenes": opts.train_scenes, "seed": seed}),
+                        test=DatasetSpec(name="generated-world", split="test",
+                                         options={"n_scenes": opts.test_scenes, "seed": 1000 + seed})),
         schedule=ScheduleConfig(lr=opts.lr, batch_size=opts.batch_size, stage1_epochs=opts.stage1_epochs,
                                 stage2_epochs=opts.stage2_epochs),
         runtime=RuntimeConfig(device=opts.device),
@@ -123,7 +124,7 @@ def format_demo_table(summary: dict) -> str:
             f"{c['base']} base / {c['novel']} novel classes, mean ± std over {summary['seeds']} seed(s)")
     notes = ("opendas: the paper's method and initialisation (deep text prompts random, N(0, 0.02)); "
              "opendas-carry: the same, with deep text prompts starting as the frozen CLIP's hidden states "
-             "(text_deep_init='carry'). Brackets: change against zero-shot CLIP.")
+             "(text_deep_init='carry'). Brackets: change against zero-shot CLIP. " + zero_shot_note())
     ckpts = "\n".join(f"  {m}: {p}" for m, p in summary["checkpoint"].items())
     return head + "\n\n" + format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]) + "\n" + notes + \
         f"\n\ntotal time: {summary['seconds']:.0f} s; adapted checkpoints (seed 0):\n{ckpts}"

@@ -1,6 +1,7 @@
 """Plots a person would rather look at: confusion matrices, t-SNE of text embeddings, loss curves.
 
-matplotlib (Agg backend, PNG files) and scikit-learn's t-SNE; imported lazily.
+matplotlib (Agg backend, PNG files), scikit-learn's ``ConfusionMatrixDisplay`` and t-SNE, and
+``tabulate`` for Markdown tables; imported lazily.
 """
 
 from __future__ import annotations
@@ -19,29 +20,28 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path: str, title: str = "",
+def plot_confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], path: str, title: str = "",
                    novel: Sequence[str] = ()) -> str:
-    """Row-normalised confusion matrix (rows = ground truth); novel class labels drawn in red."""
+    """Row-normalised confusion matrix (rows = ground truth) by scikit-learn's ``ConfusionMatrixDisplay``;
+    novel class labels drawn in red; cell values written up to 30 classes."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     plt = _pyplot()
-    conf = np.asarray(confusion, dtype=float)
-    rows = conf.sum(axis=1, keepdims=True)
-    norm = np.divide(conf, rows, out=np.zeros_like(conf), where=rows > 0)
     n = len(labels)
     size = max(5.0, 0.32 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_yticklabels(labels, fontsize=7)
+    ConfusionMatrixDisplay.from_predictions(
+        list(y_true), list(y_pred), labels=list(labels), normalize="true", ax=ax, cmap="Blues",
+        include_values=n <= 30, values_format=".2f", xticks_rotation="vertical", colorbar=True,
+        im_kw={"vmin": 0.0, "vmax": 1.0}, text_kw={"fontsize": 6})
     novel = set(novel)
     for tick in list(ax.get_xticklabels()) + list(ax.get_yticklabels()):
+        tick.set_fontsize(7)
         if tick.get_text() in novel:
             tick.set_color("tab:red")
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -102,10 +102,10 @@ def plot_loss_curves(log: List[dict], path: str, title: str = "") -> str:
 
 
 def format_table(rows: List[List[str]], header: List[str]) -> str:
-    """A Markdown table."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+    """A Markdown (GitHub) table of string cells, by ``tabulate``."""
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=header, tablefmt="github", disable_numparse=True)
 
 
 def metric_cell(value: float, baseline: Optional[float] = None, spread: Optional[float] = None) -> str:

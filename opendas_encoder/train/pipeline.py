@@ -11,14 +11,14 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from ..core.tokens import ZERO_SHOT_TEMPLATE, phrase_ids
 from ..data.registry import build_dataset
 from ..data.segments import SegmentDataset
-from ..metrics import confusion_matrix
 from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative_queries
 from .config import DatasetSpec, TrainConfig
 from .data import PreparedSegments, prepare_segments
@@ -29,18 +29,54 @@ METRIC_KEYS = ("acc", "weighted_f1", "base_f1", "novel_f1")
 
 
 def build_model(config: TrainConfig, device=None):
-    """The trainable encoder of ``config.method`` over the configured open_clip model."""
+    """The trainable encoder of ``config.method`` over the configured open_clip model.
+
+    For OpenDAS the prompts are :meth:`TrainConfig.prompt_config`: a tower the setting does not
+    train is exactly CLIP's (visual-only: carried zero-shot text prompts; text-only: no visual tokens).
+    """
     torch.manual_seed(config.seed)
     from ..core.factory import create_encoder
 
     if config.method == "opendas":
-        return create_encoder("opendas", config.model.name, config.model.pretrained, device=device,
-                              config=config.prompt_config())
-    return create_encoder(config.method, config.model.name, config.model.pretrained, **dict(config.method_options))
+        model = create_encoder("opendas", config.model.name, config.model.pretrained, device=device,
+                               config=config.prompt_config())
+        _check_identity_text(model, config)
+        return model
+    return create_encoder(config.method, config.model.name, config.model.pretrained, device=device,
+                          **dict(config.method_options))
 
 
-def dataset_from_spec(spec: DatasetSpec) -> SegmentDataset:
-    return build_dataset(spec.name, spec.root, spec.split, **dict(spec.options))
+def _check_identity_text(model, config: TrainConfig) -> None:
+    """visual-only: the carried text context is the template's words only if they fill all K_t slots."""
+    prompts = model.config
+    if config.setting != "visual-only" or not prompts.text_tokens:
+        return
+    words = phrase_ids(model.tokenizer, prompts.text_init)
+    n_words = 0 if words is None else len(words)
+    if n_words != prompts.text_tokens:
+        raise ValueError(f"setting 'visual-only' keeps the text tower at zero-shot CLIP ({ZERO_SHOT_TEMPLATE!r}), "
+                         f"whose words {prompts.text_init!r} are {n_words} tokens: set prompts.text_tokens: "
+                         f"{n_words} (got {prompts.text_tokens})")
+
+
+def identity_towers(config: TrainConfig) -> dict:
+    """{tower: how it is kept CLIP's} for the towers the run's setting does not train (checkpoint metadata)."""
+    if config.method != "opendas":
+        return {}
+    return {"visual-only": {"text": "text_deep_init=carry (zero-shot text)"},
+            "text-only": {"visual": "visual_tokens=0 (CLIP image tower)"}}.get(config.setting, {})
+
+
+#: Loaders that show progress bars and take ``progress`` (``--quiet`` turns them off). The registry has no
+#: common keyword for it (the generated world has no bar), so the real loaders are named here.
+_LOADERS_WITH_PROGRESS = ("generic", "ade20k-150", "kitti-360", "scannetpp-offices")
+
+
+def dataset_from_spec(spec: DatasetSpec, progress: bool = True) -> SegmentDataset:
+    options = dict(spec.options)
+    if spec.name in _LOADERS_WITH_PROGRESS:
+        options.setdefault("progress", progress)
+    return build_dataset(spec.name, spec.root, spec.split, **options)
 
 
 def derive_vocabulary(train: SegmentDataset, test: Optional[SegmentDataset], name: str = "") -> Vocabulary:
@@ -70,9 +106,11 @@ def prepare_experiment(config: TrainConfig, model, progress: bool = True, train_
                        test_ds: Optional[SegmentDataset] = None, vocab: Optional[Vocabulary] = None,
                        negatives: Optional[dict] = None) -> ExperimentData:
     """Datasets, vocabularies, negative queries and prepared (cropped, preprocessed) segments."""
-    train_ds = train_ds if train_ds is not None else dataset_from_spec(config.data.train)
+    if config.data is None:
+        raise ValueError(f"{config.name}: the config has no data section (data.train is required)")
+    train_ds = train_ds if train_ds is not None else dataset_from_spec(config.data.train, progress)
     if test_ds is None and config.data.test is not None:
-        test_ds = dataset_from_spec(config.data.test)
+        test_ds = dataset_from_spec(config.data.test, progress)
     if vocab is None:
         vocab = Vocabulary.load(config.data.vocabulary) if config.data.vocabulary else \
             derive_vocabulary(train_ds, test_ds, config.name)
@@ -122,8 +160,7 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
         results["zero_shot"] = _summary(zs)
         model.to(device)
     fit_result = fit(model, data.train, data.label_space, config, run_dir, resume=resume, progress=progress,
-                     extra_metadata={"base_classes": list(data.vocab.base), "negative_queries": data.negatives.queries,
-                                     "dataset": config.data.train.name})
+                     extra_metadata=run_metadata(config, data))
     results["seconds_per_iter"] = fit_result.seconds_per_iter
     results["checkpoint"] = fit_result.final_dir
     results["run_dir"] = run_dir
@@ -133,7 +170,7 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
         results["per_class"] = {"adapted": adapted.metrics["per_class"],
                                 "zero_shot": zs.metrics["per_class"] if zs is not None else None}
         if plots and is_main:
-            results["plots"] = write_plots(run_dir, data.vocab, adapted, zs, config.name)
+            results["plots"] = write_plots(run_dir, data.vocab, adapted, zs, config.name, config.method)
     results["seconds"] = time.perf_counter() - t0
     if not is_main:
         return results
@@ -144,8 +181,18 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     return results
 
 
+def run_metadata(config: TrainConfig, data: ExperimentData) -> dict:
+    """What the checkpoint records about the run beyond the encoder: vocabulary, how segments were cut
+    (``opendas eval`` reuses ``expand_ratio`` / ``min_pixels``), towers kept CLIP's, the zero-shot template."""
+    return {"base_classes": list(data.vocab.base), "negative_queries": data.negatives.queries,
+            "dataset": config.data.train.name if config.data is not None else None, "method": config.method,
+            "expand_ratio": config.data.expand_ratio if config.data is not None else 0.0,
+            "min_pixels": config.data.min_pixels if config.data is not None else None,
+            "identity_towers": identity_towers(config), "zero_shot_template": ZERO_SHOT_TEMPLATE}
+
+
 def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot: Optional[EvalResult],
-                title: str = "") -> dict:
+                title: str = "", method: str = "OpenDAS") -> dict:
     """Confusion matrices, t-SNE of the test vocabulary's text embeddings, loss curves; ``title`` names the run."""
     from ..plots import plot_confusion, plot_loss_curves, plot_text_tsne
 
@@ -153,13 +200,13 @@ def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot:
     for tag, res in (("adapted", adapted), ("zero_shot", zero_shot)):
         if res is None:
             continue
-        conf = confusion_matrix(res.y_true, res.y_pred, res.class_names)
-        out[f"confusion_{tag}"] = plot_confusion(conf, res.class_names, os.path.join(run_dir, f"confusion_{tag}.png"),
+        out[f"confusion_{tag}"] = plot_confusion(res.y_true, res.y_pred, res.class_names,
+                                                 os.path.join(run_dir, f"confusion_{tag}.png"),
                                                  f"{title} - {tag} (rows: ground truth; novel in red)",
                                                  novel=vocab.novel)
     if zero_shot is not None and adapted.text_features.numel() and len(vocab.test) >= 5:
         out["tsne"] = plot_text_tsne({"zero-shot CLIP": zero_shot.text_features.numpy(),
-                                      "adapted (OpenDAS)": adapted.text_features.numpy()},
+                                      f"adapted ({method})": adapted.text_features.numpy()},
                                      vocab.test, vocab.novel, os.path.join(run_dir, "tsne_text_embeddings.png"),
                                      f"{title} - text embeddings of the test vocabulary")
     log = read_log(run_dir)
@@ -179,6 +226,7 @@ def format_report(results: dict, data: ExperimentData) -> str:
             rows.append(["zero-shot CLIP"] + [metric_cell(zs[k]) for k in METRIC_KEYS])
         rows.append([results["method"]] + [metric_cell(results["adapted"][k], zs.get(k)) for k in METRIC_KEYS])
         lines.append(format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]))
+        lines.append(zero_shot_note())
     c = results["vocabulary"]
     lines += ["", f"vocabulary: {c['base']} base, {c['test']} test, {c['novel']} novel; "
                   f"{data.negatives.summary()}",
@@ -195,7 +243,13 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def mean_std(values: List[float]):
+def zero_shot_note() -> str:
+    """The line under every results table that says how zero-shot CLIP encodes a class name."""
+    return f"zero-shot CLIP encodes each class name in the template \"{ZERO_SHOT_TEMPLATE}\" (every method's)."
+
+
+def mean_std(values: List[Optional[float]]) -> Tuple[float, float]:
+    """Mean and population standard deviation (numpy's default, ddof=0) of the values that are not None/NaN."""
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     if arr.size == 0:
         return float("nan"), float("nan")
