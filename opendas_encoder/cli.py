@@ -9,19 +9,15 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 
 def _kv_options(items: Optional[List[str]]) -> dict:
+    """['a=1', 'b=x'] (checked by :func:`_key_value`) -> {'a': 1, 'b': 'x'}; values parsed as YAML."""
     import yaml
 
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"option {item!r} must look like key=value")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items or [])}
 
 
 def cmd_train(args) -> int:
@@ -73,26 +69,44 @@ def _rank() -> int:
 
 
 def cmd_eval(args) -> int:
+    from pydantic import ValidationError
+
     from . import load_encoder
-    from .data.registry import build_dataset
     from .plots import format_table, metric_cell
+    from .train.config import DataConfig, DatasetSpec, format_validation_error
     from .train.data import prepare_segments
-    from .train.evaluate import evaluate, zero_shot_encoder
-    from .train.pipeline import METRIC_KEYS, derive_vocabulary, write_plots
+    from .train.evaluate import ZERO_SHOT_TEMPLATE, evaluate, zero_shot_encoder
+    from .train.pipeline import METRIC_KEYS, dataset_from_spec, derive_vocabulary, write_plots, zero_shot_note
     from .train.trainer import resolve_device
     from .vocab import Vocabulary
 
+    try:
+        spec = DatasetSpec(name=args.dataset, root=args.root, split=args.split, options=_kv_options(args.option))
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, "--dataset/--root/--split/--option")) from None
     device = resolve_device(args.device)
     encoder = load_encoder(args.checkpoint, device=device, pretrained=args.pretrained)
-    dataset = build_dataset(args.dataset, args.root, args.split, **_kv_options(args.option))
+    meta = getattr(encoder, "checkpoint_metadata", {}) or {}
+    # how segments are cut: the run's (recorded at training) unless overridden here
+    cut = {}
+    for key, given, default in (("expand_ratio", args.expand_ratio, DataConfig.model_fields["expand_ratio"].default),
+                                ("min_pixels", args.min_pixels, DataConfig.model_fields["min_pixels"].default)):
+        source = "--" + key.replace("_", "-") if given is not None else "checkpoint" if key in meta else "default"
+        cut[key] = (given if given is not None else meta.get(key, default), source)
+    dataset = dataset_from_spec(spec, progress=not args.quiet)
     if args.vocabulary:
         vocab = Vocabulary.load(args.vocabulary)
     else:
         test = derive_vocabulary(dataset, dataset).test
-        base = encoder.checkpoint_metadata.get("base_classes") or test
+        base = meta.get("base_classes")
+        if not base:
+            print(f"opendas eval: warning: {args.checkpoint} records no base classes, so every test class counts "
+                  "as base and N-F1 is empty; pass --vocabulary for a base/novel split", file=sys.stderr)
+            base = test
         vocab = Vocabulary(base=list(base), test=test)
     prepared = prepare_segments(dataset, encoder.preprocess, vocab.test, encoder.image_size,
-                                expand_ratio=args.expand_ratio, progress=not args.quiet)
+                                expand_ratio=cut["expand_ratio"][0], min_pixels=cut["min_pixels"][0],
+                                progress=not args.quiet)
     adapted = evaluate(encoder, prepared, vocab, device, args.batch_size, not args.quiet)
     zs = None if args.no_zero_shot else evaluate(zero_shot_encoder(encoder), prepared, vocab, device,
                                                  args.batch_size, not args.quiet)
@@ -102,17 +116,21 @@ def cmd_eval(args) -> int:
     rows.append([f"adapted ({getattr(encoder, 'method', 'opendas')})"] +
                 [metric_cell(adapted.metrics[k], zs.metrics[k] if zs else None) for k in METRIC_KEYS])
     print(f"{dataset.name}: {len(prepared)} segments, {len(vocab.test)} test classes "
-          f"({len(vocab.test_base)} base, {len(vocab.novel)} novel)")
+          f"({len(vocab.test_base)} base, {len(vocab.novel)} novel); "
+          + ", ".join(f"{k} {v} ({src})" for k, (v, src) in cut.items()))
     print(format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]))
+    print(zero_shot_note())
     print(prepared.skips.summary())
     out = {"adapted": {k: adapted.metrics[k] for k in METRIC_KEYS + ("n", "n_base", "n_novel")},
            "per_class": adapted.metrics["per_class"], "skipped": prepared.skips.to_dict(),
-           "checkpoint": args.checkpoint, "dataset": dataset.name}
+           "checkpoint": args.checkpoint, "dataset": dataset.name, "zero_shot_template": ZERO_SHOT_TEMPLATE,
+           "segments": {k: {"value": v, "from": src} for k, (v, src) in cut.items()}}
     if zs is not None:
         out["zero_shot"] = {k: zs.metrics[k] for k in METRIC_KEYS + ("n", "n_base", "n_novel")}
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        out["plots"] = write_plots(args.out, vocab, adapted, zs, f"{dataset.name}: {args.checkpoint}")
+        out["plots"] = write_plots(args.out, vocab, adapted, zs, f"{dataset.name}: {args.checkpoint}",
+                                   getattr(encoder, "method", "opendas"))
     json_path = args.json or (os.path.join(args.out, "eval_results.json") if args.out else None)
     if json_path:
         with open(json_path, "w") as f:
@@ -124,13 +142,20 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import DemoOptions, main_demo
 
-    epochs = [int(x) for x in args.epochs.split(",")] if args.epochs else [5, 5]
+    scale = args.scene_scale
+    if args.world_size_deprecated is not None:
+        warnings.warn("--world-size is renamed --scene-scale (it scales the number of generated scenes, not a "
+                      "process count)", FutureWarning, stacklevel=2)
+        if scale is not None and scale != args.world_size_deprecated:
+            raise ValueError("--scene-scale and --world-size (its old name) disagree; give only --scene-scale")
+        scale = args.world_size_deprecated
+    scale = 1.0 if scale is None else scale
     opts = DemoOptions(seeds=args.seeds, out_dir=args.out, device=args.device, progress=not args.quiet,
                        baselines=[m for m in (args.baselines or "").split(",") if m],
-                       stage1_epochs=epochs[0], stage2_epochs=epochs[1],
+                       stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1],
                        variants=tuple(v for v in args.variants.split(",") if v))
-    opts.train_scenes = max(4, int(round(opts.train_scenes * args.world_size)))
-    opts.test_scenes = max(4, int(round(opts.test_scenes * args.world_size)))
+    opts.train_scenes = max(4, int(round(opts.train_scenes * scale)))
+    opts.test_scenes = max(4, int(round(opts.test_scenes * scale)))
     main_demo(opts, args.json)
     return 0
 
@@ -155,7 +180,8 @@ def cmd_negatives(args) -> int:
         return 0
     from .core.factory import create_encoder
 
-    encoder = create_encoder("zeroshot", args.model, args.pretrained)
+    print(f"mining with {args.model} ({args.pretrained or 'random weights'})", file=sys.stderr)
+    encoder = create_encoder("zeroshot", args.model, args.pretrained or None)
     classes = read_class_list(args.classes)
     exclude = read_class_list(args.exclude) if args.exclude else []
     mined = mine_negatives(encoder, classes, read_class_list(args.candidates), exclude=exclude)
@@ -169,66 +195,107 @@ def cmd_negatives(args) -> int:
     return 0
 
 
+def _key_value(text: str) -> str:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+def _epochs(text: str) -> tuple:
+    """'5' (both stages) or '5,3' (stage 1, stage 2) -> (stage1, stage2)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected N (both stages) or S1,S2 (stage 1, stage 2), non-negative "
+                                         f"integers, got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
     p = argparse.ArgumentParser(prog="opendas", description="OpenDAS: adapt CLIP to a segmentation domain "
                                 "with deep visual and text prompts")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the package version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="two-stage training from a YAML/JSON config")
-    t.add_argument("config")
+    t = sub.add_parser("train", help="train from a YAML/JSON config (two stages for OpenDAS), then evaluate",
+                       description="Train and evaluate one configuration; writes the run folder (output_dir).")
+    t.add_argument("config", help="training config, YAML or JSON (see opendas_encoder.train.config)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config values, e.g. schedule.lr=0.01")
-    t.add_argument("--output-dir")
-    t.add_argument("--no-plots", action="store_true")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="override one config value (YAML syntax), e.g. --set schedule.lr=0.01; repeat for more")
+    t.add_argument("--output-dir", help="run folder (overrides the config's output_dir)")
+    t.add_argument("--no-plots", action="store_true", help="do not draw confusion matrices, t-SNE and loss curves")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint against zero-shot CLIP on a segment dataset")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder (a run's final/)")
     e.add_argument("--dataset", required=True, help="registry name: generic, ade20k-150, kitti-360, "
                    "scannetpp-offices, generated-world")
-    e.add_argument("--root")
-    e.add_argument("--split", default=None)
-    e.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="dataset options, e.g. n_scenes=50 seed=7")
+    e.add_argument("--root", help="dataset folder (not for generated-world)")
+    e.add_argument("--split", default=None, help="split to evaluate (default: the loader's)")
+    e.add_argument("--option", nargs="*", type=_key_value, metavar="KEY=VALUE",
+                   help="dataset options, e.g. n_scenes=50 seed=7")
     e.add_argument("--vocabulary", help="JSON {base: [...], test: [...]}; default: base classes from the checkpoint")
     e.add_argument("--pretrained", help="override the base model's pretrained tag / weights file")
-    e.add_argument("--expand-ratio", type=float, default=0.0)
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--no-zero-shot", action="store_true")
+    e.add_argument("--expand-ratio", type=float, default=None,
+                   help="grow each segment's crop box by this fraction (default: the run's, from the checkpoint)")
+    e.add_argument("--min-pixels", type=int, default=None,
+                   help="skip segments with fewer pixels (default: the run's, from the checkpoint)")
+    e.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    e.add_argument("--device", default="auto", help="torch device; auto = cuda if available")
+    e.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot CLIP row")
     e.add_argument("--out", help="folder for plots and eval_results.json")
-    e.add_argument("--json")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--json", help="write the results JSON here")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="adapt the shipped small CLIP on the generated world and print the table")
-    d.add_argument("--seeds", type=int, default=3)
-    d.add_argument("--json")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--baselines", help="comma-separated baseline methods to run beside OpenDAS")
+    d.add_argument("--seeds", type=int, default=3, help="runs per method (seeds 0..N-1)")
+    d.add_argument("--json", help="results JSON (default: OUT/demo_results.json)")
+    d.add_argument("--out", default="runs/demo", help="folder for the runs, checkpoints and plots")
+    d.add_argument("--baselines", help="comma-separated baseline methods to run beside OpenDAS, e.g. vpt,maple")
     d.add_argument("--variants", default="opendas,opendas-carry",
                    help="OpenDAS variants: opendas (the paper's init), opendas-carry (deep text prompts start "
                         "as the frozen model's hidden states)")
-    d.add_argument("--world-size", type=float, default=1.0, help="scale the number of generated scenes")
-    d.add_argument("--epochs", help="stage1,stage2 epochs (default 5,5 as in the paper)")
-    d.add_argument("--device", default="auto")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--scene-scale", type=_positive_float, default=None, metavar="F",
+                   help="multiply the number of generated scenes (160 train, 100 test) by F")
+    d.add_argument("--world-size", type=_positive_float, default=None, dest="world_size_deprecated",
+                   help="deprecated name of --scene-scale")
+    d.add_argument("--epochs", type=_epochs, default=(5, 5), metavar="N|S1,S2",
+                   help="epochs of stage 1 and stage 2: 'S1,S2', or one number for both (default 5,5 as in the paper)")
+    d.add_argument("--device", default="auto", help="torch device; auto = cuda if available")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    n = sub.add_parser("negatives", help="negative-query tools")
-    nsub = n.add_subparsers(dest="action", required=True)
+    n = sub.add_parser("negatives", help="negative-query tools: mine, prompt, validate")
+    nsub = n.add_subparsers(dest="action", required=True, metavar="ACTION")
     m = nsub.add_parser("mine", help="propose hard negatives from a candidate list by CLIP text similarity")
     m.add_argument("--classes", required=True, help="class list file (one per line)")
     m.add_argument("--candidates", required=True, help="candidate vocabulary file (one per line)")
     m.add_argument("--exclude", help="names never to propose (e.g. novel test classes)")
-    m.add_argument("--model", default="opendas-world-vit")
-    m.add_argument("--pretrained", default="generated-world")
-    m.add_argument("--out")
+    m.add_argument("--model", required=True, help="open_clip model whose text tower ranks the candidates, "
+                   "e.g. ViT-L-14 (the generated world's: opendas-world-vit)")
+    m.add_argument("--pretrained", required=True, help="its pretrained tag or weights file, e.g. openai "
+                   "(generated-world for opendas-world-vit; '' = random weights)")
+    m.add_argument("--out", help="write the JSON here (default: print it)")
     pr = nsub.add_parser("prompt", help="print the paper's Appendix C instruction for a language model")
-    pr.add_argument("--classes", required=True)
+    pr.add_argument("--classes", required=True, help="class list file (one per line)")
     v = nsub.add_parser("validate", help="check a negatives JSON (five per class, distinct, never the class)")
-    v.add_argument("file")
-    v.add_argument("--classes")
+    v.add_argument("file", help="negatives JSON {class: [five negatives]}")
+    v.add_argument("--classes", help="class list file: every class must have negatives")
     n.set_defaults(func=cmd_negatives)
     return p
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from opendas_encoder.cli import main
@@ -9,6 +10,7 @@ from opendas_encoder.negatives import APPENDIX_C_INSTRUCTION
 
 
 def write_config(tmp_path, **extra):
+    """A tiny OpenDAS run on the generated world (1 + 1 epochs, CPU); ``extra`` replaces top-level keys."""
     cfg = {
         "name": "cli-test", "seed": 0,
         "model": {"name": "opendas-tiny-vit", "pretrained": None},
@@ -92,3 +94,255 @@ def test_negatives_validate_prompt_and_mine(tmp_path, capsys):
     assert set(mined) == {"door", "road"}
     for cls, negs in mined.items():
         assert len(negs) == 5 and cls not in negs and "window" not in negs and len(set(negs)) == 5
+
+
+# ------------------------------------------------------------------------------ issue 13 items 4, 5, 11, 14, 16
+def _capture_run(monkeypatch):
+    """Replace the pipeline's run_experiment with a recorder (cmd_train then prints the report it wrote)."""
+    seen = {}
+
+    def fake_run(config, **kw):
+        import os
+
+        seen["config"] = config
+        os.makedirs(config.output_dir, exist_ok=True)
+        with open(os.path.join(config.output_dir, "report.md"), "w") as f:
+            f.write("report\n")
+        return {"checkpoint": "none"}
+
+    monkeypatch.setattr("opendas_encoder.train.pipeline.run_experiment", fake_run)
+    return seen
+
+
+def test_set_overrides_do_not_swallow_the_config_path(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path)
+    seen = _capture_run(monkeypatch)
+    assert main(["train", "--set", "schedule.lr=0.01", "--set", "seed=3", str(config), "--quiet"]) == 0
+    assert seen["config"].schedule.lr == 0.01 and seen["config"].seed == 3
+    with pytest.raises(SystemExit):  # a value without '=' is refused by the parser, not taken as a path
+        main(["train", str(config), "--set", "schedule.lr"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_bad_config_value_is_refused_before_any_data_is_read(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path, schedule={"warmup_lr": "1e-5x", "batch_size": 16})
+
+    def no_data(*a, **k):
+        raise AssertionError("a dataset was built before the config was validated")
+
+    monkeypatch.setattr("opendas_encoder.train.pipeline.build_dataset", no_data)
+    assert main(["train", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "schedule.warmup_lr" in err and "'1e-5x'" in err
+
+
+def test_a_baseline_trains_with_its_default_setting(tmp_path, capsys):
+    config = write_config(tmp_path, method="vpt", prompts={}, method_options={"n_tokens": 2},
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 0})
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["method"] == "vpt" and results["setting"] == "one-stage-ce" and "adapted" in results
+
+
+def test_demo_epochs_take_one_number_or_two_and_refuse_the_rest(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr("opendas_encoder.demo.main_demo", lambda opts, json_path=None: seen.append(opts))
+    assert main(["demo", "--epochs", "5"]) == 0
+    assert main(["demo", "--epochs", "3,2"]) == 0
+    assert [(o.stage1_epochs, o.stage2_epochs) for o in seen] == [(5, 5), (3, 2)]
+    for bad in ("5,", "a,b", "1,2,3", "-1"):
+        with pytest.raises(SystemExit):
+            main(["demo", "--epochs", bad])
+        assert "expected N (both stages) or S1,S2" in capsys.readouterr().err, bad
+
+
+def test_demo_scene_scale_and_its_old_name(monkeypatch):
+    seen = []
+    monkeypatch.setattr("opendas_encoder.demo.main_demo", lambda opts, json_path=None: seen.append(opts))
+    assert main(["demo", "--scene-scale", "0.5"]) == 0
+    with pytest.warns(FutureWarning, match="--world-size is renamed --scene-scale"):
+        assert main(["demo", "--world-size", "0.5"]) == 0
+    assert [(o.train_scenes, o.test_scenes) for o in seen] == [(80, 50), (80, 50)]
+
+
+def test_negatives_mine_names_its_model(tmp_path, capsys):
+    (tmp_path / "classes.txt").write_text("door\nroad\n")
+    (tmp_path / "cands.txt").write_text("gate\nlane\ncurb\nwall\nfloor\nwindow\nhatch\n")
+    with pytest.raises(SystemExit):
+        main(["negatives", "mine", "--classes", str(tmp_path / "classes.txt"), "--candidates",
+              str(tmp_path / "cands.txt")])
+    assert "--model" in capsys.readouterr().err
+    assert main(["negatives", "mine", "--classes", str(tmp_path / "classes.txt"), "--candidates",
+                 str(tmp_path / "cands.txt"), "--model", "opendas-tiny-vit", "--pretrained", ""]) == 0
+    assert "mining with opendas-tiny-vit (random weights)" in capsys.readouterr().err
+
+
+def test_eval_cuts_segments_as_the_run_did_unless_told_otherwise(tmp_path, capsys):
+    config = write_config(tmp_path, schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 0})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"].update(expand_ratio=0.25, min_pixels=300)
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
+    final = tmp_path / "run" / "final"
+    meta = json.loads((final / "opendas_config.json").read_text())["metadata"]
+    assert (meta["expand_ratio"], meta["min_pixels"]) == (0.25, 300)
+
+    def evaluate(*flags):
+        out = tmp_path / "e.json"
+        assert main(["eval", "--checkpoint", str(final), "--dataset", "generated-world", "--split", "test",
+                     "--option", "n_scenes=4", "seed=9", "--no-zero-shot", "--json", str(out), "--quiet",
+                     *flags]) == 0
+        return json.loads(out.read_text())
+
+    run = evaluate()
+    assert run["segments"] == {"expand_ratio": {"value": 0.25, "from": "checkpoint"},
+                               "min_pixels": {"value": 300, "from": "checkpoint"}}
+    explicit = evaluate("--expand-ratio", "0.25", "--min-pixels", "300")
+    small = evaluate("--min-pixels", "16")
+    assert run["adapted"]["n"] == explicit["adapted"]["n"] < small["adapted"]["n"]
+
+
+def test_quiet_means_no_progress_bars(tmp_path, capfd):
+    from fixtures_data import write_generic
+
+    root = tmp_path / "generic"
+    write_generic(str(root), "train")
+    config = write_config(tmp_path, data={"train": {"name": "generic", "root": str(root), "split": "train"},
+                                          "test": {"name": "generic", "root": str(root), "split": "train"}},
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1})
+    capfd.readouterr()
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
+    err = capfd.readouterr().err
+    assert "enumerate" not in err and "it/s]" not in err, err[-2000:]
+    # the same data without --quiet does draw bars (so the check above can see them)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "final"), "--dataset", "generic", "--root",
+                 str(root), "--split", "train", "--no-zero-shot"]) == 0
+    assert "enumerate" in capfd.readouterr().err
+
+
+def test_every_option_has_help_and_there_is_a_version(capsys):
+    import argparse
+
+    from opendas_encoder import __version__
+    from opendas_encoder.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+                helped = {a.dest for a in action._choices_actions if a.help}
+                missing.extend(f"{path} {n}" for n in action.choices if n not in helped)
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "opendas")
+    assert not missing, missing
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"opendas {__version__}"
+
+
+# ------------------------------------------------------------------ the tower a setting does not train is CLIP's
+#: What the carried text context encodes today: [SOT, "a photo of a", name, EOT]. The lead's change to
+#: [SOT, ctx, name, ".", EOT] makes it the zero-shot template "a photo of a {}." exactly (then use that).
+CARRY_TEMPLATE = "a photo of a {}"
+
+
+def _world_run(tmp_path, setting, **prompts):
+    """`opendas train` with the shipped generated-world CLIP (real weights), 1 epoch of the setting's stage."""
+    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+
+    config = write_config(tmp_path, setting=setting, model={"name": WORLD_MODEL_NAME, "pretrained": WORLD_PRETRAINED},
+                          prompts=dict(prompts), schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1,
+                                                           "warmup_epochs": 0, "lr": 0.05})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["train"]["options"]["n_scenes"] = 4
+    cfg["data"]["test"]["options"]["n_scenes"] = 3
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
+    return config, tmp_path / "run"
+
+
+def _vanilla_world_clip():
+    """The same weights through open_clip alone (the independent truth)."""
+    import open_clip
+
+    from opendas_encoder.world import WORLD_MODEL_NAME, world_checkpoint_path
+
+    model, _, preprocess = open_clip.create_model_and_transforms(WORLD_MODEL_NAME, pretrained=world_checkpoint_path())
+    return model.eval(), open_clip.get_tokenizer(WORLD_MODEL_NAME)
+
+
+def test_visual_only_keeps_the_text_tower_exactly_zero_shot(tmp_path):
+    import torch
+
+    import opendas_encoder as oe
+    from opendas_encoder.world import world_vocabulary
+
+    _, run = _world_run(tmp_path, "visual-only", visual_tokens=2)
+    encoder = oe.load_encoder(str(run / "final"))
+    meta = json.loads((run / "final" / "opendas_config.json").read_text())
+    assert meta["prompts"]["text_deep_init"] == "carry"
+    assert meta["metadata"]["identity_towers"] == {"text": "text_deep_init=carry (zero-shot text)"}
+    assert json.loads((run / "config.json").read_text())["prompts"]["text_deep_init"] == "carry"
+    clip, tokenizer = _vanilla_world_clip()
+    names = world_vocabulary()["test"]
+    with torch.no_grad():
+        ours = encoder.encode_text(names)
+        truth = clip.encode_text(tokenizer([CARRY_TEMPLATE.format(n) for n in names]))
+        images = torch.rand(3, 3, *encoder.image_size)
+        moved = (encoder.encode_image(images) - clip.encode_image(images)).abs().max()
+    assert (ours - truth).abs().max() <= 1e-5 * truth.abs().max()
+    assert moved > 1e-3  # the visual prompts did train
+
+
+def test_text_only_keeps_the_image_tower_exactly_clips(tmp_path):
+    import torch
+
+    import opendas_encoder as oe
+
+    _, run = _world_run(tmp_path, "text-only")
+    encoder = oe.load_encoder(str(run / "final"))
+    meta = json.loads((run / "final" / "opendas_config.json").read_text())
+    assert meta["prompts"]["visual_tokens"] == 0
+    assert meta["metadata"]["identity_towers"] == {"visual": "visual_tokens=0 (CLIP image tower)"}
+    clip, tokenizer = _vanilla_world_clip()
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, *encoder.image_size)
+    with torch.no_grad():
+        ours, truth = encoder.encode_image(images), clip.encode_image(images)
+        text_moved = (encoder.encode_text(["red circle"]) - clip.encode_text(tokenizer(["a photo of a red circle"])))
+    assert (ours - truth).abs().max() <= 1e-5 * truth.abs().max()
+    assert text_moved.abs().max() > 1e-3  # the text prompts did train
+
+
+def test_zero_shot_uses_the_one_template_and_the_report_says_so(tmp_path):
+    """The zero-shot row equals open_clip with "a photo of a {}." (the baselines' template) on the run's segments."""
+    import torch
+
+    from opendas_encoder.baselines.rpo import RPOConfig
+    from opendas_encoder.baselines.vpt import VPTConfig
+    from opendas_encoder.baselines.wiseft import WiSEFTConfig
+    from opendas_encoder.train.config import load_config
+    from opendas_encoder.train.evaluate import ZERO_SHOT_TEMPLATE
+    from opendas_encoder.train.pipeline import build_model, prepare_experiment
+
+    assert ZERO_SHOT_TEMPLATE == "a photo of a {}." == VPTConfig().template == RPOConfig().template == \
+        WiSEFTConfig().template
+    config, run = _world_run(tmp_path, "visual-only", visual_tokens=2)
+    assert 'zero-shot CLIP encodes each class name in the template "a photo of a {}."' in \
+        (run / "report.md").read_text()
+    results = json.loads((run / "results.json").read_text())
+    cfg = load_config(str(config))
+    data = prepare_experiment(cfg, build_model(cfg), progress=False)
+    clip, tokenizer = _vanilla_world_clip()
+    names = list(data.vocab.test)
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(clip.encode_text(tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
+        image = torch.nn.functional.normalize(clip.encode_image(data.test.images), dim=-1)
+    predicted = [names[i] for i in (image @ text.T).argmax(dim=1).tolist()]
+    acc = 100.0 * sum(p == t for p, t in zip(predicted, data.test.label_strings())) / len(predicted)
+    assert results["zero_shot"]["acc"] == pytest.approx(acc, abs=1e-9)

@@ -7,7 +7,7 @@ from opendas_encoder.cli import main
 
 def test_demo_prints_the_labelled_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--seeds", "1", "--world-size", "0.05", "--epochs", "1,1", "--out", str(out),
+    code = main(["demo", "--seeds", "1", "--scene-scale", "0.05", "--epochs", "1,1", "--out", str(out),
                  "--json", str(tmp_path / "demo.json"), "--device", "cpu", "--quiet"])
     assert code == 0
     text = capsys.readouterr().out
