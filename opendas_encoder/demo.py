@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from .generated.world import WORLD_LABEL
+from .generated.world import WORLD_LABEL, WORLD_LABEL_LONG
 from .plots import format_table, metric_cell
 from .train.config import DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig
 from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_experiment, zero_shot_note
@@ -120,13 +120,13 @@ def format_demo_table(summary: dict) -> str:
         r = summary[m]
         rows.append([m] + [metric_cell(r[k], zs[k], r[k + "_std"]) for k in METRIC_KEYS])
     c = summary["vocabulary"]
-    head = (f"OpenDAS on the {WORLD_LABEL} (procedurally generated, not a real dataset): "
+    head = (f"OpenDAS on the {WORLD_LABEL_LONG}: "
             f"{c['base']} base / {c['novel']} novel classes, mean ± std over {summary['seeds']} seed(s)")
     notes = ("opendas: the paper's method and initialisation (deep text prompts random, N(0, 0.02)); "
              "opendas-carry: the same, with deep text prompts starting as the frozen CLIP's hidden states "
              "(text_deep_init='carry'). Brackets: change against zero-shot CLIP. " + zero_shot_note())
     ckpts = "\n".join(f"  {m}: {p}" for m, p in summary["checkpoint"].items())
-    return head + "\n\n" + format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]) + "\n" + notes + \
+    return head + "\n\n" + format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]) + "\n\n" + notes + \
         f"\n\ntotal time: {summary['seconds']:.0f} s; adapted checkpoints (seed 0):\n{ckpts}"
 
 

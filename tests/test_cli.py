@@ -137,8 +137,9 @@ def test_a_bad_config_value_is_refused_before_any_data_is_read(tmp_path, monkeyp
 
 
 def test_a_baseline_trains_with_its_default_setting(tmp_path, capsys):
+    # before issue 13.16: the default two-stage setting failed in stage 2 (no text parameters) after data prep
     config = write_config(tmp_path, method="vpt", prompts={}, method_options={"n_tokens": 2},
-                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 0})
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1})
     assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["method"] == "vpt" and results["setting"] == "one-stage-ce" and "adapted" in results
@@ -251,7 +252,7 @@ def test_every_option_has_help_and_there_is_a_version(capsys):
 CARRY_TEMPLATE = "a photo of a {}"
 
 
-def _world_run(tmp_path, setting, **prompts):
+def _world_run(tmp_path, setting, test_scenes=3, **prompts):
     """`opendas train` with the shipped generated-world CLIP (real weights), 1 epoch of the setting's stage."""
     from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
@@ -260,7 +261,7 @@ def _world_run(tmp_path, setting, **prompts):
                                                            "warmup_epochs": 0, "lr": 0.05})
     cfg = yaml.safe_load(config.read_text())
     cfg["data"]["train"]["options"]["n_scenes"] = 4
-    cfg["data"]["test"]["options"]["n_scenes"] = 3
+    cfg["data"]["test"]["options"]["n_scenes"] = test_scenes
     config.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
     return config, tmp_path / "run"
@@ -284,10 +285,6 @@ def test_visual_only_keeps_the_text_tower_exactly_zero_shot(tmp_path):
 
     _, run = _world_run(tmp_path, "visual-only", visual_tokens=2)
     encoder = oe.load_encoder(str(run / "final"))
-    meta = json.loads((run / "final" / "opendas_config.json").read_text())
-    assert meta["prompts"]["text_deep_init"] == "carry"
-    assert meta["metadata"]["identity_towers"] == {"text": "text_deep_init=carry (zero-shot text)"}
-    assert json.loads((run / "config.json").read_text())["prompts"]["text_deep_init"] == "carry"
     clip, tokenizer = _vanilla_world_clip()
     names = world_vocabulary()["test"]
     with torch.no_grad():
@@ -297,6 +294,10 @@ def test_visual_only_keeps_the_text_tower_exactly_zero_shot(tmp_path):
         moved = (encoder.encode_image(images) - clip.encode_image(images)).abs().max()
     assert (ours - truth).abs().max() <= 1e-5 * truth.abs().max()
     assert moved > 1e-3  # the visual prompts did train
+    meta = json.loads((run / "final" / "opendas_config.json").read_text())
+    assert meta["prompts"]["text_deep_init"] == "carry"
+    assert meta["metadata"]["identity_towers"] == {"text": "text_deep_init=carry (zero-shot text)"}
+    assert json.loads((run / "config.json").read_text())["prompts"]["text_deep_init"] == "carry"
 
 
 def test_text_only_keeps_the_image_tower_exactly_clips(tmp_path):
@@ -306,9 +307,6 @@ def test_text_only_keeps_the_image_tower_exactly_clips(tmp_path):
 
     _, run = _world_run(tmp_path, "text-only")
     encoder = oe.load_encoder(str(run / "final"))
-    meta = json.loads((run / "final" / "opendas_config.json").read_text())
-    assert meta["prompts"]["visual_tokens"] == 0
-    assert meta["metadata"]["identity_towers"] == {"visual": "visual_tokens=0 (CLIP image tower)"}
     clip, tokenizer = _vanilla_world_clip()
     torch.manual_seed(0)
     images = torch.rand(4, 3, *encoder.image_size)
@@ -317,6 +315,9 @@ def test_text_only_keeps_the_image_tower_exactly_clips(tmp_path):
         text_moved = (encoder.encode_text(["red circle"]) - clip.encode_text(tokenizer(["a photo of a red circle"])))
     assert (ours - truth).abs().max() <= 1e-5 * truth.abs().max()
     assert text_moved.abs().max() > 1e-3  # the text prompts did train
+    meta = json.loads((run / "final" / "opendas_config.json").read_text())
+    assert meta["prompts"]["visual_tokens"] == 0
+    assert meta["metadata"]["identity_towers"] == {"visual": "visual_tokens=0 (CLIP image tower)"}
 
 
 def test_zero_shot_uses_the_one_template_and_the_report_says_so(tmp_path):
@@ -330,19 +331,24 @@ def test_zero_shot_uses_the_one_template_and_the_report_says_so(tmp_path):
     from opendas_encoder.train.evaluate import ZERO_SHOT_TEMPLATE
     from opendas_encoder.train.pipeline import build_model, prepare_experiment
 
-    assert ZERO_SHOT_TEMPLATE == "a photo of a {}." == VPTConfig().template == RPOConfig().template == \
-        WiSEFTConfig().template
-    config, run = _world_run(tmp_path, "visual-only", visual_tokens=2)
-    assert 'zero-shot CLIP encodes each class name in the template "a photo of a {}."' in \
-        (run / "report.md").read_text()
+    config, run = _world_run(tmp_path, "visual-only", test_scenes=10, visual_tokens=2)
     results = json.loads((run / "results.json").read_text())
     cfg = load_config(str(config))
     data = prepare_experiment(cfg, build_model(cfg), progress=False)
     clip, tokenizer = _vanilla_world_clip()
     names = list(data.vocab.test)
-    with torch.no_grad():
-        text = torch.nn.functional.normalize(clip.encode_text(tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
-        image = torch.nn.functional.normalize(clip.encode_image(data.test.images), dim=-1)
-    predicted = [names[i] for i in (image @ text.T).argmax(dim=1).tolist()]
-    acc = 100.0 * sum(p == t for p, t in zip(predicted, data.test.label_strings())) / len(predicted)
-    assert results["zero_shot"]["acc"] == pytest.approx(acc, abs=1e-9)
+
+    def accuracy(template):
+        with torch.no_grad():
+            text = clip.encode_text(tokenizer([template.format(n) for n in names]))
+            image = clip.encode_image(data.test.images)
+            text, image = (torch.nn.functional.normalize(x, dim=-1) for x in (text, image))
+        predicted = [names[i] for i in (image @ text.T).argmax(dim=1).tolist()]
+        return 100.0 * sum(p == t for p, t in zip(predicted, data.test.label_strings())) / len(predicted)
+
+    assert accuracy("a photo of a {}") != accuracy("a photo of a {}.")  # these segments tell the two apart
+    assert results["zero_shot"]["acc"] == pytest.approx(accuracy("a photo of a {}."), abs=1e-9)
+    assert ZERO_SHOT_TEMPLATE == "a photo of a {}." == VPTConfig().template == RPOConfig().template == \
+        WiSEFTConfig().template
+    assert 'zero-shot CLIP encodes each class name in the template "a photo of a {}."' in \
+        (run / "report.md").read_text()

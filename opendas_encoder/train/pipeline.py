@@ -170,7 +170,7 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
         results["per_class"] = {"adapted": adapted.metrics["per_class"],
                                 "zero_shot": zs.metrics["per_class"] if zs is not None else None}
         if plots and is_main:
-            results["plots"] = write_plots(run_dir, data.vocab, adapted, zs, config.name, config.method)
+            results["plots"] = write_plots(run_dir, data.vocab, adapted, zs, run_title(config), config.method)
     results["seconds"] = time.perf_counter() - t0
     if not is_main:
         return results
@@ -179,6 +179,13 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     with open(os.path.join(run_dir, "report.md"), "w") as f:
         f.write(format_report(results, data))
     return results
+
+
+def run_title(config: TrainConfig) -> str:
+    """How plots name a run: its name and its training data (the generated world says so)."""
+    if config.data is None:
+        return config.name
+    return f"{config.name} (data: {config.data.train.name})"
 
 
 def run_metadata(config: TrainConfig, data: ExperimentData) -> dict:
@@ -226,7 +233,7 @@ def format_report(results: dict, data: ExperimentData) -> str:
             rows.append(["zero-shot CLIP"] + [metric_cell(zs[k]) for k in METRIC_KEYS])
         rows.append([results["method"]] + [metric_cell(results["adapted"][k], zs.get(k)) for k in METRIC_KEYS])
         lines.append(format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]))
-        lines.append(zero_shot_note())
+        lines += ["", zero_shot_note()]
     c = results["vocabulary"]
     lines += ["", f"vocabulary: {c['base']} base, {c['test']} test, {c['novel']} novel; "
                   f"{data.negatives.summary()}",
