@@ -54,7 +54,7 @@ SHORT = {"ade20k-150": "ade20k", "kitti-360": "kitti360", "scannetpp-offices": "
 
 OPENDAS_PROMPTS = {"visual_tokens": 8, "visual_depth": None, "text_tokens": 4, "text_depth": None,
                    "text_init": "a photo of a"}
-#: option names are the fields of the baselines' config dataclasses (opendas_encoder.baselines)
+#: option names are the fields of each method's config class (opendas_encoder.methods)
 METHOD_OPTIONS = {
     "cocoop": {"n_ctx": 4, "ctx_init": "a photo of a", "meta_reduction": 16},
     "vpt": {"n_tokens": 32, "depth": None},

@@ -247,9 +247,8 @@ def test_every_option_has_help_and_there_is_a_version(capsys):
 
 
 # ------------------------------------------------------------------ the tower a setting does not train is CLIP's
-#: What the carried text context encodes today: [SOT, "a photo of a", name, EOT]. The lead's change to
-#: [SOT, ctx, name, ".", EOT] makes it the zero-shot template "a photo of a {}." exactly (then use that).
-CARRY_TEMPLATE = "a photo of a {}"
+#: The carried text context encodes [SOT, "a photo of a", name, ".", EOT]: zero-shot CLIP's template.
+CARRY_TEMPLATE = "a photo of a {}."
 
 
 def _world_run(tmp_path, setting, test_scenes=3, **prompts):
@@ -295,7 +294,7 @@ def test_visual_only_keeps_the_text_tower_exactly_zero_shot(tmp_path):
     assert (ours - truth).abs().max() <= 1e-5 * truth.abs().max()
     assert moved > 1e-3  # the visual prompts did train
     meta = json.loads((run / "final" / "opendas_config.json").read_text())
-    assert meta["prompts"]["text_deep_init"] == "carry"
+    assert meta["method_config"]["text_deep_init"] == "carry"
     assert meta["metadata"]["identity_towers"] == {"text": "text_deep_init=carry (zero-shot text)"}
     assert json.loads((run / "config.json").read_text())["prompts"]["text_deep_init"] == "carry"
 
@@ -312,11 +311,11 @@ def test_text_only_keeps_the_image_tower_exactly_clips(tmp_path):
     images = torch.rand(4, 3, *encoder.image_size)
     with torch.no_grad():
         ours, truth = encoder.encode_image(images), clip.encode_image(images)
-        text_moved = (encoder.encode_text(["red circle"]) - clip.encode_text(tokenizer(["a photo of a red circle"])))
+        text_moved = (encoder.encode_text(["red circle"]) - clip.encode_text(tokenizer(["a photo of a red circle."])))
     assert (ours - truth).abs().max() <= 1e-5 * truth.abs().max()
     assert text_moved.abs().max() > 1e-3  # the text prompts did train
     meta = json.loads((run / "final" / "opendas_config.json").read_text())
-    assert meta["prompts"]["visual_tokens"] == 0
+    assert meta["method_config"]["visual_tokens"] == 0
     assert meta["metadata"]["identity_towers"] == {"visual": "visual_tokens=0 (CLIP image tower)"}
 
 
@@ -324,9 +323,9 @@ def test_zero_shot_uses_the_one_template_and_the_report_says_so(tmp_path):
     """The zero-shot row equals open_clip with "a photo of a {}." (the baselines' template) on the run's segments."""
     import torch
 
-    from opendas_encoder.baselines.rpo import RPOConfig
-    from opendas_encoder.baselines.vpt import VPTConfig
-    from opendas_encoder.baselines.wiseft import WiSEFTConfig
+    from opendas_encoder.methods.rpo import RPOConfig
+    from opendas_encoder.methods.vpt import VPTConfig
+    from opendas_encoder.methods.wiseft import WiSEFTConfig
     from opendas_encoder.train.config import load_config
     from opendas_encoder.train.evaluate import ZERO_SHOT_TEMPLATE
     from opendas_encoder.train.pipeline import build_model, prepare_experiment

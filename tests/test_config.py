@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from opendas_encoder import PromptConfig
-from opendas_encoder.baselines import METHOD_NAMES
+from opendas_encoder.core.registry import method_names
 from opendas_encoder.train.config import (SETTINGS, RuntimeConfig, TrainConfig, config_from_dict, load_config,
                                           stages_for)
 
@@ -98,8 +98,8 @@ def test_a_config_without_training_data_is_an_error_naming_the_key(tmp_path):
 # ------------------------------------------------------------------------------------------- settings
 def test_every_method_gets_a_default_setting_it_can_train_with():
     assert config_from_dict({"data": {"train": WORLD_TRAIN}}).setting == "two-stage"
-    for method in METHOD_NAMES:
-        if method == "opendas":
+    for method in method_names():
+        if method in ("opendas", "zeroshot"):
             continue
         cfg = config_from_dict({"data": {"train": WORLD_TRAIN}, "method": method})
         assert cfg.setting == "one-stage-ce", method
@@ -107,7 +107,7 @@ def test_every_method_gets_a_default_setting_it_can_train_with():
             [(True, True, False)]
 
 
-@pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m != "opendas"])
+@pytest.mark.parametrize("method", [m for m in method_names() if m not in ("opendas", "zeroshot")])
 @pytest.mark.parametrize("setting", ["two-stage", "joint-triplet", "visual-only", "text-only"])
 def test_a_method_setting_pair_that_cannot_train_is_refused_naming_both(tmp_path, method, setting):
     path = write(tmp_path, yaml.safe_dump({"method": method, "setting": setting, "data": {"train": WORLD_TRAIN}}))
@@ -115,6 +115,11 @@ def test_a_method_setting_pair_that_cannot_train_is_refused_naming_both(tmp_path
         load_config(path)
     msg = str(err.value)
     assert path in msg and repr(method) in msg and repr(setting) in msg and "one-stage-ce" in msg
+
+
+def test_the_zero_shot_reference_is_not_trainable():
+    with pytest.raises(ValueError, match="'zeroshot' has nothing to train"):
+        config_from_dict({"data": {"train": WORLD_TRAIN}, "method": "zeroshot"})
 
 
 def test_setting_names_say_what_they_do_and_old_names_still_read():

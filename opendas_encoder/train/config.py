@@ -48,7 +48,7 @@ SETTINGS = ("two-stage", "joint-triplet", "visual-only", "text-only", "one-stage
 #: Old setting names, still read (with a FutureWarning).
 SETTING_ALIASES = {"joint": "joint-triplet", "single": "one-stage-ce"}
 #: Settings each method can train with; a method not listed trains in one stage only.
-METHOD_SETTINGS = {"opendas": SETTINGS}
+METHOD_SETTINGS = {"opendas": SETTINGS, "zeroshot": ()}
 #: The setting a method gets when the config does not name one.
 DEFAULT_SETTING = {"opendas": "two-stage"}
 BASELINE_SETTING = "one-stage-ce"
@@ -78,10 +78,10 @@ def normalize_setting(setting: str, warn: bool = True) -> str:
 
 
 def method_settings(method: str) -> tuple:
-    """The settings ``method`` can train with (the first is its default)."""
+    """The settings ``method`` can train with (the first is its default; none: it trains nothing)."""
     allowed = METHOD_SETTINGS.get(method, (BASELINE_SETTING,))
     default = DEFAULT_SETTING.get(method, BASELINE_SETTING)
-    return (default,) + tuple(s for s in allowed if s != default)
+    return tuple(sorted(allowed, key=lambda s: s != default))
 
 
 class DatasetSpec(_Section):
@@ -188,11 +188,9 @@ class RuntimeConfig(_Section):
 
 
 def _method_config_class(method: str):
-    if method == "opendas":
-        return PromptConfig
-    from ..baselines import METHODS
+    from ..core.registry import get_method
 
-    return METHODS[method][1]
+    return get_method(method).config_class
 
 
 @lru_cache(maxsize=None)
@@ -219,7 +217,7 @@ class TrainConfig(_Section):
 
     name: StrictStr = "opendas"
     seed: NonNegInt = 0
-    method: StrictStr = "opendas"  # opendas or a baseline (opendas_encoder.baselines.METHOD_NAMES)
+    method: StrictStr = "opendas"  # a registered method (opendas_encoder.core.registry.method_names())
     setting: Optional[StrictStr] = None  # None: the method's default (method_settings(method)[0])
     method_options: Dict[str, Any] = Field(default_factory=dict)  # a baseline's config fields
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -244,11 +242,14 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _method_and_setting(self):
-        from ..baselines import METHOD_NAMES
+        from ..core.registry import method_names
 
-        if self.method not in METHOD_NAMES:
-            raise ValueError(f"unknown method {self.method!r}; known: {list(METHOD_NAMES)}")
+        if self.method not in method_names():
+            raise ValueError(f"unknown method {self.method!r}; known: {method_names()}")
         allowed = method_settings(self.method)
+        if not allowed:
+            raise ValueError(f"method {self.method!r} has nothing to train (it is the zero-shot reference that "
+                             "every run reports first)")
         if self.setting is None:
             # not an assignment: validate_assignment would re-run this validator
             object.__setattr__(self, "setting", allowed[0])
@@ -312,7 +313,7 @@ class TrainConfig(_Section):
 def identity_prompts(setting: str) -> dict:
     """Prompt fields that keep the tower a setting does not train exactly CLIP's (see prompt_config)."""
     if setting == "visual-only":
-        from .evaluate import ZERO_SHOT_TEMPLATE
+        from ..core.tokens import ZERO_SHOT_TEMPLATE
 
         return {"text_deep_init": "carry", "text_init": ZERO_SHOT_TEMPLATE.split("{}")[0].strip()}
     if setting == "text-only":
