@@ -204,7 +204,7 @@ def test_eval_cuts_segments_as_the_run_did_unless_told_otherwise(tmp_path, capsy
 
 
 def test_quiet_means_no_progress_bars(tmp_path, capfd):
-    from fixtures_data import write_generic
+    from opendas_encoder.generated.datasets import write_generic
 
     root = tmp_path / "generic"
     write_generic(str(root), "train")
@@ -253,7 +253,7 @@ CARRY_TEMPLATE = "a photo of a {}."
 
 def _world_run(tmp_path, setting, test_scenes=3, **prompts):
     """`opendas train` with the shipped generated-world CLIP (real weights), 1 epoch of the setting's stage."""
-    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+    from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     config = write_config(tmp_path, setting=setting, model={"name": WORLD_MODEL_NAME, "pretrained": WORLD_PRETRAINED},
                           prompts=dict(prompts), schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1,
@@ -270,7 +270,7 @@ def _vanilla_world_clip():
     """The same weights through open_clip alone (the independent truth)."""
     import open_clip
 
-    from opendas_encoder.world import WORLD_MODEL_NAME, world_checkpoint_path
+    from opendas_encoder.generated.world import WORLD_MODEL_NAME, world_checkpoint_path
 
     model, _, preprocess = open_clip.create_model_and_transforms(WORLD_MODEL_NAME, pretrained=world_checkpoint_path())
     return model.eval(), open_clip.get_tokenizer(WORLD_MODEL_NAME)
@@ -280,7 +280,7 @@ def test_visual_only_keeps_the_text_tower_exactly_zero_shot(tmp_path):
     import torch
 
     import opendas_encoder as oe
-    from opendas_encoder.world import world_vocabulary
+    from opendas_encoder.generated.world import world_vocabulary
 
     _, run = _world_run(tmp_path, "visual-only", visual_tokens=2)
     encoder = oe.load_encoder(str(run / "final"))

@@ -94,11 +94,10 @@ class DatasetSpec(_Section):
 
     @model_validator(mode="after")
     def _known_dataset(self):
-        from ..data.registry import list_datasets
+        from ..data.registry import DATASETS
 
-        if self.name not in list_datasets():
-            raise ValueError(f"unknown dataset {self.name!r}; known: {list_datasets()}")
-        if self.root is None and self.name != "generated-world":
+        entry = DATASETS.get(self.name)  # an unknown name is refused with the known ones listed
+        if self.root is None and entry.needs_root:
             raise ValueError(f"dataset {self.name!r} needs a root folder (key 'root')")
         return self
 
