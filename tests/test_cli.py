@@ -340,7 +340,7 @@ def test_zero_shot_uses_the_one_template_and_the_report_says_so(tmp_path):
     def accuracy(template):
         with torch.no_grad():
             text = clip.encode_text(tokenizer([template.format(n) for n in names]))
-            image = clip.encode_image(data.test.images)
+            image = clip.encode_image(data.test.images[0:len(data.test)])  # a tensor, or a streamed view
             text, image = (torch.nn.functional.normalize(x, dim=-1) for x in (text, image))
         predicted = [names[i] for i in (image @ text.T).argmax(dim=1).tolist()]
         return 100.0 * sum(p == t for p, t in zip(predicted, data.test.label_strings())) / len(predicted)
