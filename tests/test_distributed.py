@@ -1,9 +1,9 @@
 """Data-parallel training on CPU: 2 processes (gloo) must equal one process with the same global batch.
 
 Both ranks build the same random tiny model (seeded before building) and the same generated
-segments; each takes its share of every global batch and gradients are summed across ranks. With 9
-segments and batch 4 the last batch has one segment, so rank 1's share of it is empty and it must
-still join the collectives.
+segments; each takes its share of every global batch (EpochShardSampler) and DistributedDataParallel
+averages the gradients of the ranks' weighted shares. With 9 segments and batch 4 the last batch has one
+segment, so rank 1's share of it is empty and it must still join the collectives.
 """
 
 import json
@@ -125,3 +125,57 @@ def test_torchrun_cli_train_matches_single_process(tmp_path):
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["adapted"]["acc"] == pytest.approx(
         json.loads((tmp_path / "single" / "results.json").read_text())["adapted"]["acc"])
+
+
+@pytest.mark.parametrize("size,batch,world", [(9, 4, 2), (10, 4, 2), (11, 8, 4), (3, 4, 2)])
+def test_rank_batches_together_are_exactly_the_single_process_batches(size, batch, world):
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    from opendas_encoder.train import EpochShardSampler
+
+    seed, epoch = 1234, 3
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    single = [perm[k:k + batch] for k in range(0, size, batch)]  # one process, the trainer's order
+    per_rank = []
+    for rank in range(world):
+        sampler = EpochShardSampler(size, world, rank, seed=seed)
+        sampler.set_epoch(epoch)
+        per_rank.append(list(BatchSampler(sampler, batch // world, drop_last=False)))
+    for k, global_batch in enumerate(single):
+        shares = [batches[k] if k < len(batches) else [] for batches in per_rank]
+        assert sorted(sum(shares, [])) == sorted(global_batch)  # no sample lost or repeated
+        for rank, share in enumerate(shares):
+            assert share == global_batch[rank::world]  # the positions augmentation parameters are drawn for
+    assert all(len(batches) <= len(single) for batches in per_rank)
+    # torch's own DistributedSampler pads uneven sizes with repeated samples (why the subclass exists)
+    padded = sum(len(list(DistributedSampler(range(size), world, r, seed=seed))) for r in range(world))
+    assert padded == size + (-size) % world
+
+
+def test_ddp_wraps_only_the_trainable_prompts(tmp_path):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from opendas_encoder.train.config import Stage
+    from opendas_encoder.train.trainer import StageObjective
+
+    torch.manual_seed(0)
+    model = oe.create_model("opendas-tiny-vit", prompts=oe.PromptConfig(visual_tokens=2, text_tokens=4))
+    model.set_trainable(visual=False, text=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    objective = StageObjective(model, params, Stage("text", 1, False, True, True), model.tokenizer(list(CLASSES)),
+                               torch.tensor(100.0), 1.5)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(objective)
+        assert [id(p) for p in ddp.parameters()] == [id(model.text_prompts)]  # the frozen base is outside DDP
+        features = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+        loss, _, _ = ddp(torch.tensor([0, 1, 2, 0]), features=features, lam=1.0)
+        loss.backward()
+        assert model.text_prompts.grad is not None and model.text_prompts.grad.abs().sum() > 0
+        zero, _, _ = ddp(None)  # an empty share: zero loss, zero gradients, same all-reduce
+        model.text_prompts.grad = None
+        zero.backward()
+        assert float(zero.detach()) == 0.0 and torch.count_nonzero(model.text_prompts.grad) == 0
+        assert all(p.grad is None for p in model.clip.parameters())
+    finally:
+        dist.destroy_process_group()

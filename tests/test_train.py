@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import opendas_encoder as oe
 from conftest import make_square_segments
 from opendas_encoder.data import Segment
-from opendas_encoder.train import (ScheduleConfig, TrainConfig, TrainingDiverged, epoch_lr, evaluate, fit,
-                                   hardest_negatives, opendas_text_loss, prepare_segments, read_log,
+from opendas_encoder.train import (ScheduleConfig, TrainConfig, TrainingDiverged, evaluate, fit,
+                                   hardest_negatives, lr_scheduler, opendas_text_loss, prepare_segments, read_log,
                                    triplet_loss, triplet_weight, zero_shot_encoder)
 from opendas_encoder.train.config import RuntimeConfig, config_from_dict, stages_for
 
@@ -66,13 +66,78 @@ def test_lambda_ramps_linearly_from_zero_to_five():
     assert triplet_weight(0, 1) == 5.0
 
 
-def test_learning_rate_schedule_matches_dassl_warmup_cosine():
-    lrs = [epoch_lr(e, 5, 0.0025, 1, 1e-5) for e in range(5)]
-    assert lrs[0] == 1e-5
-    expected = [0.0025 * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(1, 5)]
-    assert lrs[1:] == pytest.approx(expected)
-    with pytest.raises(ValueError):
-        epoch_lr(5, 5, 0.0025)
+#: Issue 13: the paper's schedule (Dassl's ConstantWarmupScheduler over CosineAnnealingLR(T_max=5)), 5 epochs,
+#: base 0.0025, one warm-up epoch at 1e-5 (values as quoted there, 3 significant digits).
+PAPER_LRS_5_EPOCHS = [1e-5, 0.0025, 0.00226, 0.00164, 0.00086]
+
+
+def epoch_lrs(scheduler_factory, epochs=5, lr=0.0025):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = scheduler_factory(optimizer)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_learning_rate_schedule_gives_the_papers_values():
+    lrs = epoch_lrs(lambda opt: lr_scheduler(opt, 5, warmup_epochs=1, warmup_lr=1e-5))
+    assert lrs == pytest.approx(PAPER_LRS_5_EPOCHS, abs=5e-6)
+    assert lrs[:2] == pytest.approx([1e-5, 0.0025], rel=1e-12)  # warm-up, then the full base rate
+    with pytest.raises(ValueError, match=r"warmup_lr .* must be > 0 and <= schedule.lr"):
+        lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-6), 5, 1, 1e-5)
+
+
+def paper_schedule_config(tmp_path, epochs=5):
+    """visual-only, ``epochs`` epochs of one step each (6 segments, batch 8), the paper's lr settings."""
+    return TrainConfig(setting="visual-only",
+                       schedule=ScheduleConfig(batch_size=8, stage1_epochs=epochs, lr=0.0025, warmup_epochs=1,
+                                               warmup_lr=1e-5),
+                       runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path))
+
+
+def test_training_log_has_the_papers_learning_rate_per_epoch(tmp_path):
+    base = ["red square", "green square", "blue square"]
+    model = tiny_model(6)
+    fit(model, prepared(model, make_segments(n_per_class=2), base), base, paper_schedule_config(tmp_path),
+        str(tmp_path / "run"), progress=False)
+    log = read_log(str(tmp_path / "run"))
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3, 4]
+    assert [r["lr"] for r in log] == pytest.approx(PAPER_LRS_5_EPOCHS, abs=5e-6)
+
+
+def test_resume_inside_a_stage_continues_the_same_learning_rates(tmp_path):
+    import json
+
+    base = ["red square", "green square", "blue square"]
+    ref_model = tiny_model(7)
+    train = prepared(ref_model, make_segments(n_per_class=2), base)
+    cfg = paper_schedule_config(tmp_path)
+    fit(ref_model, train, base, cfg, str(tmp_path / "ref"), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(stage, epoch):
+        if epoch == 1:
+            raise Killed
+
+    model = tiny_model(7)
+    with pytest.raises(Killed):
+        fit(model, train, base, cfg, str(tmp_path / "run"), progress=False, on_epoch_end=kill)
+    state = json.load(open(tmp_path / "run" / "state" / "s0-epoch-0001" / "trainer_state.json"))
+    assert state["scheduler"]["last_epoch"] == 2  # the scheduler's own state_dict, as JSON
+    resumed = tiny_model(7)
+    with torch.no_grad():
+        resumed.visual_prompts.zero_()
+    result = fit(resumed, train, base, cfg, str(tmp_path / "run"), resume=True, progress=False)
+    assert "s0-epoch-0001" in result.resumed_from
+    log = read_log(str(tmp_path / "run"))
+    assert [r["lr"] for r in log] == pytest.approx(PAPER_LRS_5_EPOCHS, abs=5e-6)
+    assert [r["lr"] for r in log] == [r["lr"] for r in read_log(str(tmp_path / "ref"))]
+    assert torch.allclose(resumed.visual_prompts, ref_model.visual_prompts, atol=1e-7)
 
 
 def test_paper_defaults():
@@ -245,3 +310,86 @@ def test_augmented_training_runs_the_image_tower_in_stage_two(tmp_path):
     model.encode_image = counting
     fit(model, train, base, cfg, str(tmp_path / "aug"), progress=False)
     assert len(calls) == 2 * 5  # every step of both stages encodes its (augmented) batch; nothing cached
+
+
+# ---------------------------------------------------------------- streamed segments
+def test_streamed_items_equal_the_models_preprocessing_exactly():
+    from opendas_encoder.data import crop_segment
+
+    base = ["red square", "green square", "blue square"]
+    model = tiny_model()
+    ds = make_segments()
+    prep = prepared(model, ds, base)
+    assert len(prep) == len(ds) and isinstance(prep, torch.utils.data.Dataset)
+    for i in (0, 7, len(ds) - 1):
+        seg = ds.load(i)
+        image, label = prep[i]
+        assert torch.equal(image, model.preprocess(crop_segment(seg.image, seg.mask)))  # the cache is lossless
+        assert base[label] == seg.label
+    assert prep.images.shape == (len(ds), 3, 32, 32)
+    assert torch.equal(prep.images[2:5], torch.stack([prep[i][0] for i in (2, 3, 4)]))
+    folder = prep.cache.dir
+    assert os.path.isfile(prep.cache.path(0))
+    del prep
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(folder)  # a temporary cache goes with its segments
+
+
+def test_training_with_loader_workers_equals_the_main_process(tmp_path):
+    base = ["red square", "green square", "blue square"]
+    results = []
+    for workers in (0, 2):
+        model = tiny_model(5)
+        cfg = small_config(tmp_path)
+        cfg.runtime.num_workers = workers
+        cfg.runtime.augment = True  # both stages read images through the loader, augmented per step
+        train = prepare_segments(make_segments(), model.preprocess, base, model.image_size, progress=False,
+                                 num_workers=workers)
+        fit(model, train, base, cfg, str(tmp_path / f"w{workers}"), progress=False)
+        results.append(model.learned_state_dict())
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
+def test_segment_cache_is_reused_by_a_second_preparation(tmp_path):
+    base = ["red square", "green square", "blue square"]
+    model = tiny_model()
+    ds = make_segments()
+    first = prepare_segments(ds, model.preprocess, base, model.image_size, progress=False,
+                             cache_dir=str(tmp_path / "c"))
+
+    def no_decoding(i):
+        raise AssertionError("decoded again")
+
+    ds.load = no_decoding
+    again = prepare_segments(ds, model.preprocess, base, model.image_size, progress=False,
+                             cache_dir=str(tmp_path / "c"))
+    assert torch.equal(again.images[0:4], first.images[0:4])
+
+
+# ---------------------------------------------------------------- process-wide settings
+def test_import_leaves_denormals_alone_and_training_scope_restores_them():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "import opendas_encoder\n"
+        "from opendas_encoder.train import flush_denormal\n"
+        "survives = lambda: bool((torch.tensor([1e-40]) * 1.0).item() != 0)\n"
+        "out = [survives()]\n"
+        "with flush_denormal():\n"
+        "    out.append(survives())\n"
+        "out.append(survives())\n"
+        "torch.set_flush_denormal(True)\n"
+        "with flush_denormal():\n"
+        "    pass\n"
+        "out.append(survives())\n"
+        "print(out)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # after import: denormals survive; inside the scope: flushed; after: restored (also a flushed state)
+    assert proc.stdout.strip().splitlines()[-1] == "[True, False, True, False]"

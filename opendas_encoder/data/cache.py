@@ -1,10 +1,16 @@
 """A disk cache of classifier inputs: every segment decoded and cropped once, then read as PNG.
 
-Layout: ``<cache_dir>/<key>/manifest.json`` and ``<cache_dir>/<key>/crops/<shard>/<index>.png``
-where ``key`` fingerprints the dataset (name, number of segments, labels), the crop size and the
-expand ratio, so caches of different settings never mix. The manifest records the settings and
-the segments that could not be used (with their reason); a crop that is missing or unreadable is
-rebuilt on access.
+Training streams its segments from here (``opendas_encoder.train.data.prepare_segments``): the
+cache holds the output of the geometric part of the model's preprocessing (resize + centre crop:
+uint8 RGB, stored losslessly), so memory does not grow with the number of segments and a read
+gives exactly the pixels the preprocessing would have produced.
+
+Layout: ``<cache_dir>/<name>-<key>/manifest.json`` and ``<cache_dir>/<name>-<key>/crops/<shard>/<index>.png``
+where ``key`` fingerprints the dataset (name, number of segments, labels), the image transform
+(or crop size), the expand ratio and ``min_pixels``, so caches of different settings never mix.
+The manifest records the settings and the segments that could not be used (with their reason); a
+crop that is missing or unreadable is rebuilt on access. The key does not see the image files'
+contents: delete the cache folder after changing a dataset's images in place.
 """
 
 from __future__ import annotations
@@ -12,15 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 from tqdm import tqdm
 
-from .segments import SegmentDataset, SegmentError, SkipReport, crop_segment
+from .segments import DEFAULT_MIN_PIXELS, SegmentDataset, SegmentError, SkipReport, crop_segment
 
 SHARD_SIZE = 1000
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+#: zlib level of the cached PNGs: level 1 writes several times faster than the default 6 at a
+#: slightly larger file; decoding speed is about the same.
+PNG_COMPRESS_LEVEL = 1
 
 
 def _size_pair(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -30,19 +39,40 @@ def _size_pair(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return (w, h)
 
 
+def describe_transform(transform: Callable) -> str:
+    """A stable text description of an image transform (part of the cache key).
+
+    ``repr`` of torchvision transforms lists their settings; plain functions are named by module
+    and qualified name (their ``repr`` holds a memory address that changes between runs).
+    """
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        return f"{type(transform).__name__}[{', '.join(describe_transform(t) for t in inner)}]"
+    if hasattr(transform, "__qualname__") and not isinstance(transform, type):
+        return f"{getattr(transform, '__module__', '')}.{transform.__qualname__}"
+    return repr(transform)
+
+
 class SegmentCache:
-    """Cached ``crop_segment`` outputs of ``dataset``, resized to ``image_size`` (PIL RGB images).
+    """Cached ``crop_segment`` outputs of ``dataset`` (PIL RGB images).
+
+    Each crop is resized to ``image_size`` (bicubic) or, when ``transform`` is given, passed through
+    ``transform`` instead (a PIL -> PIL RGB function, e.g. the resize + centre crop of a model's
+    preprocessing). Segments failing ``Segment.validate(min_pixels)`` count as unusable.
 
     ``get(i)`` builds missing entries lazily and raises :class:`SegmentError` for unusable segments
-    (also when recorded as such by an earlier build). ``build()`` fills the whole cache and returns
-    a :class:`SkipReport`.
+    (also when recorded as such by an earlier build). ``build()`` fills the whole cache (or the
+    given indices) and returns a :class:`SkipReport`.
     """
 
     def __init__(self, cache_dir: str, dataset: SegmentDataset, image_size: Union[int, Sequence[int]] = 224,
-                 expand_ratio: float = 0.0):
+                 expand_ratio: float = 0.0, transform: Optional[Callable[[Image.Image], Image.Image]] = None,
+                 min_pixels: int = DEFAULT_MIN_PIXELS):
         self.dataset = dataset
         self.image_size = _size_pair(image_size)
         self.expand_ratio = float(expand_ratio)
+        self.transform = transform
+        self.min_pixels = int(min_pixels)
         labels = [dataset.label(i) for i in range(len(dataset))]
         self.settings = {
             "version": MANIFEST_VERSION,
@@ -50,7 +80,9 @@ class SegmentCache:
             "num_segments": len(dataset),
             "labels_sha1": hashlib.sha1("\n".join(labels).encode("utf-8")).hexdigest(),
             "image_size": list(self.image_size),
+            "transform": describe_transform(transform) if transform is not None else "resize bicubic",
             "expand_ratio": self.expand_ratio,
+            "min_pixels": self.min_pixels,
         }
         key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode("utf-8")).hexdigest()[:12]
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.name)[:60]
@@ -76,7 +108,7 @@ class SegmentCache:
         os.makedirs(self.dir, exist_ok=True)
         data = {"settings": self.settings, "complete": complete,
                 "skipped": {str(k): v for k, v in sorted(self.skipped.items())}}
-        tmp = self.manifest_path + ".tmp"
+        tmp = f"{self.manifest_path}.{os.getpid()}.tmp"  # data-parallel ranks may share the folder
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, self.manifest_path)
@@ -101,16 +133,24 @@ class SegmentCache:
                 img = im.convert("RGB")
         except Exception:
             return None  # corrupt entry: rebuilt by the caller
-        return img if img.size == self.image_size else None
+        if self.transform is None and img.size != self.image_size:
+            return None
+        return img
 
     def _make(self, index: int) -> Image.Image:
-        seg = self.dataset.load(index)
+        seg = self.dataset.load(index).validate(self.min_pixels)
         crop = crop_segment(seg.image, seg.mask, expand_ratio=self.expand_ratio)
-        img = crop.resize(self.image_size, Image.BICUBIC)
+        if self.transform is None:
+            img = crop.resize(self.image_size, Image.BICUBIC)
+        else:
+            img = self.transform(crop)
+            if not isinstance(img, Image.Image) or img.mode != "RGB":
+                raise TypeError(f"SegmentCache transform {describe_transform(self.transform)} must return a PIL "
+                                f"RGB image, got {type(img).__name__} {getattr(img, 'mode', '')}")
         p = self.path(index)
         os.makedirs(os.path.dirname(p), exist_ok=True)
-        tmp = p + ".tmp.png"
-        img.save(tmp)
+        tmp = f"{p}.{os.getpid()}.tmp.png"  # a DataLoader worker per process may build entries
+        img.save(tmp, compress_level=PNG_COMPRESS_LEVEL)
         os.replace(tmp, p)
         return img
 
@@ -129,19 +169,47 @@ class SegmentCache:
             self.skipped[index] = err.reason
             raise
 
-    def build(self, progress: bool = True) -> SkipReport:
-        """Decode and crop every segment not yet cached; unusable ones are counted and recorded."""
+    def _ensure(self, index: int) -> Optional[Tuple[str, str]]:
+        """Build entry ``index`` unless its file exists; (source, reason) if the segment is unusable
+        (plain strings: they travel back from DataLoader workers)."""
+        if index in self.skipped:
+            return self.dataset.name + f"[{index}]", self.skipped[index]
+        if os.path.isfile(self.path(index)):
+            return None  # present; a corrupt file is rebuilt by get()
+        try:
+            self._make(index)
+        except SegmentError as err:
+            return err.source, err.reason
+        return None
+
+    def build(self, indices: Optional[Iterable[int]] = None, progress: bool = True, num_workers: int = 0,
+              desc: Optional[str] = None) -> SkipReport:
+        """Decode and crop every segment (or ``indices``) not yet cached, with ``num_workers``
+        DataLoader worker processes; unusable ones are counted and recorded in the manifest."""
+        from torch.utils.data import DataLoader
+
+        todo = list(range(len(self.dataset))) if indices is None else [int(i) for i in indices]
         report = SkipReport()
-        for i in tqdm(range(len(self.dataset)), desc=f"cache {self.dataset.name}", disable=not progress, leave=False):
-            if i in self.skipped:
-                report.add(SegmentError(self.dataset.name + f"[{i}]", self.skipped[i]))
-                continue
-            if self._read(i) is not None:
-                continue
-            try:
-                self._make(i)
-            except SegmentError as err:
-                self.skipped[i] = err.reason
-                report.add(err)
-        self._save_manifest(complete=True)
+        jobs = DataLoader(_BuildJobs(self, todo), batch_size=None, num_workers=num_workers)
+        for index, error in tqdm(jobs, total=len(todo), desc=desc or f"cache {self.dataset.name}",
+                                 disable=not progress, leave=False):
+            if error is not None:
+                self.skipped[index] = error[1]
+                report.add(SegmentError(*error))
+        self._save_manifest(complete=indices is None)
         return report
+
+
+class _BuildJobs:
+    """Map-style dataset for ``SegmentCache.build``: item k builds entry ``indices[k]`` (in a worker)."""
+
+    def __init__(self, cache: SegmentCache, indices: List[int]):
+        self.cache = cache
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Tuple[int, Optional[Tuple[str, str]]]:
+        index = self.indices[k]
+        return index, self.cache._ensure(index)

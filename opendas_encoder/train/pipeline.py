@@ -118,7 +118,8 @@ def prepare_experiment(config: TrainConfig, model, progress: bool = True, train_
         negatives = load_negatives(config.data.negatives)
     neg = select_negative_queries(negatives or {}, vocab.base, vocab.novel, config.data.drop_novel_negatives)
     common = dict(image_size=model.image_size, expand_ratio=config.data.expand_ratio,
-                  min_pixels=config.data.min_pixels, num_workers=config.runtime.num_workers, progress=progress)
+                  min_pixels=config.data.min_pixels, num_workers=config.runtime.num_workers, progress=progress,
+                  cache_dir=os.path.join(config.output_dir, "segments"))
     train = prepare_segments(train_ds, model.preprocess, vocab.base, desc="train segments", **common)
     test = prepare_segments(test_ds, model.preprocess, vocab.test, desc="test segments", **common) \
         if test_ds is not None else None

@@ -1,4 +1,5 @@
-"""Resumable training state: prompts + optimizer buffers (safetensors) + counters (JSON), written atomically.
+"""Resumable training state: prompts + optimizer buffers (safetensors) + counters and the learning-rate
+scheduler's ``state_dict`` (JSON), written atomically; nothing is pickled.
 
 Layout inside the run folder::
 
@@ -52,8 +53,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: Dict[int, str], t
 
 
 def save_state(run_dir: str, model, optimizer: Optional[torch.optim.Optimizer], param_names: Dict[int, str],
-               counters: dict, metadata: dict) -> str:
-    """Write a complete state folder and point ``LATEST`` at it; returns its path."""
+               counters: dict, metadata: dict, scheduler: Optional[dict] = None) -> str:
+    """Write a complete state folder and point ``LATEST`` at it; returns its path.
+
+    scheduler: the learning-rate scheduler's ``state_dict()`` (plain numbers and lists), stored in
+    ``trainer_state.json`` under ``"scheduler"``.
+    """
     state_root = os.path.join(run_dir, "state")
     os.makedirs(state_root, exist_ok=True)
     name = f"s{counters['stage_index']}-epoch-{counters['epoch']:04d}"
@@ -67,7 +72,8 @@ def save_state(run_dir: str, model, optimizer: Optional[torch.optim.Optimizer], 
     opt_tensors, opt_scalars = optimizer_tensors(optimizer, param_names) if optimizer is not None else ({}, {})
     save_file(opt_tensors, os.path.join(tmp, "optimizer.safetensors"))
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump({"counters": counters, "optimizer_scalars": opt_scalars}, f, indent=1, sort_keys=True)
+        json.dump({"counters": counters, "optimizer_scalars": opt_scalars, "scheduler": scheduler}, f, indent=1,
+                  sort_keys=True, allow_nan=False)
     os.replace(tmp, folder)
     atomic_write_bytes(os.path.join(state_root, "LATEST"), (name + "\n").encode())
     for other in os.listdir(state_root):

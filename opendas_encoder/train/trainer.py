@@ -1,25 +1,33 @@
-"""The training engine: stages of prompt learning over prepared segments (paper Sec. 4.3, 5).
+"""The training engine: stages of prompt learning over streamed segments (paper Sec. 4.3, 5).
 
 Stage 1 ("visual"): visual prompts learn with cross-entropy over the label space (base classes +
 negative queries); the text features are frozen and computed once. Stage 2 ("text"): visual prompts
 frozen, image features computed once (no image tower per iteration unless augmentation is on),
 text prompts learn with CE + lambda * triplet (hardest negative mined online). Every epoch ends with
-an atomic training-state checkpoint; ``resume=True`` continues exactly from the last one; a
-non-finite loss stops the run with :class:`TrainingDiverged` and keeps the last good state.
+an atomic training-state checkpoint (prompts, optimizer and learning-rate scheduler state);
+``resume=True`` continues exactly from the last one; a non-finite loss stops the run with
+:class:`TrainingDiverged` and keeps the last good state.
 
 The engine is method-agnostic: it trains whatever parameters have ``requires_grad`` (after
 ``model.set_trainable(visual=, text=)`` when the model has it), calls ``model.compute_logits`` for
 image-conditioned text (CoCoOp) and ``model.finalize()`` at the end when present (WiSE-FT).
 
-Data parallel: under ``torchrun`` (torch.distributed initialised) each rank takes its share of
-every global batch and gradients are summed across ranks with ``all_reduce``, so results equal a
-single process with the same global batch up to floating-point order; rank 0 logs and checkpoints.
-A rank whose share of a (last, short) batch is empty still takes part in the gradient all-reduce.
+:func:`fit` runs :class:`Trainer`'s named steps: ``resume_point`` -> per stage ``setup_stage`` ->
+per epoch ``train_epoch`` (``step`` per batch) and ``end_epoch`` -> ``export``.
+
+Data parallel: under ``torchrun`` (torch.distributed initialised) the stage's loss module
+(:class:`StageObjective`, which owns the trainable tensors only) is wrapped in
+``DistributedDataParallel`` and batches come from :class:`~.data.EpochShardSampler`: each rank takes
+its share of every global batch (``schedule.batch_size`` is the global batch, a multiple of the
+number of processes), so results equal one process with the same global batch up to floating-point
+order; rank 0 logs and checkpoints. A rank whose share of a short last batch is empty takes a
+zero-gradient step so that every rank joins the same gradient all-reduce.
 
 Speed: autocast (``runtime.amp``) on CUDA, gradients and optimizer state only for the trainable
-prompts, text of a causal text tower cut after its last end-of-text token (exact), optional
-``torch.compile`` of the encoder's forward functions (``runtime.compile``; eager fallback with a
-warning when compilation fails), pinned host memory for batch transfers to CUDA.
+prompts, optional ``torch.compile`` of the encoder's forward functions (``runtime.compile``; eager
+fallback with a warning when compilation fails), ``runtime.num_workers`` DataLoader workers reading
+segments, pinned host memory for batch transfers to CUDA. CPU training runs with denormal floats
+flushed to zero (:func:`flush_denormal`, restored afterwards).
 """
 
 from __future__ import annotations
@@ -31,18 +39,21 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
 from ..core.checkpoint import save_checkpoint
 from .config import Stage, TrainConfig, stages_for
-from .data import PreparedSegments
+from .data import EpochShardSampler, PreparedSegments
 from .losses import opendas_text_loss
-from .schedule import epoch_lr, triplet_weight
+from .schedule import lr_scheduler, triplet_weight
 from .state import latest_state, load_state, restore_optimizer, save_state
 
 
@@ -61,13 +72,37 @@ class FitResult:
     resumed_from: Optional[str] = None
 
 
+# ---------------------------------------------------------------- process-level helpers
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats to zero (a denormal does not survive a multiply)."""
+    tiny = torch.tensor([2.0 ** -140], dtype=torch.float32)  # denormal: below float32's 2**-126
+    return bool((tiny * 1.0).item() == 0.0)
+
+
+@contextlib.contextmanager
+def flush_denormal() -> Iterator[None]:
+    """Flush denormal floats to zero inside the block (``torch.set_flush_denormal``), then restore.
+
+    CPU training of small models slows several-fold on denormals (measured); flushing changes no
+    result that matters. The previous state is detected, not assumed, and restored on exit, so
+    importing or calling the library never changes a process-wide setting for good. Entry points
+    (the CLI, ``fit``) use it; it affects the calling thread, where training runs.
+    """
+    previous = denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def _dist_info():
+def _dist_info() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -134,14 +169,6 @@ class _CompiledForwards:
         self.active = False
 
 
-def _batch_images(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """images[idx] on ``device``; through pinned host memory (asynchronous copy) for CUDA."""
-    batch = images[idx]
-    if device.type == "cuda" and batch.device.type == "cpu":
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch.to(device)
-
-
 def augment_batch(images: torch.Tensor, generator: torch.Generator, min_scale: float = 0.7,
                   select: Optional[slice] = None) -> torch.Tensor:
     """Random horizontal flip + random square crop (side ``min_scale``..1 of the image), resized back.
@@ -166,35 +193,16 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, min_scale: f
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _broadcast_parameters(params: List[torch.nn.Parameter]) -> None:
-    """Every rank starts from rank 0's trainable parameters (as DistributedDataParallel does)."""
-    with torch.no_grad():
-        for p in params:
-            dist.broadcast(p.data, src=0)
-
-
-def _all_reduce_gradients(params: List[torch.nn.Parameter]) -> None:
-    """Sum gradients over ranks. A rank without a gradient for a parameter (an empty share of the
-    batch) contributes zeros, so every rank joins the same collectives."""
-    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
-    dist.all_reduce(has_grad, op=dist.ReduceOp.SUM)
-    for p, flag in zip(params, has_grad.tolist()):
-        if flag == 0:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
-
 @torch.no_grad()
-def encode_images(model, images: torch.Tensor, device: torch.device, batch_size: int = 64,
+def encode_images(model, data: PreparedSegments, device: torch.device, batch_size: int = 64, num_workers: int = 0,
                   progress: bool = False, desc: str = "image features") -> torch.Tensor:
-    """Normalised image features (N, D) of preprocessed images (N, 3, S, S), in batches, on ``device``."""
+    """Normalised image features (N, D) of every item of ``data``, in order, on ``device``."""
     was_training = model.training
     model.eval()
-    out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
-        out.append(model.encode_image(images[start:start + batch_size].to(device), normalize=True).float())
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    out = [model.encode_image(images.to(device, non_blocking=True), normalize=True).float()
+           for images, _ in tqdm(loader, desc=desc, disable=not progress, leave=False)]
     model.train(was_training)
     return torch.cat(out)
 
@@ -208,6 +216,304 @@ def _set_stage_trainable(model, stage: Stage) -> List[torch.nn.Parameter]:
     return params
 
 
+# ---------------------------------------------------------------- the loss of a stage, as a module
+class StageObjective(nn.Module):
+    """One stage's loss as a module whose parameters are exactly the stage's trainable tensors.
+
+    This is what ``DistributedDataParallel`` wraps: its start-up broadcast and gradient buckets hold
+    the trainable prompts only; the encoder is referenced, not registered as a submodule, so the
+    frozen open_clip weights stay outside DDP.
+
+    ``forward(labels, images=None, features=None, lam=0.0)`` -> (loss, ce, triplet), means over
+    the batch: ``images`` (B, 3, S, S) go through the image tower, ``features`` (B, D) are cached
+    normalised image features. ``forward(None)`` is the zero loss of an empty batch share, still
+    connected to every trainable tensor (zero gradients, same collectives as the other ranks).
+    """
+
+    def __init__(self, model, params: Sequence[nn.Parameter], stage: Stage, text_input, logit_scale: torch.Tensor,
+                 margin: float, frozen_text: Optional[torch.Tensor] = None, image_conditioned: bool = False):
+        super().__init__()
+        self.trainable = nn.ParameterList(params)
+        object.__setattr__(self, "encoder", model)  # not a submodule: DDP must not see the frozen base
+        self.stage = stage
+        self.text_input = text_input
+        self.logit_scale = logit_scale
+        self.margin = margin
+        self.frozen_text = frozen_text
+        self.image_conditioned = image_conditioned
+
+    def forward(self, labels: Optional[torch.Tensor], images: Optional[torch.Tensor] = None,
+                features: Optional[torch.Tensor] = None, lam: float = 0.0):
+        if labels is None:
+            zero = sum((p * 0).sum() for p in self.trainable)
+            return zero, zero.detach(), zero.detach()
+        model = self.encoder
+        if self.image_conditioned:
+            logits = model.compute_logits(images, self.text_input).float()
+            ce = F.cross_entropy(logits, labels)
+            return ce, ce, torch.zeros((), device=ce.device)
+        img = features if features is not None else model.encode_image(images, normalize=True).float()
+        txt = self.frozen_text if self.frozen_text is not None else \
+            model.encode_text(self.text_input, normalize=True).float()
+        if self.stage.triplet:
+            return opendas_text_loss(img, txt, labels, self.logit_scale, lam, self.margin)
+        ce = F.cross_entropy(self.logit_scale * img @ txt.T, labels)
+        return ce, ce, torch.zeros((), device=ce.device)
+
+
+# ---------------------------------------------------------------- the trainer's named steps
+@dataclass
+class ResumePoint:
+    """Where training (re)starts: stage index, epoch in it, global step, saved optimizer/scheduler state."""
+
+    stage: int = 0
+    epoch: int = 0
+    global_step: int = 0
+    folder: Optional[str] = None
+    optimizer_tensors: Dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer_scalars: dict = field(default_factory=dict)
+    scheduler: Optional[dict] = None
+
+
+@dataclass
+class StageRun:
+    """Everything one stage trains with (built by :meth:`Trainer.setup_stage`)."""
+
+    index: int
+    stage: Stage
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: nn.Module  # StageObjective, or DistributedDataParallel around it
+    sampler: EpochShardSampler
+    batches: BatchSampler  # this rank's index lists
+    loader: Optional[DataLoader]  # image batches; None when the stage runs on cached features
+    features: Optional[torch.Tensor]  # cached (N, D) image features
+    first_epoch: int
+    seconds: float = 0.0
+    iterations: int = 0
+
+
+class Trainer:
+    """One ``fit`` call: shared settings, then the named steps run by :meth:`run`."""
+
+    def __init__(self, model, train: PreparedSegments, label_space: List[str], config: TrainConfig, run_dir: str,
+                 progress: bool = True, on_epoch_end: Optional[Callable[[int, int], None]] = None,
+                 extra_metadata: Optional[dict] = None):
+        self.model, self.train, self.config, self.run_dir = model, train, config, run_dir
+        self.label_space = list(label_space)
+        self.on_epoch_end = on_epoch_end
+        self.rank, self.world = _dist_info()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        self.device = resolve_device(config.runtime.device)
+        self.stages = stages_for(config.setting, config.schedule)
+        self.batch_size = config.schedule.batch_size
+        if self.batch_size % self.world:
+            raise ValueError(f"schedule.batch_size ({self.batch_size}) is the global batch: it must be a multiple "
+                             f"of the number of processes ({self.world})")
+        if int(train.labels.max()) >= len(self.label_space):
+            raise ValueError("training labels index beyond the label space")
+        self.steps_per_epoch = math.ceil(len(train) / self.batch_size)
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.autocast, self.scaler = _amp_context(self.device, config.runtime.amp)
+        self.image_conditioned = bool(getattr(model, "image_conditioned_text", False))
+        tokenizer = getattr(model, "tokenizer", None)
+        self.text_input = tokenizer(self.label_space) if tokenizer else self.label_space
+        self.log_path = os.path.join(run_dir, "train_log.jsonl")
+        self.metadata = {"run": config.name, "seed": config.seed, "setting": config.setting,
+                         "label_space_size": len(self.label_space), "train_segments": len(train),
+                         **(extra_metadata or {})}
+        self.global_step = 0
+        model.to(self.device)
+        self.logit_scale = model.logit_scale.exp().detach().float()
+        self.forwards: Optional[_CompiledForwards] = None
+
+    # -------------------------------------------------------------- run
+    def run(self, resume: bool) -> FitResult:
+        t_start = time.perf_counter()
+        os.makedirs(self.run_dir, exist_ok=True)
+        start = self.resume_point(resume)
+        self.global_step = start.global_step
+        seconds, iterations = {}, {}
+        self.forwards = _CompiledForwards(self.model, self.config.runtime.compile)
+        try:
+            for si, stage in enumerate(self.stages):
+                if si < start.stage:
+                    continue
+                sr = self.setup_stage(si, stage, start if si == start.stage else ResumePoint(stage=si))
+                for epoch in range(sr.first_epoch, stage.epochs):
+                    self.train_epoch(sr, epoch)
+                    self.end_epoch(sr, epoch)
+                if sr.iterations:
+                    seconds[stage.name] = sr.seconds / sr.iterations
+                    iterations[stage.name] = sr.iterations
+        finally:
+            self.forwards.restore()
+        final_dir = self.export(seconds)
+        return FitResult(run_dir=self.run_dir, final_dir=final_dir, label_space=self.label_space,
+                         seconds=time.perf_counter() - t_start, seconds_per_iter=seconds, iterations=iterations,
+                         resumed_from=start.folder)
+
+    # -------------------------------------------------------------- step 1: where to start
+    def resume_point(self, resume: bool) -> ResumePoint:
+        """The last saved state (prompts loaded into the model) when resuming, else a fresh start.
+
+        A fresh start removes an old log; a resumed one drops the log lines of the interrupted epoch.
+        """
+        if not resume:
+            if self.is_main and os.path.exists(self.log_path):
+                os.remove(self.log_path)
+            return ResumePoint()
+        folder = latest_state(self.run_dir)
+        if folder is None:
+            return ResumePoint()
+        prompts, opt_tensors, state = load_state(folder)
+        self.model.load_learned_state_dict(dict(prompts), source=folder)
+        counters = state["counters"]
+        if "scheduler" not in state:
+            raise ValueError(f"{folder}: no learning-rate scheduler state (written by an older version); "
+                             "start the run again without resuming")
+        point = ResumePoint(counters["stage_index"], counters["epoch"] + 1, counters["global_step"], folder,
+                            opt_tensors, state.get("optimizer_scalars", {}), state["scheduler"])
+        if point.epoch >= self.stages[point.stage].epochs:  # that stage was complete: next one from scratch
+            point = ResumePoint(point.stage + 1, 0, point.global_step, folder)
+        if self.is_main:
+            _truncate_log(self.log_path, point.global_step)
+        return point
+
+    # -------------------------------------------------------------- step 2: a stage's optimizer, data, objective
+    def setup_stage(self, si: int, stage: Stage, start: ResumePoint) -> StageRun:
+        """Trainable tensors, optimizer + scheduler (restored when resuming inside this stage), batch
+        order, image-feature cache or image loader, frozen text features, the (DDP-wrapped) objective."""
+        cfg, rt = self.config, self.config.runtime
+        params = _set_stage_trainable(self.model, stage)
+        optimizer = _make_optimizer(params, cfg.schedule)
+        scheduler = lr_scheduler(optimizer, stage.epochs, cfg.schedule.warmup_epochs, cfg.schedule.warmup_lr)
+        if start.scheduler is not None:
+            restore_optimizer(optimizer, self.param_names, start.optimizer_tensors, start.optimizer_scalars)
+            scheduler.load_state_dict(start.scheduler)
+            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+                group["lr"] = lr
+        sampler = EpochShardSampler(len(self.train), self.world, self.rank, seed=cfg.seed * 1_000_003 + si * 1_009)
+        batches = BatchSampler(sampler, self.batch_size // self.world, drop_last=False)
+        features = loader = None
+        if not stage.visual and rt.cache_features and not rt.augment and not self.image_conditioned:
+            with self.autocast():
+                features = encode_images(self.model, self.train, self.device, rt.eval_batch_size, rt.num_workers,
+                                         self.progress, desc=f"{stage.name}: caching image features")
+        else:
+            loader = DataLoader(self.train, batch_sampler=batches, num_workers=rt.num_workers,
+                                pin_memory=self.device.type == "cuda", persistent_workers=rt.num_workers > 0)
+        frozen_text = None
+        if not stage.text and not self.image_conditioned:
+            with torch.no_grad(), self.autocast():
+                frozen_text = self.model.encode_text(self.text_input, normalize=True).float()
+        objective = StageObjective(self.model, params, stage, self.text_input, self.logit_scale, cfg.triplet.margin,
+                                   frozen_text, self.image_conditioned)
+        if self.world > 1:  # every trainable tensor must reach the loss (DDP names any that does not)
+            objective = DistributedDataParallel(objective)
+        return StageRun(si, stage, optimizer, scheduler, objective, sampler, batches, loader, features,
+                        first_epoch=start.epoch)
+
+    # -------------------------------------------------------------- step 3: one epoch, one step
+    def train_epoch(self, sr: StageRun, epoch: int) -> None:
+        """All steps of ``epoch``; rank 0 appends one log line per step."""
+        sr.sampler.set_epoch(epoch)
+        self.model.train()
+        source = iter(sr.loader) if sr.loader is not None else iter(sr.batches)
+        bar = tqdm(range(self.steps_per_epoch), desc=f"{sr.stage.name} {epoch + 1}/{sr.stage.epochs}",
+                   disable=not self.progress, leave=False)
+        for b in bar:
+            t0 = time.perf_counter()
+            record = self.step(sr, epoch, b, next(source, None))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # per-iteration times include the queued GPU work
+            record["seconds"] = time.perf_counter() - t0
+            sr.seconds += record["seconds"]
+            sr.iterations += 1
+            self.global_step += 1
+            if self.is_main:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(dict(record, step=self.global_step)) + "\n")
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+
+    def _inputs(self, sr: StageRun, item, global_size: int):
+        """(labels, images, features) of this rank's share of the batch; labels None for an empty share."""
+        if item is None:
+            return None, None, None
+        if sr.features is not None:  # item: this rank's indices into the feature cache
+            idx = torch.as_tensor(item, dtype=torch.long)
+            return self.train.labels[idx].to(self.device), None, sr.features[idx.to(sr.features.device)]
+        images, labels = item
+        images = images.to(self.device, non_blocking=True)
+        if self.config.runtime.augment:
+            gen = torch.Generator().manual_seed(self.config.seed * 7_919 + self.global_step)
+            images = augment_batch(images, gen, select=slice(self.rank, global_size, self.world))
+        return labels.to(self.device), images, None
+
+    def step(self, sr: StageRun, epoch: int, b: int, item) -> dict:
+        """One optimizer step on global batch ``b`` (this rank's share ``item``); its log record."""
+        global_size = min(self.batch_size, len(self.train) - b * self.batch_size)
+        labels, images, features = self._inputs(sr, item, global_size)
+        share = 0.0 if labels is None else len(labels) / global_size
+        lam = triplet_weight(epoch * self.steps_per_epoch + b, self.steps_per_epoch * sr.stage.epochs,
+                             self.config.triplet.lambda_start, self.config.triplet.lambda_end) \
+            if sr.stage.triplet else 0.0
+        lr = sr.optimizer.param_groups[0]["lr"]
+        with self.autocast():
+            loss, ce, trip = sr.objective(labels, images, features, lam)
+        loss_value = _global_sum(loss.detach() * share, self.world)
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"non-finite loss ({loss_value}) in stage {sr.stage.name!r}, epoch {epoch + 1}, step {b + 1} "
+                f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {latest_state(self.run_dir) or 'none (first epoch)'}")
+        sr.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks: weighting each rank's mean by world * share gives the
+        # gradient of the global batch mean (one process: weight 1).
+        weight = share * self.world
+        try:
+            _backward(loss * weight, self.scaler)
+        except Exception as exc:  # a lazily compiled backward graph failed: redo the step eagerly
+            if not self.forwards.active or self.world > 1:  # under DDP the ranks' reductions are out of step
+                raise
+            self.forwards.disable(exc)
+            sr.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss, ce, trip = sr.objective(labels, images, features, lam)
+            _backward(loss * weight, self.scaler)
+        if self.scaler:
+            self.scaler.step(sr.optimizer)
+            self.scaler.update()
+        else:
+            sr.optimizer.step()
+        return {"stage": sr.stage.name, "epoch": epoch, "lr": lr, "lambda": lam, "loss": loss_value,
+                "ce": float(ce.detach()), "triplet": float(trip.detach())}
+
+    # -------------------------------------------------------------- step 4: end of an epoch
+    def end_epoch(self, sr: StageRun, epoch: int) -> None:
+        """Advance the learning rate, save the resumable state (rank 0), wait for all ranks, callback."""
+        sr.scheduler.step()
+        counters = {"stage_index": sr.index, "stage": sr.stage.name, "epoch": epoch, "global_step": self.global_step}
+        if self.is_main:
+            save_state(self.run_dir, self.model, sr.optimizer, self.param_names, counters,
+                       dict(self.metadata, stage=sr.stage.name, epoch=epoch + 1), sr.scheduler.state_dict())
+        if self.world > 1:
+            dist.barrier()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(sr.index, epoch)
+
+    # -------------------------------------------------------------- step 5: the exported checkpoint
+    def export(self, seconds_per_iter: Dict[str, float]) -> str:
+        """``model.finalize()`` when the method has it (WiSE-FT), then ``run_dir/final`` (rank 0)."""
+        if hasattr(self.model, "finalize"):
+            self.model.finalize()
+        final_dir = os.path.join(self.run_dir, "final")
+        if self.is_main:
+            save_checkpoint(self.model, final_dir, **dict(self.metadata, completed=True,
+                                                          seconds_per_iter=seconds_per_iter))
+        return final_dir
+
+
 def fit(model, train: PreparedSegments, label_space: List[str], config: TrainConfig, run_dir: str,
         resume: bool = False, progress: bool = True,
         on_epoch_end: Optional[Callable[[int, int], None]] = None, extra_metadata: Optional[dict] = None) -> FitResult:
@@ -217,191 +523,17 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     Writes ``run_dir/state/`` (resumable), ``run_dir/train_log.jsonl`` and ``run_dir/final/``
     (the exported checkpoint). ``on_epoch_end(stage_index, epoch)`` runs after each saved epoch.
     """
-    t_start = time.perf_counter()
-    rank, world = _dist_info()
-    is_main = rank == 0
-    device = resolve_device(config.runtime.device)
-    model.to(device)
-    sched, trip_cfg, rt = config.schedule, config.triplet, config.runtime
-    stages = stages_for(config.setting, sched)
-    if int(train.labels.max()) >= len(label_space):
-        raise ValueError("training labels index beyond the label space")
-    param_names = {id(p): n for n, p in model.named_parameters()}
-    autocast, scaler = _amp_context(device, rt.amp)
-    image_conditioned = bool(getattr(model, "image_conditioned_text", False))
-    tokens = model.tokenizer(label_space) if hasattr(model, "tokenizer") and model.tokenizer else None
-    text_input = tokens if tokens is not None else label_space
-    os.makedirs(run_dir, exist_ok=True)
-    log_path = os.path.join(run_dir, "train_log.jsonl")
-    metadata = {"run": config.name, "seed": config.seed, "setting": config.setting,
-                "label_space_size": len(label_space), "train_segments": len(train), **(extra_metadata or {})}
-
-    start_stage, start_epoch, global_step, resumed_from = 0, 0, 0, None
-    opt_tensors, opt_scalars = {}, {}
-    if resume:
-        folder = latest_state(run_dir)
-        if folder is not None:
-            prompts, opt_tensors, state = load_state(folder)
-            model.load_learned_state_dict({k: v for k, v in prompts.items()}, source=folder)
-            counters = state["counters"]
-            opt_scalars = state.get("optimizer_scalars", {})
-            start_stage, start_epoch = counters["stage_index"], counters["epoch"] + 1
-            global_step = counters["global_step"]
-            if start_epoch >= stages[start_stage].epochs:
-                start_stage, start_epoch, opt_tensors, opt_scalars = start_stage + 1, 0, {}, {}
-            resumed_from = folder
-            if is_main:
-                _truncate_log(log_path, global_step)
-    elif is_main and os.path.exists(log_path):
-        os.remove(log_path)
-
-    n = len(train)
-    bs = sched.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    sec_per_iter, iters = {}, {}
-    logit_scale = model.logit_scale.exp().detach().float()
-
-    def batch_images(idx: torch.Tensor, step: int, global_size: int) -> torch.Tensor:
-        images = _batch_images(train.images, idx, device)
-        if rt.augment:
-            gen = torch.Generator().manual_seed(config.seed * 7_919 + step)
-            images = augment_batch(images, gen, select=slice(rank, global_size, world))
-        return images
-
-    def stage_loss(stage: Stage, idx: torch.Tensor, labels: torch.Tensor, lam: float, cached_images, frozen_text,
-                   step: int = 0, global_size: int = 0):
-        """(loss, ce, triplet) on this rank's share ``idx`` of the batch (means over the share)."""
-        with autocast():
-            if image_conditioned:
-                logits = model.compute_logits(batch_images(idx, step, global_size), text_input).float()
-                return (F.cross_entropy(logits, labels),) * 2 + (torch.zeros((), device=device),)
-            if cached_images is not None:
-                img = cached_images[idx.to(cached_images.device)]
-            else:
-                img = model.encode_image(batch_images(idx, step, global_size), normalize=True).float()
-            txt = frozen_text if frozen_text is not None else model.encode_text(text_input, normalize=True).float()
-            if stage.triplet:
-                return opendas_text_loss(img, txt, labels, logit_scale, lam, trip_cfg.margin)
-            ce = F.cross_entropy(logit_scale * img @ txt.T, labels)
-            return ce, ce, torch.zeros((), device=device)
-
-    if world > 1:
-        _broadcast_parameters([p for p in model.parameters() if p.requires_grad])
-    forwards = _CompiledForwards(model, rt.compile)
-    try:
-        for si, stage in enumerate(stages):
-            if si < start_stage:
-                continue
-            params = _set_stage_trainable(model, stage)
-            optimizer = _make_optimizer(params, sched)
-            if si == start_stage and start_epoch > 0 and opt_tensors:
-                restore_optimizer(optimizer, param_names, opt_tensors, opt_scalars)
-            cached_images = None
-            if not stage.visual and rt.cache_features and not rt.augment and not image_conditioned:
-                with autocast():
-                    cached_images = encode_images(model, train.images, device, rt.eval_batch_size,
-                                                  progress and is_main, desc=f"{stage.name}: caching image features")
-            frozen_text = None
-            if not stage.text and not image_conditioned:
-                with torch.no_grad(), autocast():
-                    frozen_text = model.encode_text(text_input, normalize=True).float()
-            total_steps = steps_per_epoch * stage.epochs
-            first_epoch = start_epoch if si == start_stage else 0
-            stage_time, stage_iters = 0.0, 0
-            for epoch in range(first_epoch, stage.epochs):
-                lr = epoch_lr(epoch, stage.epochs, sched.lr, sched.warmup_epochs, sched.warmup_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + si * 1_009 + epoch)
-                perm = torch.randperm(n, generator=gen)
-                model.train()
-                bar = tqdm(range(steps_per_epoch), desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
-                           disable=not (progress and is_main), leave=False)
-                for b in bar:
-                    t0 = time.perf_counter()
-                    global_idx = perm[b * bs:(b + 1) * bs]
-                    idx = global_idx[rank::world]
-                    share = len(idx) / len(global_idx)
-                    labels = train.labels[idx].to(device)
-                    stage_step = epoch * steps_per_epoch + b
-                    lam = triplet_weight(stage_step, total_steps, trip_cfg.lambda_start, trip_cfg.lambda_end) \
-                        if stage.triplet else 0.0
-                    if len(idx):
-                        loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text,
-                                                    global_step, len(global_idx))
-                        local_loss = loss.detach() * share
-                    else:  # this rank's share of a short last batch is empty; it still joins the collectives
-                        loss, local_loss = None, torch.zeros((), device=device)
-                    loss_value = _global_loss(local_loss, world)
-                    if not math.isfinite(loss_value):
-                        last = latest_state(run_dir)
-                        raise TrainingDiverged(
-                            f"non-finite loss ({loss_value}) in stage {stage.name!r}, epoch {epoch + 1}, step {b + 1} "
-                            f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {last or 'none (first epoch)'}")
-                    optimizer.zero_grad(set_to_none=True)
-                    if loss is None:
-                        if scaler:
-                            scaler.scale(torch.zeros((), device=device))  # initialises the scale on this rank
-                    else:
-                        try:
-                            _backward(loss * share, scaler)
-                        except Exception as exc:  # a lazily compiled backward graph failed: redo the step eagerly
-                            if not forwards.active:
-                                raise
-                            forwards.disable(exc)
-                            optimizer.zero_grad(set_to_none=True)
-                            loss, ce, trip = stage_loss(stage, idx, labels, lam, cached_images, frozen_text,
-                                                    global_step, len(global_idx))
-                            _backward(loss * share, scaler)
-                    if world > 1:
-                        _all_reduce_gradients(params)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)  # per-iteration times include the queued GPU work
-                    dt = time.perf_counter() - t0
-                    stage_time += dt
-                    stage_iters += 1
-                    global_step += 1
-                    if is_main:
-                        record = {"stage": stage.name, "epoch": epoch, "step": global_step, "lr": lr, "lambda": lam,
-                                  "loss": loss_value, "ce": float(ce.detach()), "triplet": float(trip.detach()),
-                                  "seconds": dt}
-                        with open(log_path, "a") as f:
-                            f.write(json.dumps(record) + "\n")
-                        bar.set_postfix(loss=f"{loss_value:.3f}")
-                counters = {"stage_index": si, "stage": stage.name, "epoch": epoch, "global_step": global_step}
-                if is_main:
-                    save_state(run_dir, model, optimizer, param_names, counters,
-                               dict(metadata, stage=stage.name, epoch=epoch + 1))
-                if world > 1:
-                    dist.barrier()
-                if on_epoch_end is not None:
-                    on_epoch_end(si, epoch)
-            if stage_iters:
-                sec_per_iter[stage.name] = stage_time / stage_iters
-                iters[stage.name] = stage_iters
-    finally:
-        forwards.restore()
-    if hasattr(model, "finalize"):
-        model.finalize()
-    final_dir = os.path.join(run_dir, "final")
-    if is_main:
-        save_checkpoint(model, final_dir, **dict(metadata, completed=True,
-                                                 seconds_per_iter=sec_per_iter))
-    return FitResult(run_dir=run_dir, final_dir=final_dir, label_space=list(label_space),
-                     seconds=time.perf_counter() - t_start, seconds_per_iter=sec_per_iter,
-                     iterations=iters, resumed_from=resumed_from)
+    with flush_denormal():
+        trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata)
+        return trainer.run(resume)
 
 
 def _backward(loss: torch.Tensor, scaler) -> None:
     (scaler.scale(loss) if scaler else loss).backward()
 
 
-def _global_loss(value: torch.Tensor, world: int) -> float:
+def _global_sum(value: torch.Tensor, world: int) -> float:
+    """Sum of a scalar over ranks (the global batch's mean loss from the ranks' weighted shares)."""
     if world > 1:
         value = value.clone().float()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
