@@ -1,15 +1,21 @@
-"""Training speed: seconds per iteration of stage 1, stage 2 (with / without cached image features), baselines.
+"""Training speed: seconds per iteration of stage 1, stage 2 (with / without cached image features), the
+text-tower floor of stage 2, baselines.
 
-Runs the real training engine (:func:`opendas_encoder.train.fit`) on random preprocessed segments
-(``--steps`` x ``--batch`` images, labels over the first sixth of a ``--label-space`` of real class
-names, as with five negative queries per base class) and reads the per-step times from its log:
+Runs the real training engine (:func:`opendas_encoder.train.fit`) on random segments streamed like a
+real dataset's (``--steps`` x ``--batch`` random images, labels over the first sixth of a
+``--label-space`` of real class names, as with five negative queries per base class) and reads the
+per-step times from its log:
 
 * ``stage1``: visual prompts learn, frozen text features computed once (setting ``visual-only``);
 * ``stage2``: text prompts learn, image tower run every iteration (``runtime.cache_features: false``);
 * ``stage2_cached``: text prompts learn on image features computed once before the loop;
-* each baseline (``opendas_encoder.baselines``) in the ``single`` setting (all its tensors learn).
+* each baseline (a registered method other than opendas / zeroshot) in the ``single`` setting (all its tensors learn).
 
-``fit s`` is the wall time of the whole ``fit`` call (image-feature caching and checkpoints included).
+``text_floor_s_per_iter`` is the physical floor of cached stage 2 (issue 18): the text tower forward
++ backward over the whole label space with the same prompts, the same batch of cached image
+features and the same loss, and nothing else (no optimizer, data, logging); ``stage2_floor_ratio``
+= cached stage 2 / floor. ``fit s`` is the wall time of the whole ``fit`` call (image-feature
+caching and checkpoints included). An unknown or failing baseline stops the run with its error.
 
 Figures are medians over the steps after ``--warmup-steps``. Peak memory per variant: CUDA
 ``torch.cuda.max_memory_allocated`` above the memory held before the variant; CPU peak resident set
@@ -17,10 +23,13 @@ size (``VmHWM``, reset per variant through ``/proc/self/clear_refs``) above the 
 it (falls back to the growth of ``ru_maxrss`` where the reset is not allowed; the JSON says which).
 
     python eval/bench_train.py --json /tmp/train.json
+    python eval/bench_train.py --model ViT-B-16 --label-space 900 --variants stage2_cached --baselines none
     python eval/bench_train.py --model ViT-L-14 --device cuda --amp bf16 --batch 16 --baselines none
 
 ``--json`` gets ``stage1_s_per_iter``, ``stage2_s_per_iter``, ``stage2_cached_s_per_iter``,
-``stage2_cached_speedup`` (stage 1 time / cached stage 2 time), ratios, memory and the settings.
+``stage2_cached_speedup`` (stage 1 time / cached stage 2 time), ``text_floor_s_per_iter``,
+``stage2_floor_ratio``, ratios, memory and the settings (a variant left out by ``--variants`` is
+``null``).
 """
 
 from __future__ import annotations
@@ -44,10 +53,14 @@ for path in (ROOT, EVAL_DIR):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_encode import class_names, environment, resolve, set_threads  # noqa: E402
+from bench_encode import autocast_factory, class_names, environment, resolve, set_threads  # noqa: E402
 from opendas_encoder import PromptConfig, create_model  # noqa: E402
-from opendas_encoder.train import PreparedSegments, ScheduleConfig, TrainConfig, fit, read_log  # noqa: E402
+from opendas_encoder.data import ListSegmentDataset, Segment  # noqa: E402
+from opendas_encoder.train import (PreparedSegments, ScheduleConfig, TrainConfig, encode_images, fit,  # noqa: E402
+                                   flush_denormal, opendas_text_loss, prepare_segments, read_log)
 from opendas_encoder.train.config import RuntimeConfig  # noqa: E402
+
+VARIANTS = {"stage1": ("visual-only", False), "stage2": ("text-only", False), "stage2_cached": ("text-only", True)}
 
 #: paper, Sec. 5 implementation details (ViT-L-14, batch 16, one A100); quoted by the GPU script
 PAPER_A100_S_PER_ITER = 0.53
@@ -107,13 +120,18 @@ def _release_free_heap() -> None:
         pass
 
 
-def random_segments(n: int, image_size, n_classes: int, seed: int) -> PreparedSegments:
-    """``n`` random preprocessed images (n, 3, S, S) with labels in [0, n_classes)."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 3, *image_size, generator=gen)
-    labels = torch.randint(0, n_classes, (n,), generator=gen)
-    return PreparedSegments(images, labels, [f"class {i}" for i in range(n_classes)],
-                            [f"random/{i}" for i in range(n)])
+def random_segments(n: int, model, n_classes: int, seed: int) -> PreparedSegments:
+    """``n`` random images at the model's input size (whole-image masks), labels in [0, n_classes),
+    prepared and streamed like a real dataset's segments."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = model.image_size
+    names = [f"class {i}" for i in range(n_classes)]
+    segments = [Segment(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), np.ones((h, w), bool),
+                        names[int(rng.integers(n_classes))], f"random/{i}") for i in range(n)]
+    return prepare_segments(ListSegmentDataset(segments, names, name="random"), model.preprocess, names,
+                            model.image_size, progress=False)
 
 
 def bench_config(args, setting: str, cache: bool, out_dir: str) -> TrainConfig:
@@ -139,18 +157,63 @@ def time_fit(model, data: PreparedSegments, label_space: List[str], config: Trai
 
 
 def baseline_names(spec: str) -> List[str]:
+    """The baselines named by ``spec``; an unknown name stops the benchmark before any work."""
     if spec in ("", "none"):
         return []
     from opendas_encoder.core.registry import method_names
 
-    baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
-    return baselines if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    known = [m for m in method_names() if m not in ("opendas", "zeroshot")]
+    names = known if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise SystemExit(f"bench_train: unknown baseline(s) {unknown}; known: {sorted(known)}")
+    return names
+
+
+def variant_names(spec: str) -> List[str]:
+    names = [v.strip() for v in spec.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise SystemExit(f"bench_train: --variants {spec!r}: choose from {list(VARIANTS)}")
+    return names
+
+
+def text_floor(model, data: PreparedSegments, label_space: List[str], args, device: torch.device) -> dict:
+    """Median seconds of the text tower forward + backward over ``label_space`` with ``model``'s text
+    prompts and the loss of stage 2 on one batch of cached image features, and nothing else."""
+    model.set_trainable(visual=False, text=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast = autocast_factory(device, "bf16" if args.amp == "auto" else args.amp)
+    batch = torch.utils.data.Subset(data, range(min(args.batch, len(data))))
+    with flush_denormal():
+        with autocast():
+            features = encode_images(model, batch, device, args.eval_batch)
+        labels = data.labels[:len(batch)].to(device)
+        tokens = model.tokenizer(label_space)
+        scale = model.logit_scale.exp().detach().float()
+        model.train()
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            with autocast():
+                text = model.encode_text(tokens, normalize=True).float()
+                loss = opendas_text_loss(features, text, labels, scale, 2.5)[0]
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+            for p in params:
+                p.grad = None
+    timed = times[args.warmup_steps:] if len(times) > args.warmup_steps else times
+    return {"s_per_iter": statistics.median(timed), "steps": len(times), "samples_s": times}
 
 
 def run(args: argparse.Namespace) -> dict:
     device = resolve(args.device)
     args.device = str(device)
     threads = set_threads(args.threads, device)
+    baselines = baseline_names(args.baselines)
+    wanted = variant_names(args.variants)
     label_space = class_names(args.label_space)
     n_base = max(1, math.ceil(args.label_space / 6))
     t0 = time.perf_counter()
@@ -158,48 +221,52 @@ def run(args: argparse.Namespace) -> dict:
     model = create_model(args.model, args.pretrained, PromptConfig(visual_tokens=args.visual_tokens,
                                                                    text_tokens=args.text_tokens), device=device)
     build_seconds = time.perf_counter() - t0
-    data = random_segments(args.batch * args.steps, model.image_size, n_base, args.seed)
+    data = random_segments(args.batch * args.steps, model, n_base, args.seed)
     variants: Dict[str, dict] = {}
-    skipped: Dict[str, str] = {}
+    floor = None
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        for name, setting, cache in (("stage1", "visual-only", False), ("stage2", "text-only", False),
-                                     ("stage2_cached", "text-only", True)):
+        for name in wanted:
+            setting, cache = VARIANTS[name]
             variants[name] = time_fit(model, data, label_space, bench_config(args, setting, cache,
                                                                               os.path.join(tmp, name)),
                                       device, args.warmup_steps)
             print(f"  {name}: {variants[name]['s_per_iter']:.4f} s/iter")
+        if "stage2_cached" in variants:
+            floor = text_floor(model, data, label_space, args, device)
+            print(f"  text floor: {floor['s_per_iter']:.4f} s/iter")
         del model
-        for method in baseline_names(args.baselines):
-            try:
-                from opendas_encoder.core.factory import create_encoder
+        for method in baselines:
+            from opendas_encoder.core.factory import create_encoder
 
-                torch.manual_seed(args.seed)
-                baseline = create_encoder(method, args.model, args.pretrained, device=device)
-            except Exception as exc:  # a baseline being written or not supported on this model
-                skipped[method] = f"{type(exc).__name__}: {exc}"
-                print(f"  {method}: skipped ({skipped[method]})")
-                continue
+            torch.manual_seed(args.seed)
+            baseline = create_encoder(method, args.model, args.pretrained, device=device)
             cfg = bench_config(args, "single", True, os.path.join(tmp, method))
             variants[method] = time_fit(baseline, data, label_space, cfg, device, args.warmup_steps)
             print(f"  {method}: {variants[method]['s_per_iter']:.4f} s/iter")
             del baseline
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    s1 = variants["stage1"]["s_per_iter"]
+
+    def s_per_iter(name):
+        return variants[name]["s_per_iter"] if name in variants else None
+
+    s1, cached = s_per_iter("stage1"), s_per_iter("stage2_cached")
     result = {
         "model": args.model, "pretrained": args.pretrained, "batch": args.batch, "steps": args.steps,
         "warmup_steps": args.warmup_steps, "label_space": args.label_space, "base_classes": n_base,
         "amp": args.amp if device.type == "cuda" else "off", "compile": args.compile,
         "visual_tokens": args.visual_tokens, "text_tokens": args.text_tokens,
         "stage1_s_per_iter": s1,
-        "stage2_s_per_iter": variants["stage2"]["s_per_iter"],
-        "stage2_cached_s_per_iter": variants["stage2_cached"]["s_per_iter"],
-        "stage2_cached_speedup": s1 / variants["stage2_cached"]["s_per_iter"],
-        "ratios_to_stage1": {k: v["s_per_iter"] / s1 for k, v in variants.items()},
-        "baselines_s_per_iter": {k: v["s_per_iter"] for k, v in variants.items() if not k.startswith("stage")},
-        "baselines_skipped": skipped,
+        "stage2_s_per_iter": s_per_iter("stage2"),
+        "stage2_cached_s_per_iter": cached,
+        "stage2_cached_speedup": s1 / cached if s1 and cached else None,
+        "text_floor_s_per_iter": floor["s_per_iter"] if floor else None,
+        "stage2_floor_ratio": cached / floor["s_per_iter"] if floor else None,
+        "text_floor_samples_s": floor["samples_s"] if floor else None,
+        "ratios_to_stage1": {k: v["s_per_iter"] / s1 for k, v in variants.items()} if s1 else {},
+        "baselines_s_per_iter": {k: v["s_per_iter"] for k, v in variants.items() if k not in VARIANTS},
         "peak_memory_mib": {k: v["peak_memory_mib"] for k, v in variants.items()},
-        "memory_measure": variants["stage1"]["memory_measure"],
+        "memory_measure": next(iter(variants.values()))["memory_measure"] if variants else "",
         "variants": variants, "build_seconds": build_seconds,
         "timing": "median of fit's logged per-step seconds after the warm-up steps",
         **environment(device, threads),
@@ -212,13 +279,17 @@ def report(r: dict) -> str:
              f"on {r.get('gpu', r['device'])}, {r['threads']} thread(s), amp {r['amp']}, compile {r['compile']}",
              f"  {'variant':<16}{'s/iter':>10}{'x stage 1':>11}{'peak MiB':>11}{'fit s':>9}"]
     for name, v in r["variants"].items():
-        lines.append(f"  {name:<16}{v['s_per_iter']:>10.4f}{r['ratios_to_stage1'][name]:>11.3f}"
+        ratio = r["ratios_to_stage1"].get(name)
+        lines.append(f"  {name:<16}{v['s_per_iter']:>10.4f}{ratio if ratio is not None else float('nan'):>11.3f}"
                      f"{v['peak_memory_mib']:>11.1f}{v['fit_seconds']:>9.2f}")
-    lines.append(f"  stage2_cached_speedup (stage 1 / cached stage 2 time per iteration): "
-                 f"{r['stage2_cached_speedup']:.2f}")
+    if r["stage2_cached_speedup"] is not None:
+        lines.append(f"  stage2_cached_speedup (stage 1 / cached stage 2 time per iteration): "
+                     f"{r['stage2_cached_speedup']:.2f}")
+    if r["text_floor_s_per_iter"] is not None:
+        lines.append(f"  text_floor_s_per_iter (text tower forward + backward + loss, nothing else): "
+                     f"{r['text_floor_s_per_iter']:.4f}; stage2_floor_ratio (cached stage 2 / floor): "
+                     f"{r['stage2_floor_ratio']:.3f}")
     lines.append(f"  memory: {r['memory_measure']}")
-    for method, why in r["baselines_skipped"].items():
-        lines.append(f"  skipped {method}: {why}")
     return "\n".join(lines)
 
 
@@ -231,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the median")
     p.add_argument("--label-space", type=int, default=100, help="class names the logits run over")
     p.add_argument("--baselines", default="all", help="'all', 'none' or a comma-separated list of methods")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated stage variants to time (of {', '.join(VARIANTS)})")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),

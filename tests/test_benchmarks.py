@@ -55,21 +55,46 @@ def test_bench_encode_writes_ratios(tmp_path):
     assert "ratio (prompted / vanilla time)" in stdout
 
 
-def test_bench_train_writes_stage_times_and_baselines(tmp_path):
+def test_bench_train_writes_stage_times_floor_and_baselines(tmp_path):
     out = tmp_path / "train.json"
     stdout = run_script("bench_train.py", "--model", "opendas-tiny-vit", "--batch", "4", "--steps", "2",
-                        "--label-space", "12", "--baselines", "vpt,no-such-method", "--threads", "1",
-                        "--json", str(out))
+                        "--label-space", "12", "--baselines", "vpt", "--threads", "1", "--json", str(out))
     r = json.loads(out.read_text())
-    for key in ("stage1_s_per_iter", "stage2_s_per_iter", "stage2_cached_s_per_iter", "stage2_cached_speedup"):
+    for key in ("stage1_s_per_iter", "stage2_s_per_iter", "stage2_cached_s_per_iter", "stage2_cached_speedup",
+                "text_floor_s_per_iter", "stage2_floor_ratio"):
         assert positive_finite(r[key]), key
     assert r["stage2_cached_speedup"] == pytest.approx(r["stage1_s_per_iter"] / r["stage2_cached_s_per_iter"])
+    assert r["stage2_floor_ratio"] == pytest.approx(r["stage2_cached_s_per_iter"] / r["text_floor_s_per_iter"])
+    assert "stage2_floor_ratio" in stdout
     assert positive_finite(r["baselines_s_per_iter"]["vpt"])
-    assert "no-such-method" in r["baselines_skipped"] and "skipped no-such-method" in stdout
     assert r["variants"]["stage1"]["steps"] == 2 and r["variants"]["stage1"]["timed_steps"] == 1
     assert r["threads"] == 1 and r["base_classes"] == 2
     assert all(math.isfinite(v) and v >= 0 for v in r["peak_memory_mib"].values())
     assert r["memory_measure"]
+
+
+def test_bench_train_stops_on_an_unknown_baseline_with_a_message(monkeypatch, capsys):
+    # issue 13 item 13: a failing baseline used to be reported as "skipped" and the run went on
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "eval"))
+    import bench_train
+
+    with pytest.raises(SystemExit, match=r"unknown baseline\(s\) \['no-such-method'\]; known: .*'vpt'"):
+        bench_train.main(["--model", "opendas-tiny-vit", "--baselines", "vpt,no-such-method", "--threads", "1"])
+    assert "stage1" not in capsys.readouterr().out  # refused before any work
+
+
+def test_bench_memory_runs_in_a_tiny_configuration(tmp_path):
+    out = tmp_path / "memory.json"
+    stdout = run_script("bench_memory.py", "--sizes", "20", "40", "--image-size", "32", "--batch", "8",
+                        "--workers", "0", "1", "--pipeline-segments", "20", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["data"].startswith("generated") and r["ratio_sizes"] == [20, 40]
+    assert positive_finite(r["ratio"]) and "peak RSS 40 / 20 segments" in stdout
+    assert r["ratio"] == pytest.approx(r["runs"]["40"]["peak_rss_mib"] / r["runs"]["20"]["peak_rss_mib"])
+    assert [p["workers"] for p in r["pipeline"]] == [0, 1]
+    for p in r["pipeline"]:
+        assert p["segments"] == 20 and positive_finite(p["prepare_images_per_s"])
+        assert positive_finite(p["stream_images_per_s"])
 
 
 # ---------------------------------------------------------------- training speed features

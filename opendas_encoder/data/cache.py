@@ -1,11 +1,14 @@
-"""A disk cache of classifier inputs: every segment decoded and cropped once, then read as PNG.
+"""A disk cache of classifier inputs: every segment decoded and cropped once, then read as uint8 arrays.
 
 Training streams its segments from here (``opendas_encoder.train.data.prepare_segments``): the
 cache holds the output of the geometric part of the model's preprocessing (resize + centre crop:
-uint8 RGB, stored losslessly), so memory does not grow with the number of segments and a read
-gives exactly the pixels the preprocessing would have produced.
+uint8 RGB (H, W, 3), stored as it is in ``.npy`` files), so memory does not grow with the number of
+segments and a read gives exactly the pixels the preprocessing would have produced. Uncompressed:
+3 * S * S bytes per segment (147 KiB at 224 px); measured on this machine for a 224 px crop, a read
+takes about 0.2 ms against 1-4 ms for PNG (zlib level 1) and a write 0.2 ms against 6-18 ms, at
+about half to the same size for PNG.
 
-Layout: ``<cache_dir>/<name>-<key>/manifest.json`` and ``<cache_dir>/<name>-<key>/crops/<shard>/<index>.png``
+Layout: ``<cache_dir>/<name>-<key>/manifest.json`` and ``<cache_dir>/<name>-<key>/crops/<shard>/<index>.npy``
 where ``key`` fingerprints the dataset (name, number of segments, labels), the image transform
 (or crop size), the expand ratio and ``min_pixels``, so caches of different settings never mix.
 The manifest records the settings and the segments that could not be used (with their reason); a
@@ -20,6 +23,7 @@ import json
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -27,9 +31,6 @@ from .segments import DEFAULT_MIN_PIXELS, SegmentDataset, SegmentError, SkipRepo
 
 SHARD_SIZE = 1000
 MANIFEST_VERSION = 2
-#: zlib level of the cached PNGs: level 1 writes several times faster than the default 6 at a
-#: slightly larger file; decoding speed is about the same.
-PNG_COMPRESS_LEVEL = 1
 
 
 def _size_pair(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -115,7 +116,7 @@ class SegmentCache:
 
     # ------------------------------------------------------------------ entries
     def path(self, index: int) -> str:
-        return os.path.join(self.dir, "crops", f"{index // SHARD_SIZE:05d}", f"{index:08d}.png")
+        return os.path.join(self.dir, "crops", f"{index // SHARD_SIZE:05d}", f"{index:08d}.npy")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -128,11 +129,12 @@ class SegmentCache:
         if not os.path.isfile(p):
             return None
         try:
-            with Image.open(p) as im:
-                im.load()
-                img = im.convert("RGB")
+            arr = np.load(p, allow_pickle=False)
         except Exception:
             return None  # corrupt entry: rebuilt by the caller
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            return None
+        img = Image.fromarray(arr, mode="RGB")
         if self.transform is None and img.size != self.image_size:
             return None
         return img
@@ -149,8 +151,9 @@ class SegmentCache:
                                 f"RGB image, got {type(img).__name__} {getattr(img, 'mode', '')}")
         p = self.path(index)
         os.makedirs(os.path.dirname(p), exist_ok=True)
-        tmp = f"{p}.{os.getpid()}.tmp.png"  # a DataLoader worker per process may build entries
-        img.save(tmp, compress_level=PNG_COMPRESS_LEVEL)
+        tmp = f"{p}.{os.getpid()}.tmp"  # a DataLoader worker per process may build entries
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(img, dtype=np.uint8), allow_pickle=False)
         os.replace(tmp, p)
         return img
 

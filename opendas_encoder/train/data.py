@@ -2,7 +2,7 @@
 
 :func:`prepare_segments` decodes and crops every segment once (``runtime.num_workers`` DataLoader
 workers), runs the geometric part of the model's preprocessing (resize + centre crop) and stores
-the result losslessly as uint8 PNG in a :class:`~opendas_encoder.data.cache.SegmentCache`;
+the result as uint8 arrays in a :class:`~opendas_encoder.data.cache.SegmentCache` on disk;
 unusable segments (corrupt image, empty/tiny mask, label outside the vocabulary) are skipped and
 counted. The returned :class:`PreparedSegments` is a map-style ``torch.utils.data.Dataset`` that
 reads one crop per item and finishes the preprocessing (to tensor + normalise), so an item equals

@@ -464,9 +464,10 @@ class Trainer:
             loss, ce, trip = sr.objective(labels, images, features, lam)
         loss_value = _global_sum(loss.detach() * share, self.world)
         if not math.isfinite(loss_value):
+            last = latest_state(self.run_dir) or "none (first epoch)"
             raise TrainingDiverged(
                 f"non-finite loss ({loss_value}) in stage {sr.stage.name!r}, epoch {epoch + 1}, step {b + 1} "
-                f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {latest_state(self.run_dir) or 'none (first epoch)'}")
+                f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {last}")
         sr.optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks: weighting each rank's mean by world * share gives the
         # gradient of the global batch mean (one process: weight 1).
