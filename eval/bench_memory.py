@@ -116,7 +116,7 @@ def peak_rss_of_train(config: str, threads: int) -> dict:
     return {"peak_rss_mib": result["maxrss_kib"] / 1024, "wall_s": wall, "command": " ".join(cmd)}
 
 
-def pipeline_throughput(data_root: str, model: str, n_segments: int, workers: int, batch: int, work: str) -> dict:
+def pipeline_throughput(data_root: str, model: str, n_segments: int, workers: int, batch: int, cache_dir: str) -> dict:
     """Images/s of preparing (building the segment cache) and of streaming batches from it."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -130,7 +130,7 @@ def pipeline_throughput(data_root: str, model: str, n_segments: int, workers: in
     dataset = GenericSegmentDataset(data_root, split="train", progress=False)
     start = time.perf_counter()
     prepared = prepare_segments(dataset, encoder.preprocess, dataset.classes, encoder.image_size, num_workers=workers,
-                                progress=False, cache_dir=os.path.join(work, f"cache-w{workers}"))
+                                progress=False, cache_dir=cache_dir)
     prepare_s = time.perf_counter() - start
     subset = Subset(prepared, range(min(n_segments, len(prepared))))
     loader = DataLoader(subset, batch_size=batch, shuffle=True, num_workers=workers,
@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def measure(args: argparse.Namespace, work: str) -> dict:
     model = write_model_dir(os.path.join(work, "model"), args.image_size)
-    roots = {size: os.path.join(work, f"data-{size}") for size in args.sizes}
+    sizes = args.sizes if "memory" in args.parts else [min(args.sizes)]  # the pipeline uses the smallest
+    roots = {size: os.path.join(work, f"data-{size}") for size in sizes}
     runs: Dict[str, dict] = {}
     for size, root in roots.items():
         start = time.perf_counter()
@@ -174,8 +175,9 @@ def measure(args: argparse.Namespace, work: str) -> dict:
         result["growth_mib"] = large["peak_rss_mib"] - small["peak_rss_mib"]
     if "pipeline" in args.parts:
         result["pipeline"] = []
-        for workers in args.workers:
-            p = pipeline_throughput(roots[min(args.sizes)], model, args.pipeline_segments, workers, args.batch, work)
+        for k, workers in enumerate(args.workers):  # a fresh cache per run: prepare always decodes
+            p = pipeline_throughput(roots[min(args.sizes)], model, args.pipeline_segments, workers, args.batch,
+                                    os.path.join(work, f"pipeline-cache-{k}"))
             result["pipeline"].append(p)
             print(f"  data pipeline, {workers} workers: prepare {p['prepare_images_per_s']:.0f} images/s, "
                   f"stream {p['stream_images_per_s']:.0f} images/s")

@@ -13,8 +13,8 @@ per-step times from its log:
 
 ``text_floor_s_per_iter`` is the physical floor of cached stage 2 (issue 18): the text tower forward
 + backward over the whole label space with the same prompts, the same batch of cached image
-features and the same loss, and nothing else (no optimizer, data, logging); ``stage2_floor_ratio``
-= cached stage 2 / floor. ``fit s`` is the wall time of the whole ``fit`` call (image-feature
+features and the same loss, and nothing else (no optimizer, data, logging), timed before and after
+the stage variants (median of both halves); ``stage2_floor_ratio`` = cached stage 2 / floor. ``fit s`` is the wall time of the whole ``fit`` call (image-feature
 caching and checkpoints included). An unknown or failing baseline stops the run with its error.
 
 Figures are medians over the steps after ``--warmup-steps``. Peak memory per variant: CUDA
@@ -153,7 +153,8 @@ def time_fit(model, data: PreparedSegments, label_space: List[str], config: Trai
     steps = [r["seconds"] for r in read_log(config.output_dir)]
     timed = steps[warmup_steps:] if len(steps) > warmup_steps else steps
     return {"s_per_iter": statistics.median(timed), "steps": len(steps), "timed_steps": len(timed),
-            "first_step_s": steps[0], "fit_seconds": wall, "peak_memory_mib": mem.mib, "memory_measure": mem.how}
+            "first_step_s": steps[0], "fit_seconds": wall, "peak_memory_mib": mem.mib, "memory_measure": mem.how,
+            "samples_s": timed}
 
 
 def baseline_names(spec: str) -> List[str]:
@@ -179,8 +180,9 @@ def variant_names(spec: str) -> List[str]:
 
 
 def text_floor(model, data: PreparedSegments, label_space: List[str], args, device: torch.device) -> dict:
-    """Median seconds of the text tower forward + backward over ``label_space`` with ``model``'s text
-    prompts and the loss of stage 2 on one batch of cached image features, and nothing else."""
+    """Seconds of ``--steps`` text tower forward + backward passes over ``label_space`` with ``model``'s
+    text prompts and the loss of stage 2 on one batch of cached image features, and nothing else
+    (after the warm-up steps)."""
     model.set_trainable(visual=False, text=True)
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = autocast_factory(device, "bf16" if args.amp == "auto" else args.amp)
@@ -204,8 +206,7 @@ def text_floor(model, data: PreparedSegments, label_space: List[str], args, devi
             times.append(time.perf_counter() - start)
             for p in params:
                 p.grad = None
-    timed = times[args.warmup_steps:] if len(times) > args.warmup_steps else times
-    return {"s_per_iter": statistics.median(timed), "steps": len(times), "samples_s": times}
+    return {"timed_s": times[args.warmup_steps:] if len(times) > args.warmup_steps else times}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -224,6 +225,8 @@ def run(args: argparse.Namespace) -> dict:
     data = random_segments(args.batch * args.steps, model, n_base, args.seed)
     variants: Dict[str, dict] = {}
     floor = None
+    # the floor is timed before and after the stage variants (machine load drifts; both halves count)
+    floor_before = text_floor(model, data, label_space, args, device) if "stage2_cached" in wanted else None
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         for name in wanted:
             setting, cache = VARIANTS[name]
@@ -231,8 +234,10 @@ def run(args: argparse.Namespace) -> dict:
                                                                               os.path.join(tmp, name)),
                                       device, args.warmup_steps)
             print(f"  {name}: {variants[name]['s_per_iter']:.4f} s/iter")
-        if "stage2_cached" in variants:
-            floor = text_floor(model, data, label_space, args, device)
+        if floor_before is not None:
+            after = text_floor(model, data, label_space, args, device)
+            samples = floor_before["timed_s"] + after["timed_s"]
+            floor = {"s_per_iter": statistics.median(samples), "samples_s": samples}
             print(f"  text floor: {floor['s_per_iter']:.4f} s/iter")
         del model
         for method in baselines:
@@ -263,6 +268,7 @@ def run(args: argparse.Namespace) -> dict:
         "text_floor_s_per_iter": floor["s_per_iter"] if floor else None,
         "stage2_floor_ratio": cached / floor["s_per_iter"] if floor else None,
         "text_floor_samples_s": floor["samples_s"] if floor else None,
+        "stage2_cached_samples_s": variants["stage2_cached"]["samples_s"] if "stage2_cached" in variants else None,
         "ratios_to_stage1": {k: v["s_per_iter"] / s1 for k, v in variants.items()} if s1 else {},
         "baselines_s_per_iter": {k: v["s_per_iter"] for k, v in variants.items() if k not in VARIANTS},
         "peak_memory_mib": {k: v["peak_memory_mib"] for k, v in variants.items()},
