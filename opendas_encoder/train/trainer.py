@@ -360,12 +360,10 @@ class Trainer:
 
         A fresh start removes an old log; a resumed one drops the log lines of the interrupted epoch.
         """
-        if not resume:
+        folder = latest_state(self.run_dir) if resume else None
+        if folder is None:
             if self.is_main and os.path.exists(self.log_path):
                 os.remove(self.log_path)
-            return ResumePoint()
-        folder = latest_state(self.run_dir)
-        if folder is None:
             return ResumePoint()
         prompts, opt_tensors, state = load_state(folder)
         self.model.load_learned_state_dict(dict(prompts), source=folder)
