@@ -22,7 +22,7 @@ segment of :class:`TargetDomain`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -31,6 +31,9 @@ from ...data.registry import register_dataset
 from ...data.segments import Segment, SegmentDataset
 from .attributes import CONFUSABLE_COLOURS, CONFUSABLE_SHAPES, STYLES, ObjectKind
 from .render import default_placement, downsample, new_canvas, owner_masks, paint_object
+
+if TYPE_CHECKING:
+    from .domains import DomainSpec
 
 #: Classes seen during adaptation training.
 BASE_CLASSES: List[str] = [
@@ -65,20 +68,31 @@ def world_negatives() -> Dict[str, List[str]]:
     confusable colour, a confusable shape), in that order of preference, and are never a class
     of the domain vocabulary (base or novel). All words are source-caption words the CLIP knows.
     """
-    taken = set(BASE_CLASSES) | set(NOVEL_CLASSES)
-    out: Dict[str, List[str]] = {}
-    for name in BASE_CLASSES:
-        k = ObjectKind.parse(name)
-        styles = [ObjectKind(s, k.colour, k.shape).name for s in STYLES if s != k.style]
-        colours = [ObjectKind(k.style, c, k.shape).name for c in CONFUSABLE_COLOURS[k.colour]]
-        shapes = [ObjectKind(k.style, k.colour, s).name for s in CONFUSABLE_SHAPES[k.shape]]
-        picked: List[str] = []
+    taken = [ObjectKind.parse(n) for n in BASE_CLASSES + NOVEL_CLASSES]
+    return {name: [k.name for k in negatives]
+            for name, negatives in zip(BASE_CLASSES, one_attribute_negatives(taken[:len(BASE_CLASSES)], taken))}
+
+
+def one_attribute_negatives(base: Sequence[ObjectKind], taken: Sequence[ObjectKind],
+                            per_class: int = 5) -> List[List[ObjectKind]]:
+    """For each base kind, ``per_class`` kinds that change one of its attributes to a look-alike value.
+
+    Candidates interleave another style, a confusable colour and a confusable shape (so each class
+    gets a mix) and skip every kind in ``taken`` (the domain's base and novel classes).
+    """
+    taken_set = set(taken)
+    out: List[List[ObjectKind]] = []
+    for k in base:
+        styles = [ObjectKind(s, k.colour, k.shape) for s in STYLES if s != k.style]
+        colours = [ObjectKind(k.style, c, k.shape) for c in CONFUSABLE_COLOURS[k.colour]]
+        shapes = [ObjectKind(k.style, k.colour, s) for s in CONFUSABLE_SHAPES[k.shape]]
+        picked: List[ObjectKind] = []
         # interleave so each class gets a mix: style, colour, shape, style, colour, ...
         for group in zip(styles, colours, shapes):
             for cand in group:
-                if cand not in taken and cand not in picked:
+                if cand not in taken_set and cand not in picked:
                     picked.append(cand)
-        out[name] = picked[:5]
+        out.append(picked[:per_class])
     return out
 
 
@@ -100,6 +114,7 @@ class TargetRendering:
     grain: float = 0.07  # multiplicative surface grain (std)
     blur_sigma: Tuple[float, float] = (0.5, 0.8)  # lens blur (pixels)
     noise_sigma: Tuple[float, float] = (6.0, 12.0)  # sensor noise (0-255 units)
+    vignette: float = 0.0  # relative light loss at the scene corners (lens vignetting; 0 = none)
     clutter: Tuple[int, int] = (4, 10)  # unlabelled pebbles and sticks
     frame_fill_prob: float = 0.6  # an outlined object frames its filled twin (if in the split)
     focus_classes: int = 3  # classes a scene concentrates on (co-occurrence of confusable classes)
@@ -187,14 +202,20 @@ def _place(rng: np.random.Generator, placed: List[Tuple[float, float, float]], r
     return None
 
 
-def render_scene(rng: np.random.Generator, classes: Sequence[str], style: TargetRendering) -> TargetScene:
-    """Render one target scene whose labelled objects are drawn from ``classes``."""
+def render_scene(rng: np.random.Generator, classes: Sequence[str], style: TargetRendering,
+                 kinds: Optional[Mapping[str, ObjectKind]] = None) -> TargetScene:
+    """Render one target scene whose labelled objects are drawn from ``classes``.
+
+    ``kinds`` maps each class label to the object kind it names (default: the canonical name,
+    :meth:`ObjectKind.parse`); domains that phrase their labels differently pass their own.
+    """
     size, ss = style.scene_size, style.supersample
     canvas, owner = new_canvas(size, size, ss)
     canvas[:] = _floor(rng, size, ss)
     n_obj = int(rng.integers(style.objects[0], style.objects[1] + 1))
     labels = _pick_kinds(rng, classes, n_obj, style.focus_classes)
-    class_set = set(classes)
+    kind_of = {c: (kinds[c] if kinds is not None else ObjectKind.parse(c)) for c in classes}
+    label_of = {k: c for c, k in kind_of.items()}
     placed: List[Tuple[float, float, float]] = []
     objs: List[Tuple[str, object]] = []
 
@@ -214,14 +235,14 @@ def render_scene(rng: np.random.Generator, classes: Sequence[str], style: Target
         if pos is None:
             continue
         placed.append((pos[0], pos[1], r))
-        kind = ObjectKind.parse(label)
+        kind = kind_of[label]
         objs.append((label, placement(kind, pos[0], pos[1], r)))
         twin = ObjectKind("plain", kind.colour, kind.shape)
-        if kind.style == "outlined" and twin.name in class_set and rng.random() < style.frame_fill_prob:
+        if kind.style == "outlined" and twin in label_of and rng.random() < style.frame_fill_prob:
             inner = placement(twin, pos[0], pos[1], r * rng.uniform(0.5, 0.6))
             p = objs[-1][1]
             inner.rotation, inner.squash, inner.squash_axis = p.rotation, p.squash, p.squash_axis
-            objs.append((twin.name, inner))
+            objs.append((label_of[twin], inner))
 
     areas = [paint_object(canvas, owner, obj, i, ss) for i, (_, obj) in enumerate(objs)]
     n_clutter = int(rng.integers(style.clutter[0], style.clutter[1] + 1))
@@ -237,6 +258,8 @@ def render_scene(rng: np.random.Generator, classes: Sequence[str], style: Target
     ang = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     field_ = light * (1.0 + style.light_gradient * (np.cos(ang) * xx + np.sin(ang) * yy) * 2.0)
+    if style.vignette:
+        field_ = field_ * (1.0 - style.vignette * (xx * xx + yy * yy) * 2.0)
     grain = 1.0 + style.grain * gaussian_filter(rng.normal(0, 1, (size, size)), 0.7) / 0.4
     image = image * (field_ * grain)[..., None] * cast[None, None, :]
     sigma = rng.uniform(*style.blur_sigma)
@@ -259,23 +282,37 @@ class TargetDomain(SegmentDataset):
     Scenes are rendered when the dataset is built (deterministic: scene ``k`` of a split and
     seed is the same whatever ``n_scenes`` is) and kept in memory (~46 KB per 96 px scene).
     ``classes`` is the base vocabulary for "train" and base + novel for "test".
+    ``domain`` names a target domain of :mod:`.domains` (or is a :class:`~.domains.DomainSpec`):
+    its vocabulary, label phrasing and rendering; the default ``"cast"`` is the world's original
+    target domain. ``rendering`` overrides the domain's rendering.
     """
 
-    def __init__(self, n_scenes: int, seed: int, split: str = "train", rendering: Optional[TargetRendering] = None):
+    def __init__(self, n_scenes: int, seed: int, split: str = "train", rendering: Optional[TargetRendering] = None,
+                 domain: Union[str, "DomainSpec"] = "cast"):
+        from .domains import get_domain  # domains.py builds its specs from this module
+
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if n_scenes < 0:
             raise ValueError(f"n_scenes must be >= 0, got {n_scenes}")
+        self.domain = get_domain(domain) if isinstance(domain, str) else domain
         self.split, self.seed = split, int(seed)
-        self.rendering = rendering or TargetRendering()
-        vocab = world_vocabulary()
+        self.rendering = rendering or self.domain.rendering
+        vocab = self.domain.vocabulary()
         self._classes = vocab["base"] if split == "train" else vocab["test"]
-        self.name = f"generated world/target/{split}"
+        kinds = self.domain.kinds()
+        # the original world keeps its names (and its scenes: no salt in the seed)
+        where = "target" if self.domain.scene_salt is None else self.domain.name
+        self.name = f"generated world/{where}/{split}"
+        self._source_prefix = f"generated-world/{where}/{split}"
         self.scenes: List[TargetScene] = []
         self._index: List[Tuple[int, int]] = []
         for k in range(n_scenes):
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SPLIT_CODE[split], k]))
-            scene = render_scene(rng, self._classes, self.rendering)
+            entropy = [self.seed, _SPLIT_CODE[split], k]
+            if self.domain.scene_salt is not None:
+                entropy.append(self.domain.scene_salt)
+            rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            scene = render_scene(rng, self._classes, self.rendering, kinds)
             self.scenes.append(scene)
             self._index.extend((k, inst.index) for inst in scene.instances if inst.labelled)
 
@@ -295,7 +332,7 @@ class TargetDomain(SegmentDataset):
 
     def source(self, index: int) -> str:
         k, i = self._index[index]
-        return f"generated-world/target/{self.split}/scene_{k:05d}#{i}"
+        return f"{self._source_prefix}/scene_{k:05d}#{i}"
 
     def load(self, index: int) -> Segment:
         if not 0 <= index < len(self._index):
@@ -307,14 +344,17 @@ class TargetDomain(SegmentDataset):
 
 
 def make_target_domain(n_scenes: int, seed: int, split: str = "train",
-                       rendering: Optional[TargetRendering] = None) -> TargetDomain:
-    """``n_scenes`` target scenes of ``split`` ("train": base classes only; "test": base + novel)."""
-    return TargetDomain(n_scenes, seed, split, rendering)
+                       rendering: Optional[TargetRendering] = None,
+                       domain: Union[str, "DomainSpec"] = "cast") -> TargetDomain:
+    """``n_scenes`` target scenes of ``split`` ("train": base classes only; "test": base + novel) of the
+    target domain ``domain`` (:func:`.domains.domain_names`; default ``"cast"``, the original world)."""
+    return TargetDomain(n_scenes, seed, split, rendering, domain)
 
 
 @register_dataset("generated-world", needs_root=False)
 def _build(root: Optional[str], split: Optional[str], **kw) -> TargetDomain:
-    """The dataset ``"generated-world"``: ``make_target_domain(split=split or "train", **kw)``."""
+    """The dataset ``"generated-world"``: ``make_target_domain(split=split or "train", **kw)``; the option
+    ``domain`` picks a generated target domain (``opendas_encoder.generated.world.domains``)."""
     if root is not None:
         raise ValueError(f"dataset 'generated-world' is generated, not read: it takes no root (got {root!r})")
     return make_target_domain(split=split or "train", **kw)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -82,14 +82,17 @@ def segment_crops(dataset: SegmentDataset, expand_ratio: float = 0.0) -> List[Im
 
 
 def target_zero_shot_report(model, preprocess, tokenizer, dataset: SegmentDataset,
-                            base: Sequence[str], novel: Sequence[str]) -> Dict[str, float]:
+                            base: Sequence[str], novel: Sequence[str],
+                            text_names: Optional[Mapping[str, str]] = None) -> Dict[str, float]:
     """Zero-shot accuracy (percent) on target segments, classifying among ``base + novel``.
 
     Keys: ``accuracy`` (all segments), ``base_accuracy``, ``novel_accuracy`` (segments whose label
-    is a base / novel class), ``chance`` (100 / number of classes).
+    is a base / novel class), ``chance`` (100 / number of classes). ``text_names`` maps a class
+    label to the text that zero-shot CLIP reads for it (default: the label itself), e.g. the
+    source captions' name of a generated domain's class (``DomainSpec.canonical_names()``).
     """
     classes = list(base) + list(novel)
-    text = encode_class_names(model, tokenizer, classes)
+    text = encode_class_names(model, tokenizer, [text_names[c] if text_names else c for c in classes])
     pred = predict(model, preprocess, segment_crops(dataset), text)
     labels = np.array([classes.index(lbl) for lbl in dataset.labels()])
     correct = pred == labels
