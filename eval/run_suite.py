@@ -1,0 +1,325 @@
+"""The domain suite: methods x generated target domains x seeds through the normal training engine.
+
+Every run is ``opendas_encoder.train.pipeline.run_experiment`` (the engine of ``opendas train``) on a
+generated domain of ``opendas_encoder.world.domains`` (cast, frames, siblings, night: see
+docs/domains.md). Per seed s, the training split is ``build_domain(domain, TRAIN, s, "train")`` and
+the test split ``build_domain(domain, TEST, 1000 + s, "test")`` (new scenes for every seed, as the
+demo); the vocabulary and negative queries are the domain's own. OpenDAS trains in two stages with
+the negative queries; the baselines train in one stage ("single") for stage1 + stage2 epochs
+without negatives, with the options of ``eval/run_cls.py`` (as Table 2).
+
+Writes ``suite.json`` and ``suite.md`` into ``--out``: per domain, Acc / W-F1 / B-F1 / N-F1 as
+mean ± std over seeds, and the paired difference to zero-shot CLIP (same seed, same test scenes) with
+a 95 % bootstrap interval over seeds (scipy.stats.bootstrap, percentile; coarse for 3 seeds).
+Everything is measured on **generated** data.
+
+Methods (``--methods``; ``KEY:SETTING`` runs a method key in another training setting, e.g.
+``opendas-carry:visual-only`` for the stage-1 ablation):
+
+* ``zeroshot`` - the frozen world CLIP with "a photo of a {}." (no training);
+* ``opendas-paper`` - OpenDAS exactly as the paper (``PromptConfig.paper()`` where it exists);
+* ``opendas-default`` - OpenDAS with the library default ``PromptConfig()``;
+* ``opendas-carry`` - OpenDAS with ``text_deep_init="carry"``;
+* ``cocoop``, ``vpt``, ``rpo``, ``maple``, ``wiseft-text``, ``wiseft-visual``.
+
+Examples::
+
+    python eval/run_suite.py --quick                       # every method, 4 domains, 3 seeds, small sizes
+    python eval/run_suite.py                               # full: demo sizes (160 / 100 scenes, 5 + 5 epochs)
+    python eval/run_suite.py --domains frames --seeds 3 \\
+        --methods opendas-paper opendas-paper:visual-only opendas-carry opendas-carry:visual-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from opendas_encoder.plots import format_table  # noqa: E402
+from opendas_encoder.train.config import (SETTINGS, DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
+                                          ScheduleConfig, TrainConfig)
+from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, prepare_experiment  # noqa: E402
+from opendas_encoder.vocab import Vocabulary, select_negative_queries  # noqa: E402
+from opendas_encoder.world.domains import GENERATED_LABEL, domain_names, get_domain  # noqa: E402
+
+METRIC_NAMES = {"acc": "Acc", "weighted_f1": "W-F1", "base_f1": "B-F1", "novel_f1": "N-F1"}
+DEFAULT_METHODS = ("zeroshot", "opendas-paper", "opendas-default", "cocoop", "vpt", "rpo", "maple",
+                   "wiseft-text", "wiseft-visual")
+DISPLAY = {"zeroshot": "zero-shot CLIP", "opendas-paper": "OpenDAS (paper)", "opendas-default": "OpenDAS (default)",
+           "opendas-carry": "OpenDAS (carry)", "cocoop": "CoCoOp", "vpt": "VPT", "rpo": "RPO", "maple": "MaPLe",
+           "wiseft-text": "WiSE-FT (text)", "wiseft-visual": "WiSE-FT (visual)"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    train_scenes: int
+    test_scenes: int
+    stage1_epochs: int
+    stage2_epochs: int
+    batch_size: int = 16
+
+
+#: full = the demo's sizes; quick = small enough for methods x 4 domains x 3 seeds in ~20 min on 2 cores
+FULL = Sizes(160, 100, 5, 5)
+QUICK = Sizes(40, 30, 3, 3)
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def _paper_prompts() -> dict:
+    from opendas_encoder.methods.opendas import PromptConfig
+
+    paper = getattr(PromptConfig, "paper", None)  # the paper preset, once the library has one
+    return (paper() if callable(paper) else PromptConfig()).to_dict()
+
+
+def _baseline_options() -> Dict[str, dict]:
+    """The baselines' paper options, from eval/run_cls.py (one place for them, as Table 2 uses them)."""
+    import importlib.util
+
+    if "_opendas_run_cls" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("_opendas_run_cls", os.path.join(ROOT, "eval", "run_cls.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["_opendas_run_cls"].METHOD_OPTIONS
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One row of the suite: ``key`` (as given), the encoder method, its training setting and fields."""
+
+    key: str
+    method: str
+    setting: str
+    prompts: str = "{}"  # JSON of PromptConfig fields (OpenDAS)
+    options: str = "{}"  # JSON of the baseline's config fields
+
+    @property
+    def trained_as(self) -> tuple:
+        """Runs with equal ``trained_as`` are the same training (trained once, reported under each key)."""
+        return (self.method, self.setting, self.prompts, self.options)
+
+
+def resolve_method(key: str) -> MethodRun:
+    """``KEY`` or ``KEY:SETTING`` -> MethodRun; raises ValueError naming the known keys."""
+    from opendas_encoder.core.registry import method_names
+    from opendas_encoder.methods.opendas import PromptConfig
+
+    name, _, setting = key.partition(":")
+    dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
+    if name == "zeroshot":
+        if setting:
+            raise ValueError("zeroshot is not trained: it takes no :SETTING")
+        return MethodRun(key, "zeroshot", "none")
+    opendas = {"opendas-paper": _paper_prompts(), "opendas-default": PromptConfig().to_dict(),
+               "opendas-carry": dict(PromptConfig().to_dict(), text_deep_init="carry")}
+    if name in opendas:
+        setting = setting or "two-stage"
+        if setting not in SETTINGS:
+            raise ValueError(f"{key}: unknown setting {setting!r}; known: {SETTINGS}")
+        return MethodRun(key, "opendas", setting, prompts=dump(opendas[name]))
+    baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
+    if name in baselines:
+        return MethodRun(key, name, setting or "single", options=dump(_baseline_options().get(name, {})))
+    raise ValueError(f"unknown method {key!r}; known: {['zeroshot'] + sorted(opendas) + baselines} "
+                     "(KEY:SETTING for another training setting)")
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def suite_config(domain: str, run: MethodRun, seed: int, sizes: Sizes, out_dir: str, device: str) -> TrainConfig:
+    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+
+    def split(name: str, n: int, s: int) -> DatasetSpec:
+        return DatasetSpec("generated-world", None, name, {"n_scenes": n, "seed": s, "domain": domain})
+
+    tag = run.key.replace(":", "_")
+    method = "opendas" if run.method == "zeroshot" else run.method
+    return TrainConfig(
+        name=f"{GENERATED_LABEL} domain {domain}: {run.key} seed {seed}", seed=seed, method=method,
+        setting="two-stage" if run.method == "zeroshot" else run.setting,
+        prompts=json.loads(run.prompts), method_options=json.loads(run.options),
+        model=ModelSpec(WORLD_MODEL_NAME, WORLD_PRETRAINED),
+        data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
+        schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
+                                stage2_epochs=sizes.stage2_epochs),
+        runtime=RuntimeConfig(device=device),
+        output_dir=os.path.join(out_dir, domain, tag, f"seed{seed}"))
+
+
+# ---------------------------------------------------------------------------------------------- running
+def _summary(metrics: dict) -> dict:
+    return {k: float(metrics[k]) for k in METRIC_KEYS}
+
+
+def run_domain_seed(domain: str, runs: Sequence[MethodRun], seed: int, sizes: Sizes, out_dir: str, device: str,
+                    progress: bool) -> Dict[str, dict]:
+    """Zero-shot and every training of ``runs`` on one domain and seed: {key: metrics}; "zeroshot" always."""
+    from opendas_encoder.train.evaluate import evaluate, zero_shot_encoder
+    from opendas_encoder.train.pipeline import run_experiment
+    from opendas_encoder.train.trainer import resolve_device
+
+    spec = get_domain(domain)
+    words = spec.vocabulary()
+    vocab = Vocabulary(base=words["base"], test=words["test"], name=f"{GENERATED_LABEL} domain {domain}")
+    probe_config = suite_config(domain, resolve_method("opendas-default"), seed, sizes, out_dir, device)
+    probe = build_model(probe_config)
+    data = prepare_experiment(probe_config, probe, progress=progress, vocab=vocab, negatives=spec.negatives())
+    plain = ExperimentData(data.train, data.test, data.vocab, select_negative_queries({}, data.vocab.base),
+                           list(data.vocab.base))
+    dev = resolve_device(device)
+    out = {"zeroshot": _summary(evaluate(zero_shot_encoder(probe), data.test, data.vocab, dev,
+                                         probe_config.runtime.eval_batch_size).metrics)}
+    done: Dict[tuple, dict] = {}
+    for run in runs:
+        if run.method == "zeroshot":
+            continue
+        if run.trained_as not in done:
+            config = suite_config(domain, run, seed, sizes, out_dir, device)
+            t0 = time.perf_counter()
+            res = run_experiment(config, progress=progress, plots=False, model=build_model(config),
+                                 data=data if run.method == "opendas" else plain, zero_shot=False)
+            done[run.trained_as] = dict(res["adapted"], seconds=time.perf_counter() - t0)
+        out[run.key] = done[run.trained_as]
+    return out
+
+
+def paired_interval(values: Sequence[float], reference: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean of the paired differences ``values - reference`` and its bootstrap interval over the pairs."""
+    from scipy.stats import bootstrap
+
+    d = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
+    out = {"mean": float(d.mean()), "low": float("nan"), "high": float("nan"), "n": int(d.size)}
+    if d.size >= 2:
+        res = bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=9999, method="percentile",
+                        random_state=np.random.default_rng(0))
+        out["low"], out["high"] = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return out
+
+
+def aggregate(per_seed: Dict[str, Dict[str, List[dict]]], methods: Sequence[str]) -> Dict[str, Dict[str, dict]]:
+    """{domain: {method: {metric: mean, metric_std, diff: {metric: paired interval}, per_seed}}}."""
+    out: Dict[str, Dict[str, dict]] = {}
+    for domain, by_method in per_seed.items():
+        zs = by_method["zeroshot"]
+        out[domain] = {}
+        for key in methods:
+            rows = by_method[key]
+            entry = {"per_seed": rows}
+            for k in METRIC_KEYS:
+                vals = np.asarray([r[k] for r in rows], dtype=float)
+                entry[k], entry[k + "_std"] = float(vals.mean()), float(vals.std())
+            if key != "zeroshot":
+                entry["diff"] = {k: paired_interval([r[k] for r in rows], [z[k] for z in zs]) for k in METRIC_KEYS}
+            out[domain][key] = entry
+    return out
+
+
+def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
+    head = (f"Domain suite on {GENERATED_LABEL} data (procedurally generated target domains, not real datasets); "
+            f"world CLIP {meta['model']}; mean ± std over {meta['seeds']} seed(s); {meta['sizes']['train_scenes']} train / "
+            f"{meta['sizes']['test_scenes']} test scenes, {meta['sizes']['stage1_epochs']} + "
+            f"{meta['sizes']['stage2_epochs']} epochs{' (quick mode)' if meta['quick'] else ''}. Brackets: paired "
+            "difference to zero-shot CLIP (same seeds and test scenes) and its 95 % bootstrap interval over seeds.")
+    parts = [head]
+    for domain, rows in summary.items():
+        table = []
+        for key, r in rows.items():
+            cells = [DISPLAY.get(key, key)]
+            for k in METRIC_KEYS:
+                cell = f"{r[k]:.1f} ± {r[k + '_std']:.1f}"
+                if "diff" in r:
+                    d = r["diff"][k]
+                    cell += f" ({d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}])" if np.isfinite(d["low"]) \
+                        else f" ({d['mean']:+.1f})"
+                cells.append(cell)
+            table.append(cells)
+        parts.append(f"### `{domain}`: {get_domain(domain).summary}\n\n" +
+                     format_table(table, ["method"] + [METRIC_NAMES[k] for k in METRIC_KEYS]))
+    parts.append(f"total time: {meta['seconds']:.0f} s")
+    return "\n\n".join(parts) + "\n"
+
+
+def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes: Sizes, out_dir: str,
+              device: str = "auto", progress: bool = False, quick: bool = False) -> dict:
+    runs = [resolve_method(m) for m in methods]  # every name checked before any work
+    for d in domains:
+        get_domain(d)
+    keys = ["zeroshot"] + [r.key for r in runs if r.key != "zeroshot"]
+    t0 = time.perf_counter()
+    per_seed: Dict[str, Dict[str, List[dict]]] = {d: {k: [] for k in keys} for d in domains}
+    for domain in domains:
+        for seed in range(seeds):
+            res = run_domain_seed(domain, runs, seed, sizes, out_dir, device, progress)
+            for k in keys:
+                per_seed[domain][k].append(res[k])
+            print(f"[suite] {domain} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+
+    meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
+            "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
+            "runs": {r.key: {"method": r.method, "setting": r.setting, "prompts": json.loads(r.prompts),
+                             "method_options": json.loads(r.options)} for r in runs},
+            "seconds": time.perf_counter() - t0}
+    summary = aggregate(per_seed, keys)
+    return {"meta": meta, "results": summary, "table": format_suite(summary, meta)}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="method keys, KEY:SETTING allowed")
+    p.add_argument("--domains", nargs="+", default=None, help=f"default: every domain ({', '.join(domain_names())})")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help=f"small sizes: {QUICK}")
+    p.add_argument("--scenes", nargs=2, type=int, default=None, metavar=("TRAIN", "TEST"))
+    p.add_argument("--epochs", nargs=2, type=int, default=None, metavar=("STAGE1", "STAGE2"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/suite")
+    p.add_argument("--progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    import torch
+
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    try:
+        for m in args.methods:
+            resolve_method(m)
+        for d in args.domains or []:
+            get_domain(d)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    sizes = QUICK if args.quick else FULL
+    if args.scenes:
+        sizes = replace(sizes, train_scenes=args.scenes[0], test_scenes=args.scenes[1])
+    if args.epochs:
+        sizes = replace(sizes, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1])
+    torch.set_flush_denormal(True)  # entry point: denormals slow CPU training of the tiny CLIP
+    result = run_suite(args.methods, args.domains or domain_names(), args.seeds, sizes, args.out, args.device,
+                       progress=args.progress, quick=args.quick)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "suite.json"), "w") as f:
+        json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1, sort_keys=True, default=float)
+    with open(os.path.join(args.out, "suite.md"), "w") as f:
+        f.write(result["table"])
+    print(result["table"])
+    print(f"results: {os.path.join(args.out, 'suite.json')}, {os.path.join(args.out, 'suite.md')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""eval/run_suite.py: method keys, the paired bootstrap interval, a tiny suite end to end."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _suite():
+    if "run_suite" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("run_suite", os.path.join(REPO, "eval", "run_suite.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["run_suite"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["run_suite"]
+
+
+def test_method_keys_resolve_to_training_runs():
+    s = _suite()
+    assert s.resolve_method("zeroshot").method == "zeroshot"
+    paper = s.resolve_method("opendas-paper")
+    assert (paper.method, paper.setting) == ("opendas", "two-stage")
+    stage1 = s.resolve_method("opendas-carry:visual-only")
+    assert (stage1.method, stage1.setting) == ("opendas", "visual-only")
+    assert '"text_deep_init": "carry"' in stage1.prompts
+    vpt = s.resolve_method("vpt")
+    assert (vpt.method, vpt.setting) == ("vpt", "single") and '"n_tokens"' in vpt.options
+    for key in s.DEFAULT_METHODS:
+        s.resolve_method(key)
+    with pytest.raises(ValueError, match="unknown method 'nope'.*opendas-paper"):
+        s.resolve_method("nope")
+    with pytest.raises(ValueError, match="unknown setting"):
+        s.resolve_method("opendas-paper:sideways")
+    with pytest.raises(SystemExit, match="unknown generated domain"):
+        s.main(["--domains", "nope"])
+
+
+def test_paired_interval_is_a_bootstrap_of_the_mean_difference():
+    s = _suite()
+    const = s.paired_interval([71.0, 72.0, 75.0], [61.0, 62.0, 65.0])
+    assert const["mean"] == pytest.approx(10.0) and const["low"] == pytest.approx(10.0)
+    assert const["high"] == pytest.approx(10.0)
+    d = np.array([3.0, -1.0, 8.0, 2.0, 5.0])
+    r = s.paired_interval(d + 50.0, np.full(5, 50.0))
+    assert r["mean"] == pytest.approx(d.mean()) and r["n"] == 5
+    # a percentile interval of resampled means lies inside the data range and around the mean
+    assert d.min() <= r["low"] <= d.mean() <= r["high"] <= d.max()
+    assert np.isnan(s.paired_interval([1.0], [0.0])["low"])
+
+
+@pytest.mark.slow
+def test_tiny_suite_end_to_end(tmp_path):
+    s = _suite()
+    import opendas_encoder as oe
+    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+    from opendas_encoder.world.domains import build_domain, get_domain
+    from opendas_encoder.world.zero_shot import target_zero_shot_report
+
+    sizes = s.Sizes(train_scenes=4, test_scenes=3, stage1_epochs=1, stage2_epochs=1)
+    out = s.run_suite(["zeroshot", "opendas-paper", "opendas-default", "vpt"], ["frames"], seeds=2, sizes=sizes,
+                      out_dir=str(tmp_path))
+    rows = out["results"]["frames"]
+    assert list(rows) == ["zeroshot", "opendas-paper", "opendas-default", "vpt"]
+    for key, r in rows.items():
+        assert len(r["per_seed"]) == 2
+        for k in ("acc", "weighted_f1", "base_f1", "novel_f1"):
+            assert 0.0 <= r[k] <= 100.0
+            assert r[k] == pytest.approx(np.mean([p[k] for p in r["per_seed"]]))
+        if key != "zeroshot":
+            diff = r["diff"]["acc"]
+            assert diff["mean"] == pytest.approx(r["acc"] - rows["zeroshot"]["acc"])
+    # the suite's zero-shot row is zero-shot CLIP as the world's own report measures it (open_clip directly)
+    enc = oe.create_encoder("zeroshot", WORLD_MODEL_NAME, WORLD_PRETRAINED)
+    v = get_domain("frames").vocabulary()
+    for seed in range(2):
+        ds = build_domain("frames", 3, 1000 + seed, "test")
+        ref = target_zero_shot_report(enc.clip, enc.preprocess, enc.tokenizer, ds, v["base"], v["novel"])
+        assert rows["zeroshot"]["per_seed"][seed]["acc"] == pytest.approx(ref["accuracy"], abs=1e-6)
+    table = out["table"]
+    assert "generated" in table and "`frames`" in table and "OpenDAS (paper)" in table and "VPT" in table
+    assert os.path.isfile(os.path.join(tmp_path, "frames", "vpt", "seed1", "results.json"))
