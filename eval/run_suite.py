@@ -1,11 +1,11 @@
 """The domain suite: methods x generated target domains x seeds through the normal training engine.
 
 Every run is ``opendas_encoder.train.pipeline.run_experiment`` (the engine of ``opendas train``) on a
-generated domain of ``opendas_encoder.world.domains`` (cast, frames, siblings, night: see
+generated domain of ``opendas_encoder.generated.world.domains`` (cast, frames, siblings, night: see
 docs/domains.md). Per seed s, the training split is ``build_domain(domain, TRAIN, s, "train")`` and
 the test split ``build_domain(domain, TEST, 1000 + s, "test")`` (new scenes for every seed, as the
 demo); the vocabulary and negative queries are the domain's own. OpenDAS trains in two stages with
-the negative queries; the baselines train in one stage ("single") for stage1 + stage2 epochs
+the negative queries; the baselines train in one stage ("one-stage-ce") for stage1 + stage2 epochs
 without negatives, with the options of ``eval/run_cls.py`` (as Table 2).
 
 Writes ``suite.json`` and ``suite.md`` into ``--out``: per domain, Acc / W-F1 / B-F1 / N-F1 as
@@ -47,11 +47,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from opendas_encoder.plots import format_table  # noqa: E402
-from opendas_encoder.train.config import (SETTINGS, DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
-                                          ScheduleConfig, TrainConfig)
+from opendas_encoder.train.config import (BASELINE_SETTING, SETTINGS, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
+                                          RuntimeConfig, ScheduleConfig, TrainConfig)
 from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, prepare_experiment  # noqa: E402
 from opendas_encoder.vocab import Vocabulary, select_negative_queries  # noqa: E402
-from opendas_encoder.world.domains import GENERATED_LABEL, domain_names, get_domain  # noqa: E402
+from opendas_encoder.generated.world.domains import GENERATED_LABEL, domain_names, get_domain  # noqa: E402
 
 METRIC_NAMES = {"acc": "Acc", "weighted_f1": "W-F1", "base_f1": "B-F1", "novel_f1": "N-F1"}
 DEFAULT_METHODS = ("zeroshot", "opendas-paper", "opendas-default", "cocoop", "vpt", "rpo", "maple",
@@ -131,17 +131,17 @@ def resolve_method(key: str) -> MethodRun:
         return MethodRun(key, "opendas", setting, prompts=dump(opendas[name]))
     baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
     if name in baselines:
-        return MethodRun(key, name, setting or "single", options=dump(_baseline_options().get(name, {})))
+        return MethodRun(key, name, setting or BASELINE_SETTING, options=dump(_baseline_options().get(name, {})))
     raise ValueError(f"unknown method {key!r}; known: {['zeroshot'] + sorted(opendas) + baselines} "
                      "(KEY:SETTING for another training setting)")
 
 
 # ---------------------------------------------------------------------------------------------- configs
 def suite_config(domain: str, run: MethodRun, seed: int, sizes: Sizes, out_dir: str, device: str) -> TrainConfig:
-    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+    from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     def split(name: str, n: int, s: int) -> DatasetSpec:
-        return DatasetSpec("generated-world", None, name, {"n_scenes": n, "seed": s, "domain": domain})
+        return DatasetSpec(name="generated-world", split=name, options={"n_scenes": n, "seed": s, "domain": domain})
 
     tag = run.key.replace(":", "_")
     method = "opendas" if run.method == "zeroshot" else run.method
@@ -149,7 +149,7 @@ def suite_config(domain: str, run: MethodRun, seed: int, sizes: Sizes, out_dir: 
         name=f"{GENERATED_LABEL} domain {domain}: {run.key} seed {seed}", seed=seed, method=method,
         setting="two-stage" if run.method == "zeroshot" else run.setting,
         prompts=json.loads(run.prompts), method_options=json.loads(run.options),
-        model=ModelSpec(WORLD_MODEL_NAME, WORLD_PRETRAINED),
+        model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
         data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
                                 stage2_epochs=sizes.stage2_epochs),
@@ -264,7 +264,7 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
             for k in keys:
                 per_seed[domain][k].append(res[k])
             print(f"[suite] {domain} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+    from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
             "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),

@@ -28,7 +28,7 @@ def test_method_keys_resolve_to_training_runs():
     assert (stage1.method, stage1.setting) == ("opendas", "visual-only")
     assert '"text_deep_init": "carry"' in stage1.prompts
     vpt = s.resolve_method("vpt")
-    assert (vpt.method, vpt.setting) == ("vpt", "single") and '"n_tokens"' in vpt.options
+    assert (vpt.method, vpt.setting) == ("vpt", "one-stage-ce") and '"n_tokens"' in vpt.options
     for key in s.DEFAULT_METHODS:
         s.resolve_method(key)
     with pytest.raises(ValueError, match="unknown method 'nope'.*opendas-paper"):
@@ -56,9 +56,9 @@ def test_paired_interval_is_a_bootstrap_of_the_mean_difference():
 def test_tiny_suite_end_to_end(tmp_path):
     s = _suite()
     import opendas_encoder as oe
-    from opendas_encoder.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
-    from opendas_encoder.world.domains import build_domain, get_domain
-    from opendas_encoder.world.zero_shot import target_zero_shot_report
+    from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
+    from opendas_encoder.generated.world.domains import build_domain, get_domain
+    from opendas_encoder.generated.world.zero_shot import target_zero_shot_report
 
     sizes = s.Sizes(train_scenes=4, test_scenes=3, stage1_epochs=1, stage2_epochs=1)
     out = s.run_suite(["zeroshot", "opendas-paper", "opendas-default", "vpt"], ["frames"], seeds=2, sizes=sizes,

@@ -3,7 +3,8 @@
 Source: clean images of coloured, styled shapes with compositional captions (CLIP pretraining).
 Target: cluttered, lit, noisy scenes with instance masks and a fine-grained base/novel vocabulary
 (OpenDAS adaptation and evaluation). See ``source.py`` and ``target.py`` for the design; the
-world's small CLIP is :mod:`.clip`. The target domain is the dataset ``"generated-world"``.
+world's small CLIP is :mod:`.clip`. The target domain is the dataset ``"generated-world"``; its
+option ``domain`` picks one of the generated target domains of :mod:`.domains` (default ``"cast"``).
 """
 
 from .attributes import COLOURS, SHAPES, STYLES, ObjectKind
@@ -21,6 +22,7 @@ from .target import (
     world_vocabulary,
 )
 from .zero_shot import source_zero_shot_accuracy, source_zero_shot_report, target_zero_shot_report
+from .domains import DomainSpec, build_domain, domain_names, get_domain
 
 #: How results on the world are labelled wherever they are reported.
 WORLD_LABEL = "generated world"
@@ -52,4 +54,8 @@ __all__ = [
     "source_zero_shot_accuracy",
     "source_zero_shot_report",
     "target_zero_shot_report",
+    "DomainSpec",
+    "build_domain",
+    "domain_names",
+    "get_domain",
 ]
