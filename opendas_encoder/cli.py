@@ -150,7 +150,11 @@ def cmd_demo(args) -> int:
             raise ValueError("--scene-scale and --world-size (its old name) disagree; give only --scene-scale")
         scale = args.world_size_deprecated
     scale = 1.0 if scale is None else scale
+    from .generated.world.domains import get_domain
+
+    get_domain(args.domain)  # an unknown domain fails before any work, listing the known ones
     opts = DemoOptions(seeds=args.seeds, out_dir=args.out, device=args.device, progress=not args.quiet,
+                       domain=args.domain,
                        baselines=[m for m in (args.baselines or "").split(",") if m],
                        stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1],
                        variants=tuple(v for v in args.variants.split(",") if v))
@@ -276,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deprecated name of --scene-scale")
     d.add_argument("--epochs", type=_epochs, default=(5, 5), metavar="N|S1,S2",
                    help="epochs of stage 1 and stage 2: 'S1,S2', or one number for both (default 5,5 as in the paper)")
+    d.add_argument("--domain", default="cast", help="generated target domain: cast (the original world), frames "
+                   "(text-side shift), siblings (fine-grained), night (strong visual shift); docs/domains.md")
     d.add_argument("--device", default="auto", help="torch device; auto = cuda if available")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

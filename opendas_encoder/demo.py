@@ -42,6 +42,7 @@ class DemoOptions:
     variants: tuple = ("opendas", "opendas-carry")
     device: str = "auto"
     progress: bool = True
+    domain: str = "cast"  # a generated target domain (opendas_encoder.generated.world.domains)
 
 
 def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: Optional[str] = None) -> TrainConfig:
@@ -55,25 +56,27 @@ def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: 
         method="opendas" if prompts is not None else method, setting=setting, prompts=dict(prompts or {}),
         model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
         data=DataConfig(train=DatasetSpec(name="generated-world", split="train",
-                                          options={"n_scenes": opts.train_scenes, "seed": seed}),
+                                          options={"n_scenes": opts.train_scenes, "seed": seed, "domain": opts.domain}),
                         test=DatasetSpec(name="generated-world", split="test",
-                                         options={"n_scenes": opts.test_scenes, "seed": 1000 + seed})),
+                                         options={"n_scenes": opts.test_scenes, "seed": 1000 + seed,
+                                                  "domain": opts.domain})),
         schedule=ScheduleConfig(lr=opts.lr, batch_size=opts.batch_size, stage1_epochs=opts.stage1_epochs,
                                 stage2_epochs=opts.stage2_epochs),
         runtime=RuntimeConfig(device=opts.device),
-        output_dir=os.path.join(opts.out_dir, method, f"seed{seed}"),
+        output_dir=os.path.join(opts.out_dir, *([] if opts.domain == "cast" else [opts.domain]), method, f"seed{seed}"),
     )
 
 
 def run_demo(opts: DemoOptions) -> dict:
     """Run the demo for ``opts.seeds`` seeds; returns {"zero_shot", "opendas", "seconds", "per_seed", ...}."""
-    from .generated.world import world_negatives, world_vocabulary
+    from .generated.world.domains import get_domain
     from .vocab import Vocabulary
 
     t0 = time.perf_counter()
-    words = world_vocabulary()
-    vocab = Vocabulary(base=words["base"], test=words["test"], name=WORLD_LABEL)
-    negatives = world_negatives()
+    domain = get_domain(opts.domain)
+    words = domain.vocabulary()
+    vocab = Vocabulary(base=words["base"], test=words["test"], name=f"{WORLD_LABEL} ({domain.name})")
+    negatives = domain.negatives()
     methods = list(opts.variants) + list(opts.baselines or [])
     per_seed = {m: [] for m in methods}
     zero_shot = []
@@ -89,7 +92,7 @@ def run_demo(opts: DemoOptions) -> dict:
             per_seed[method].append(res)
             if first:
                 zero_shot.append(res["zero_shot"])
-    summary = {"world": WORLD_LABEL, "seeds": opts.seeds, "vocabulary": vocab.counts(),
+    summary = {"world": WORLD_LABEL, "domain": opts.domain, "seeds": opts.seeds, "vocabulary": vocab.counts(),
                "zero_shot": _aggregate(zero_shot)}
     for method in methods:
         summary[method] = _aggregate([r["adapted"] for r in per_seed[method]])
@@ -113,14 +116,14 @@ def _aggregate(rows: List[dict]) -> dict:
 
 def format_demo_table(summary: dict) -> str:
     zs = summary["zero_shot"]
-    methods = [m for m in summary if m not in ("world", "seeds", "vocabulary", "zero_shot", "per_seed", "seconds",
-                                              "checkpoint", "plots", "seconds_per_iter")]
+    methods = [m for m in summary if m not in ("world", "domain", "seeds", "vocabulary", "zero_shot", "per_seed",
+                                              "seconds", "checkpoint", "plots", "seconds_per_iter")]
     rows = [["zero-shot CLIP"] + [metric_cell(zs[k], spread=zs[k + "_std"]) for k in METRIC_KEYS]]
     for m in methods:
         r = summary[m]
         rows.append([m] + [metric_cell(r[k], zs[k], r[k + "_std"]) for k in METRIC_KEYS])
     c = summary["vocabulary"]
-    head = (f"OpenDAS on the {WORLD_LABEL_LONG}: "
+    head = (f"OpenDAS on the {WORLD_LABEL_LONG}, domain {summary.get('domain', 'cast')!r}: "
             f"{c['base']} base / {c['novel']} novel classes, mean ± std over {summary['seeds']} seed(s)")
     notes = ("opendas: the paper's method and initialisation (deep text prompts random, N(0, 0.02)); "
              "opendas-carry: the same, with deep text prompts starting as the frozen CLIP's hidden states "

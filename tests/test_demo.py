@@ -19,3 +19,24 @@ def test_demo_prints_the_labelled_table_and_writes_json(tmp_path, capsys):
     assert result["seconds"] > 0 and result["world"] == "generated world"
     assert (out / "opendas" / "seed0" / "final" / "prompts.safetensors").exists()
     assert (out / "opendas" / "seed0" / "tsne_text_embeddings.png").exists()
+
+
+def test_demo_runs_a_named_domain_with_its_vocabulary(tmp_path, capsys):
+    from opendas_encoder.generated.world.domains import get_domain
+
+    code = main(["demo", "--domain", "frames", "--seeds", "1", "--scene-scale", "0.05", "--epochs", "1,1",
+                 "--variants", "opendas", "--out", str(tmp_path / "demo"), "--json", str(tmp_path / "d.json"),
+                 "--device", "cpu", "--quiet"])
+    assert code == 0
+    assert "domain 'frames'" in capsys.readouterr().out
+    result = json.loads((tmp_path / "d.json").read_text())
+    words = get_domain("frames").vocabulary()
+    assert result["domain"] == "frames"
+    assert result["vocabulary"]["base"] == len(words["base"]) and result["vocabulary"]["test"] == len(words["test"])
+    assert (tmp_path / "demo" / "frames" / "opendas" / "seed0" / "final").is_dir()
+
+
+def test_demo_refuses_an_unknown_domain_before_any_work(tmp_path, capsys):
+    assert main(["demo", "--domain", "mars", "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mars" in err and "frames" in err and not (tmp_path / "d").exists()
