@@ -14,6 +14,7 @@ from integrations.openmask3d.launch import NumpyWithFeatureDim, ProjectedPointsP
 from integrations.openmask3d.override import OpenDASOverride, split_overrides
 from integrations.openmask3d.readers import (ProcessedLayout, find_mask_proposals, read_mask_proposals,
                                              read_processed_scene, read_scannet_gt)
+import opendas_encoder as oe
 from opendas_encoder.generated.scene3d import generate_scene, write_openmask3d_layout
 
 OPENMASK3D_ROOT = os.environ.get("OPENMASK3D_ROOT")
@@ -108,7 +109,8 @@ class _Enc(torch.nn.Module):
     def encode_image(self, x, normalize=False):
         return self.w(x.flatten(1))
 
-    def tokenizer(self, texts):
+    @staticmethod
+    def tokenizer(texts):
         return torch.tensor([[len(t)] for t in texts])
 
     def encode_text(self, text, normalize=False):
@@ -183,3 +185,33 @@ def test_openmask3d_feature_step_with_override(scene_dir, tmp_path, repo_root):
     ours = compute_mask_features(read_processed_scene(d), read_mask_proposals(f"{d}/{scene.name}_masks.pt"),
                                  oe.load_encoder(str(tmp_path / "ckpt")), MaskFeatureConfig(pixel_rounding="trunc"))
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+# ----------------------------------------------------------------------------------- shim with real encoders
+def _randomise_trainable(encoder, seed=0):
+    """Visibly non-zero learned tensors (prompts / context / fine-tuned weights), as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return encoder
+
+
+@pytest.mark.parametrize("method", oe.method_names())
+def test_clip_shim_text_features_equal_the_encoders(method):
+    """Issue 13.1: OpenMask3D's ``clip.tokenize`` + ``model.encode_text`` through the shim gives exactly
+    the encoder's own text features for bare class names (the learned context inserted once), for
+    OpenDAS and every baseline, with a real encoder (not a stand-in that ignores its input)."""
+    torch.manual_seed(0)
+    encoder = _randomise_trainable(oe.create_encoder(method, "opendas-tiny-vit", None)).eval()
+    clip = make_clip_module(lambda name, device: encoder)
+    model, _ = clip.load("ViT-L/14@336px", "cpu")
+    names = ["red circle", "chair", "door frame"]
+    with torch.no_grad():
+        want = encoder.encode_text(names)
+        got = model.encode_text(clip.tokenize(names))
+        single = model.encode_text(clip.tokenize(names[0]))  # OpenAI's tokenize also takes one string
+        want_single = encoder.encode_text(names[:1])
+    assert (got - want).abs().max().item() <= 1e-6
+    assert (single - want_single).abs().max().item() <= 1e-6
+    assert torch.equal(clip.tokenize(names), encoder.tokenizer(names))  # the contract: plain tokenizer output
