@@ -215,3 +215,82 @@ def test_clip_shim_text_features_equal_the_encoders(method):
     assert (got - want).abs().max().item() <= 1e-6
     assert (single - want_single).abs().max().item() <= 1e-6
     assert torch.equal(clip.tokenize(names), encoder.tokenizer(names))  # the contract: plain tokenizer output
+
+
+# ----------------------------------------------------------------------------------- Mask3D's proposal files
+def _write_like_mask3d(pred_masks: np.ndarray, path) -> None:
+    """Exactly OpenMask3D's class_agnostic_mask_computation/trainer/trainer.py (3bc3fc5, line 723):
+    ``torch.save(self.preds[...]['pred_masks'].astype(np.float16), <save dir>/<ply stem>_masks.pt)``."""
+    torch.save(pred_masks.astype(np.float16), str(path))
+
+
+def _rename_pickle_global(path, old: bytes, new: bytes) -> None:
+    """Rewrite a global's module name inside a torch zip file (a file pickled under NumPy 1.x)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for info, data in entries:
+            z.writestr(info, data.replace(old, new) if info.filename.endswith("data.pkl") else data)
+
+
+def test_mask3d_proposal_file_is_read_without_unpickling_code(tmp_path):
+    """Issue 13.8: Mask3D's pickled float16 ndarray is read with torch's weights_only loader."""
+    rng = np.random.default_rng(0)
+    pred = (rng.random((50, 4)) > 0.6).astype(np.float64)  # Mask3D's pred_masks: (num_points, num_masks)
+    path = tmp_path / "mesh_aligned_0.05_masks.pt"
+    _write_like_mask3d(pred, path)
+    got = read_mask_proposals(str(path), 50)
+    assert got.dtype == bool and got.shape == (50, 4)
+    np.testing.assert_array_equal(got, pred > 0)
+    # the same file as OpenMask3D's own (NumPy 1.x) environment pickles it
+    old = tmp_path / "old_masks.pt"
+    _write_like_mask3d(pred, old)
+    _rename_pickle_global(old, b"numpy._core.multiarray", b"numpy.core.multiarray")
+    with open(old, "rb") as f:
+        assert b"numpy.core.multiarray" in f.read()
+    np.testing.assert_array_equal(read_mask_proposals(str(old), 50), pred > 0)
+
+
+class _SideEffect:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))  # unpickling this would create a file
+
+
+def test_proposal_file_with_other_globals_is_refused(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "evil2_masks.pt"
+    torch.save({"masks": _SideEffect(str(marker))}, str(path))
+    with pytest.raises(ValueError, match=r"evil2_masks\.pt.*weights_only"):
+        read_mask_proposals(str(path))
+    assert not marker.exists()
+    torch.save({"masks": np.zeros((3, 2), np.float16)}, str(tmp_path / "dict_masks.pt"))
+    with pytest.raises(ValueError, match=r"dict_masks\.pt: expected a tensor or NumPy array"):
+        read_mask_proposals(str(tmp_path / "dict_masks.pt"))
+
+
+def test_per_scene_mask3d_folders_are_found(tmp_path):
+    """ScanNet++: every scene's PLY is mesh_aligned_0.05.ply, so Mask3D names every file
+    mesh_aligned_0.05_masks.pt; with one mask_save_dir per scene (as the README's command does) each
+    scene finds its own file."""
+    masks_dir = tmp_path / "masks"
+    for i, scene in enumerate(["0a5c013435", "1ada7a0617"]):
+        (masks_dir / scene).mkdir(parents=True)
+        _write_like_mask3d(np.eye(6, 2 + i), masks_dir / scene / "mesh_aligned_0.05_masks.pt")
+    for i, scene in enumerate(["0a5c013435", "1ada7a0617"]):
+        path = find_mask_proposals(str(tmp_path / "data" / scene), str(masks_dir))
+        assert path == str(masks_dir / scene / "mesh_aligned_0.05_masks.pt")
+        assert read_mask_proposals(path, 6).shape == (6, 2 + i)
+    flat = tmp_path / "flat"  # the ScanNet layout: <scene>_vh_clean_2_masks.pt side by side
+    flat.mkdir()
+    _write_like_mask3d(np.eye(5, 3), flat / "scene0011_00_vh_clean_2_masks.pt")
+    assert find_mask_proposals(str(tmp_path / "scene0011_00"), str(flat)).endswith("scene0011_00_vh_clean_2_masks.pt")
+    _write_like_mask3d(np.eye(6, 2), masks_dir / "0a5c013435" / "other_masks.pt")
+    with pytest.raises(ValueError, match="2 mask proposal files"):
+        find_mask_proposals(str(tmp_path / "data" / "0a5c013435"), str(masks_dir))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        find_mask_proposals(str(tmp_path / "data" / "nope"), str(masks_dir))
