@@ -8,7 +8,8 @@ Our flags (``--clip-backend``, ``--opendas-checkpoint``, ``--opendas-pretrained`
 ``--opendas-model-config``, ``--ovseg-root``) are taken out; everything else goes to OVSeg's
 script, whose Detectron2 argument parser, ``setup`` and ``main`` run unchanged except that:
 its config gets the backend keys (``integrations/ovseg/modeling.py``), ``MODEL.META_ARCHITECTURE``
-becomes ``OVSegOpenDAS``, and NumPy's removed ``np.int`` alias is restored for its evaluator.
+becomes ``OVSegOpenDAS``, NumPy's removed ``np.int`` alias is restored for its evaluator, and on a
+machine without CUDA ``MODEL.DEVICE cpu`` is added unless the command sets ``MODEL.DEVICE`` itself.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def backend_opts(ours) -> List[str]:
     return opts
 
 
+def device_opts(opts: List[str], cuda_available: Optional[bool] = None) -> List[str]:
+    """``["MODEL.DEVICE", "cpu"]`` when CUDA is unavailable and ``opts`` do not set MODEL.DEVICE
+    (Detectron2's default "cuda" fails there with "Found no NVIDIA driver")."""
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    if cuda_available or "MODEL.DEVICE" in opts[::2]:
+        return []
+    return ["MODEL.DEVICE", "cpu"]
+
+
 def import_ovseg_train_net(root: str):
     """OVSeg's ``train_net.py`` as a module, its config setup extended with the backend keys."""
     import os
@@ -75,7 +88,10 @@ def main(argv: Optional[List[str]] = None):
     from detectron2.engine import default_argument_parser, launch
 
     args = default_argument_parser().parse_args(rest)
-    args.opts = list(args.opts) + backend_opts(ours)
+    extra = device_opts(list(args.opts))
+    if extra:
+        print("CUDA is not available: running OVSeg on the CPU (MODEL.DEVICE cpu)")
+    args.opts = list(args.opts) + extra + backend_opts(ours)
     print("Command Line Args:", args)
     return launch(train_net.main, args.num_gpus, num_machines=args.num_machines,
                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
