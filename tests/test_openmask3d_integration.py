@@ -152,27 +152,43 @@ def _needs_openmask3d():
 
 def test_openmask3d_feature_step_with_override(scene_dir, tmp_path, repo_root):
     """OpenMask3D's compute_features_single_scene.py with external.clip_backend=opendas on the generated
-    scene: the feature width follows the encoder (32, not 768) and the features equal ours."""
+    scene, its proposals in Mask3D's own file format (OpenMask3D's bare torch.load refuses them under
+    torch >= 2.6 unless the launcher allows NumPy's array globals) and a base model open_clip does not
+    know (--opendas-model-config): the feature width follows the encoder (32, not 768) and the
+    features equal ours."""
     _needs_openmask3d()
+    import json
+
+    import open_clip
+
     import opendas_encoder as oe
     from safetensors.torch import save_file
 
     from opendas_encoder.threed import MaskFeatureConfig, compute_mask_features
 
     d, scene = scene_dir
+    cfg_path = tmp_path / "opendas-tiny-om3d-test.json"  # a name open_clip has not seen in the launcher process
+    cfg_path.write_text(json.dumps(json.loads(open(os.path.join(repo_root, "opendas_encoder", "model_configs",
+                                                                 "opendas-tiny-vit.json")).read())))
+    open_clip.add_model_config(str(cfg_path))
     torch.manual_seed(0)
-    base = oe.create_model("opendas-tiny-vit", None)
+    base = oe.create_model("opendas-tiny-om3d-test", None)
     save_file({k: v.contiguous() for k, v in base.clip.state_dict().items()}, str(tmp_path / "base.safetensors"))
-    enc = oe.create_model("opendas-tiny-vit", str(tmp_path / "base.safetensors"))
+    enc = oe.create_model("opendas-tiny-om3d-test", str(tmp_path / "base.safetensors"))
     with torch.no_grad():
         for p in enc.prompt_parameters():
             p.normal_(0, 0.5)
     oe.save_checkpoint(enc, str(tmp_path / "ckpt"))
+    masks = read_mask_proposals(f"{d}/{scene.name}_masks.pt")
+    mask3d = tmp_path / "mask3d" / f"{scene.name}_masks.pt"
+    mask3d.parent.mkdir()
+    _write_like_mask3d(masks.astype(np.float64), mask3d)
     out = tmp_path / "out"
     args = [sys.executable, "-m", "integrations.openmask3d.launch", "--openmask3d-root", OPENMASK3D_ROOT,
+            "--opendas-model-config", str(cfg_path),
             "external.clip_backend=opendas", f"external.opendas_checkpoint={tmp_path / 'ckpt'}",
             "external.sam_backend=none",
-            f"data.masks.masks_path={d}/{scene.name}_masks.pt", f"data.camera.poses_path={d}/pose",
+            f"data.masks.masks_path={mask3d}", f"data.camera.poses_path={d}/pose",
             f"data.camera.intrinsic_path={d}/intrinsic/intrinsic_color.txt",
             "data.camera.intrinsic_resolution=[60,80]", f"data.depths.depths_path={d}/depth",
             f"data.images.images_path={d}/color", f"data.point_cloud_path={d}/{scene.name}.ply",
@@ -182,9 +198,53 @@ def test_openmask3d_feature_step_with_override(scene_dir, tmp_path, repo_root):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     theirs = np.load(out / f"{scene.name}_openmask3d_features.npy")
     assert theirs.shape == (5, 32)
-    ours = compute_mask_features(read_processed_scene(d), read_mask_proposals(f"{d}/{scene.name}_masks.pt"),
-                                 oe.load_encoder(str(tmp_path / "ckpt")), MaskFeatureConfig(pixel_rounding="trunc"))
+    ours = compute_mask_features(read_processed_scene(d), masks, oe.load_encoder(str(tmp_path / "ckpt")),
+                                 MaskFeatureConfig(pixel_rounding="trunc"))
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def _load_run_3d(repo_root):
+    spec = importlib.util.spec_from_file_location("run_3d", os.path.join(repo_root, "eval", "run_3d.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_3d"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_run_3d_reads_openmask3d_outputs(tmp_path, repo_root):
+    """eval/run_3d.py on OpenMask3D's own feature files (the launcher run once with the zero-prompt base
+    model, the CLIP column, and once with the checkpoint, the OpenDAS column) gives the same table as
+    run_3d computing the features itself with OpenMask3D's pixel rounding on the same proposal files."""
+    _needs_openmask3d()
+    from integrations.openmask3d.fixture import generate_fixture
+
+    fx = generate_fixture(str(tmp_path / "fx"), num_scenes=1)
+    scene_dir = os.path.join(fx["openmask3d"], fx["scenes"][0])
+    env = dict(os.environ, PYTHONPATH=repo_root, OMP_NUM_THREADS="1")
+    runs = {"clip": [f"external.opendas_model={fx['model_name']}", f"external.opendas_pretrained={fx['base_weights']}"],
+            "opendas": [f"external.opendas_checkpoint={fx['opendas_checkpoint']}"]}
+    for name, extra in runs.items():
+        cmd = [sys.executable, "-m", "integrations.openmask3d.launch", "--openmask3d-root", OPENMASK3D_ROOT,
+               "--scene", scene_dir, "external.clip_backend=opendas", *extra, "external.sam_backend=none",
+               "openmask3d.frequency=1", f"output.output_directory={tmp_path / 'features' / name}"]
+        r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_3d = _load_run_3d(repo_root)
+    common = ["--data-root", fx["openmask3d"], "--checkpoint", fx["opendas_checkpoint"], "--proposals", "files"]
+    assert run_3d.main(common + ["--openmask3d-features", str(tmp_path / "features" / "clip"),
+                                 "--opendas-features", str(tmp_path / "features" / "opendas"),
+                                 "--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json")]) == 0
+    assert run_3d.main(common + ["--openmask3d-rounding", "--out", str(tmp_path / "b"),
+                                 "--json", str(tmp_path / "b.json")]) == 0
+    import json
+
+    a = json.loads((tmp_path / "a.json").read_text())["results"]
+    b = json.loads((tmp_path / "b.json").read_text())["results"]
+    for name in ("clip", "opendas"):
+        assert a[name]["features"].startswith("OpenMask3D feature files") and b[name]["features"] == "computed here"
+        assert a[name]["per_class"] == b[name]["per_class"], name
+
 
 # ----------------------------------------------------------------------------------- shim with real encoders
 def _randomise_trainable(encoder, seed=0):

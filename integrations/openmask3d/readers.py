@@ -107,7 +107,7 @@ def read_processed_scene(scene_dir: str, layout: ProcessedLayout = ProcessedLayo
     return Scene3D(name=name, points=points, frames=frames)
 
 
-def _numpy_array_globals() -> list:
+def numpy_array_globals() -> list:
     """The pickle globals of a plain NumPy array, under the module names NumPy 1.x and 2.x write.
 
     OpenMask3D's Mask3D step saves ``torch.save(pred_masks.astype(np.float16), path)``: a pickled
@@ -133,7 +133,7 @@ def _load_torch_proposals(path: str) -> np.ndarray:
     import torch
 
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
+        with torch.serialization.safe_globals(numpy_array_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad (or unsafe) file
         raise ValueError(f"{path}: cannot read mask proposals with torch.load(weights_only=True) and only "
@@ -196,6 +196,51 @@ def find_mask_proposals(scene_dir: str, masks_dir: Optional[str] = None) -> str:
         raise FileNotFoundError(f"no mask proposals {name}*_masks.pt/.npy in {where} nor *_masks.pt/.npy in {sub} "
                                 "(compute them with Mask3D, see integrations/openmask3d/README.md, or use --proposals gt)")
     return found[0]
+
+
+OPENMASK3D_FEATURES_SUFFIX = "_openmask3d_features.npy"
+
+
+def find_openmask3d_features(features_dir: str, scene: str, masks_path: Optional[str] = None) -> str:
+    """OpenMask3D's feature file of a scene in ``features_dir`` (its ``output.output_directory``).
+
+    OpenMask3D names the file after the proposal file (``<stem>_masks.pt`` ->
+    ``<stem>_openmask3d_features.npy``; its ScanNet200 script: ``<scene>_openmask3d_features.npy``).
+    Looked up as ``<dir>/<stem>...``, ``<dir>/<scene>/<stem>...`` (one output folder per scene) and
+    ``<dir>/<scene>...``.
+    """
+    candidates = []
+    if masks_path:
+        base = os.path.basename(masks_path)
+        for suffix in ("_masks.pt", "_masks.npy"):
+            if base.endswith(suffix):
+                stem = base[: -len(suffix)]
+                candidates += [os.path.join(features_dir, stem + OPENMASK3D_FEATURES_SUFFIX),
+                               os.path.join(features_dir, scene, stem + OPENMASK3D_FEATURES_SUFFIX)]
+    candidates.append(os.path.join(features_dir, scene + OPENMASK3D_FEATURES_SUFFIX))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"no OpenMask3D feature file for scene {scene} (tried {', '.join(candidates)}); run "
+                            "OpenMask3D's feature step for it (python -m integrations.openmask3d.launch ...)")
+
+
+def read_openmask3d_features(path: str, num_masks: Optional[int] = None) -> np.ndarray:
+    """OpenMask3D's per-mask features float32 (num_masks, D); all-zero rows are masks no view saw."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"feature file not found: {path}")
+    try:
+        feats = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: not a NumPy array file ({exc})") from None
+    if feats.ndim != 2:
+        raise ValueError(f"{path}: features must be 2-D (num_masks, D), got shape {feats.shape}")
+    if num_masks is not None and feats.shape[0] != num_masks:
+        raise ValueError(f"{path}: {feats.shape[0]} feature rows but the proposal file has {num_masks} masks "
+                         "(features computed on other proposals?)")
+    if not np.isfinite(feats).all():
+        raise ValueError(f"{path}: features contain inf/nan")
+    return feats.astype(np.float32)
 
 
 def read_scannet_gt(path: str, num_points: Optional[int] = None) -> np.ndarray:
