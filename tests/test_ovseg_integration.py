@@ -262,14 +262,15 @@ def test_openai_backend_equals_ovseg_adapter_with_mask_prompts(setup):
 
 def test_zero_prompt_opendas_equals_ovseg_clip_scores(setup, tmp_path):
     """An OpenDAS encoder with zero prompts built in one call from OVSeg's CLIP weights (file or module)
-    gives OVSeg's CLIP class scores (templates "{}", MASK_PROMPT_FWD False)."""
+    gives OVSeg's CLIP class scores (MASK_PROMPT_FWD False) for OVSeg's template "{}." : OpenDAS encodes
+    "<context> <name>." and the context is empty here."""
     from open_vocab_seg.modeling.clip_adapter import MaskFormerClipAdapter
     from open_vocab_seg.modeling.clip_adapter.text_template import PredefinedPromptExtractor
 
     from integrations.ovseg.adapter import RegionClassifier, RegionConfig
     from integrations.ovseg.clip_weights import ovseg_clip_encoder, register_ovseg_clip
 
-    theirs_adapter = MaskFormerClipAdapter(setup["clip_path"], PredefinedPromptExtractor(["{}"]),
+    theirs_adapter = MaskFormerClipAdapter(setup["clip_path"], PredefinedPromptExtractor(["{}."]),
                                            mask_prompt_depth=3, mask_prompt_fwd=False).eval()
     g = torch.Generator().manual_seed(4)
     image = torch.randint(0, 256, (3, 40, 56), generator=g).float()

@@ -14,7 +14,8 @@ config and the weights (safetensors) and registers the config::
     model = oe.create_model(reg["model_name"], reg["weights"], prompts=oe.PromptConfig())  # to train
 
 With zero prompts the encoder equals OVSeg's CLIP without mask prompts (``MASK_PROMPT_FWD False``)
-and, queried with bare class names, OVSeg's template ``"{}"``. OVSeg's mask-prompt embeddings
+and, queried with bare class names, OVSeg's CLIP with the template ``"{}."`` (OpenDAS encodes
+``"<learned context> <name>."``; here the context is empty). OVSeg's mask-prompt embeddings
 (``visual.mask_embedding``) are not part of open_clip's CLIP and are dropped.
 
 A CLIP *file* is read the way OVSeg's ``clip.load`` reads it: ``build_model`` calls OpenAI's
