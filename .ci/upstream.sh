@@ -50,7 +50,8 @@ setup_upstream() {
   wheel_dir="$(dirname "${roots[detectron2]}")/wheel-$pyver-torch$torch_version"
   wheel="$(ls "$wheel_dir"/detectron2-*.whl 2>/dev/null | head -n1 || true)"
   if [ -z "$wheel" ]; then
-    _upstream_log "building Detectron2 for CPU (a few minutes) -> $wheel_dir"
+    _upstream_log "building Detectron2 for CPU (5-9 min on 2 cores) -> $wheel_dir"
+    rm -rf "$wheel_dir" "$wheel_dir.partial"
     (cd "${roots[detectron2]}" && FORCE_CUDA=0 MAX_JOBS=2 "$py" -m pip wheel -q --no-build-isolation --no-deps \
        -w "$wheel_dir.partial" . ) || { echo "ERROR: Detectron2 build failed" >&2; return 1; }
     mv "$wheel_dir.partial" "$wheel_dir"
@@ -70,12 +71,11 @@ EOF
     _upstream_log "installing $wheel"
     "$py" -m pip install -q --force-reinstall --no-deps "$wheel"
   fi
+  "$py" -m pip install -q "$wheel"  # Detectron2's own requirements (fvcore, iopath, pycocotools, ...)
 
-  # 3. what Detectron2 (its install_requires), OVSeg and OpenMask3D's feature step import
-  "$py" -m pip install -q "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10" "pycocotools>=2.0.2" yacs tabulate \
-    termcolor cloudpickle "omegaconf>=2.1,<2.4" "hydra-core>=1.1" \
-    opencv-python-headless pandas wandb shapely \
-    open3d plyfile imageio
+  # 3. what OVSeg (the project's `ovseg` extra) and OpenMask3D's feature step (the `openmask3d` extra) import
+  "$py" -m pip install -q opencv-python-headless pycocotools pandas wandb \
+    open3d plyfile hydra-core omegaconf imageio
 
   export OVSEG_ROOT="${roots[ov-seg]}"
   export OPENMASK3D_ROOT="${roots[openmask3d]}"
