@@ -19,6 +19,11 @@ Fences ``bash``/``sh``/``shell`` run with ``bash -euo pipefail``; ``python`` blo
 Python. Every ``README.md`` of the repository is scanned (the top-level one, ``integrations/*/``,
 ``docs/``, ...): the lead can mark blocks of the main README the same way.
 
+Blocks that cannot run here (real data, a GPU, the network) stay unmarked; for them
+:func:`test_unmarked_commands_use_existing_flags` checks that every ``--flag`` a command passes to one
+of the project's scripts (``python eval/*.py``, ``python -m integrations...`` / ``opendas_encoder...``)
+exists in that script's ``--help``, so renaming a flag without updating the README fails too.
+
 How blocks run: in document order, one test per block, in a per-README working folder whose
 entries are symlinks to the repository's top-level entries (so ``python eval/run_2d.py`` and
 ``python -m integrations...`` work as from the repository root) while files the commands write
@@ -148,6 +153,81 @@ def working_folder(readme: str, tmp_path_factory) -> str:
                 os.symlink(os.path.join(ROOT, entry), os.path.join(view, entry))
         _VIEWS[readme] = view
     return _VIEWS[readme]
+
+
+def all_fenced_blocks(path: str) -> List[Tuple[int, str, str]]:
+    """(line, language, code) of every fenced block of a Markdown file."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if m and lines[i].strip() != "```":
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), len(lines))
+            out.append((i + 1, m.group("lang"), "\n".join(lines[i + 1:end])))
+            i = end + 1
+        else:
+            i += 1
+    return out
+
+
+def project_commands(code: str) -> List[Tuple[List[str], List[str]]]:
+    """(the command that runs a project script, the --flags it passes) for each such shell command."""
+    joined = re.sub(r"\\\n\s*", " ", code)
+    found = []
+    for line in joined.splitlines():
+        line = line.split(" #", 1)[0]
+        for part in re.split(r"&&|;|\|\|", line):
+            try:
+                tokens = shlex.split(part)
+            except ValueError:
+                continue
+            if "python" not in tokens:
+                continue
+            k = tokens.index("python")
+            rest = tokens[k + 1:]
+            if rest[:1] == ["-m"] and len(rest) > 1 and rest[1].split(".")[0] in ("integrations", "opendas_encoder"):
+                cmd, args = ["-m", rest[1]], rest[2:]
+            elif rest and rest[0].startswith("eval/") and rest[0].endswith(".py"):
+                cmd, args = [rest[0]], rest[1:]
+            else:
+                continue
+            args = [a.lstrip("[") for a in args]  # optional flags written as [--flag VALUE]
+            found.append((cmd, sorted({a.split("=", 1)[0] for a in args if a.startswith("--")})))
+    return found
+
+
+def unmarked_usages() -> Dict[Tuple[str, ...], Dict[str, List[str]]]:
+    """script command -> {flag: [README:line, ...]} over the unmarked shell blocks of every README."""
+    usages: Dict[Tuple[str, ...], Dict[str, List[str]]] = {}
+    marked = {(b.readme, b.line) for b in BLOCKS}
+    for rel in readme_files():
+        for line, lang, code in all_fenced_blocks(os.path.join(ROOT, rel)):
+            if LANGS.get(lang) != "bash" or (rel, line) in marked:
+                continue
+            for cmd, flags in project_commands(code):
+                per_flag = usages.setdefault(tuple(cmd), {})
+                for flag in flags:
+                    per_flag.setdefault(flag, []).append(f"{rel}:{line}")
+    return usages
+
+
+UNMARKED = unmarked_usages()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", sorted(UNMARKED), ids=lambda c: " ".join(c))
+def test_unmarked_commands_use_existing_flags(cmd):
+    r = subprocess.run([sys.executable, *cmd, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        reason = f"`python {' '.join(cmd)} --help` failed here: {r.stderr.strip().splitlines()[-1:]}"
+        if os.environ.get("OPENDAS_REQUIRE_INTEGRATIONS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    unknown = {f: where for f, where in UNMARKED[cmd].items()
+               if not re.search(rf"(^|[\s\[,]){re.escape(f)}\b", r.stdout)}
+    assert not unknown, f"`python {' '.join(cmd)}` has no such flag(s) (see its --help): {unknown}"
 
 
 def test_readme_markers_are_well_formed():

@@ -19,8 +19,10 @@ import importlib.util
 from typing import List, Optional
 
 
-def parse_args(argv: Optional[List[str]] = None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
+def our_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False,
+                                     usage="python -m integrations.ovseg.train_net [our flags] [OVSeg's train_net.py flags] "
+                                           "[config overrides]")
     parser.add_argument("--clip-backend", choices=("openai", "opendas"), default="opendas",
                         help="classifier of OVSeg's CLIP branch (default: opendas)")
     parser.add_argument("--opendas-checkpoint", default="", help="OpenDAS checkpoint folder (opendas backend)")
@@ -28,6 +30,11 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument("--opendas-model-config", default="",
                         help="open_clip model-config JSON (file or folder) to register before loading")
     parser.add_argument("--ovseg-root", default=None, help="OVSeg checkout (default: $OVSEG_ROOT)")
+    return parser
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    parser = our_parser()
     ours, rest = parser.parse_known_args(argv)
     if ours.clip_backend == "opendas" and not ours.opendas_checkpoint and "-h" not in rest and "--help" not in rest:
         parser.error("--clip-backend opendas needs --opendas-checkpoint DIR")
@@ -83,6 +90,9 @@ def main(argv: Optional[List[str]] = None):
     from .env import add_ovseg_to_path
 
     ours, rest = parse_args(argv)
+    if "-h" in rest or "--help" in rest:  # our flags first, then OVSeg's (Detectron2's) own
+        our_parser().print_help()
+        print("\nOVSeg's train_net.py (Detectron2's default_argument_parser):")
     root = add_ovseg_to_path(ours.ovseg_root)
     train_net = import_ovseg_train_net(root)
     from detectron2.engine import default_argument_parser, launch
