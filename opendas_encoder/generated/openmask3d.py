@@ -2,7 +2,7 @@
 
 Everything here is procedurally generated (labelled "generated" wherever it is reported). The scenes
 (coloured boxes and cylinders in a room, posed RGB-D frames, ScanNet-encoded instance ground truth)
-come from :mod:`opendas_encoder.threed.generated_scene`; this module adds the proposal files in
+come from :mod:`opendas_encoder.generated.scene3d`; this module adds the proposal files in
 Mask3D's format and folder conventions, so that OpenMask3D's own feature step and
 ``eval/run_3d.py --proposals files`` read what they would read after a real Mask3D run. Layout under
 ``root``::
@@ -13,7 +13,7 @@ Mask3D's format and folder conventions, so that OpenMask3D's own feature step an
     openmask3d/<scene>/<scene>.ply
     openmask3d/<scene>/<scene>_masks.pt                proposals, Mask3D's format (see below)
     openmask3d/gt/<scene>.txt, openmask3d/classes.json ScanNet ground truth
-    scannetpp/data/<scene>/scans/mesh_aligned_0.05.ply ScanNet++'s layout (see generated_scene)
+    scannetpp/data/<scene>/scans/mesh_aligned_0.05.ply ScanNet++'s layout (see scene3d)
     scannetpp_masks/<scene>/mesh_aligned_0.05_masks.pt Mask3D output, one ``mask_save_dir`` per scene
 
 Proposals are the ground-truth instances (one mask per instance; a CPU machine cannot run Mask3D),
@@ -28,7 +28,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from opendas_encoder.threed.generated_scene import generate_dataset, proposals_from_gt
+from .scene3d import generate_dataset, proposals_from_gt
 
 from .ovseg import write_generated_marker
 
