@@ -58,20 +58,21 @@ setup_upstream() {
     wheel="$(ls "$wheel_dir"/detectron2-*.whl | head -n1)"
   fi
   if "$py" - "$wheel" <<'EOF'
-import importlib.metadata as md, sys
+import importlib.metadata as md, json, os, sys, urllib.parse
 try:
-    url = md.distribution("detectron2").read_text("direct_url.json") or ""
-except md.PackageNotFoundError:
+    url = json.loads(md.distribution("detectron2").read_text("direct_url.json") or "{}").get("url", "")
+except (md.PackageNotFoundError, ValueError):
     sys.exit(1)
-sys.exit(0 if sys.argv[1] in url else 1)
+path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
+sys.exit(0 if path and os.path.realpath(path) == os.path.realpath(sys.argv[1]) else 1)
 EOF
   then
     _upstream_log "Detectron2 from $wheel is installed already"
   else
     _upstream_log "installing $wheel"
     "$py" -m pip install -q --force-reinstall --no-deps "$wheel"
+    "$py" -m pip install -q "$wheel"  # Detectron2's own requirements (fvcore, iopath, pycocotools, ...)
   fi
-  "$py" -m pip install -q "$wheel"  # Detectron2's own requirements (fvcore, iopath, pycocotools, ...)
 
   # 3. what OVSeg (the project's `ovseg` extra) and OpenMask3D's feature step (the `openmask3d` extra) import
   "$py" -m pip install -q opencv-python-headless pycocotools pandas wandb \
