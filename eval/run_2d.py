@@ -15,10 +15,12 @@ Mask proposals come from one of:
 
 Examples::
 
-    python eval/run_2d.py --generate-fixture /tmp/ade_fixture
-    python eval/run_2d.py --ade-root /tmp/ade_fixture --proposals /tmp/ade_fixture/proposals/validation \\
-        --opendas-checkpoint /tmp/ade_fixture/encoder/opendas \\
-        --model-config /tmp/ade_fixture/encoder/model_configs --vocab-split /tmp/ade_fixture/vocab_split.json
+    python -m integrations.ovseg.fixture runs/fixtures/ovseg      # or: --generate-fixture runs/fixtures/ovseg
+    python eval/run_2d.py --ade-root runs/fixtures/ovseg --proposals runs/fixtures/ovseg/proposals/validation \\
+        --opendas-checkpoint runs/fixtures/ovseg/encoder/opendas \\
+        --model-config runs/fixtures/ovseg/encoder/model_configs --vocab-split runs/fixtures/ovseg/vocab_split.json
+
+Results on generated data (a ``GENERATED`` marker at the data root) are labelled so in the output.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from integrations.ovseg.adapter import RegionClassifier, RegionConfig, TemplateTextEncoder  # noqa: E402
-from integrations.ovseg.fixture import ADE_NUM_CLASSES, FixtureSpec, ade20k_class_names, generate_fixture  # noqa: E402
+from integrations.ovseg.fixture import FixtureSpec, generate_fixture  # noqa: E402
+from opendas_encoder.generated.ovseg import ADE_NUM_CLASSES, ade20k_class_names, is_generated  # noqa: E402
 from integrations.ovseg.semantic import gt_proposals, load_proposals, segment_image  # noqa: E402
 from opendas_encoder.data.segments import read_label_png, read_rgb  # noqa: E402
 from opendas_encoder.metrics import SemSegConfusion, split_iou  # noqa: E402
@@ -279,7 +282,7 @@ def main(argv=None) -> Dict[str, dict]:
     if args.generate_fixture:
         names = ade20k_class_names()
         out = generate_fixture(args.generate_fixture, FixtureSpec(num_images=args.fixture_images), names)
-        print(f"fixture written to {args.generate_fixture} ({len(out['stems'])} images)")
+        print(f"generated fixture written to {args.generate_fixture} ({len(out['stems'])} images, not real data)")
         print("evaluate it with:\n  python eval/run_2d.py --ade-root {0} --proposals {1} --opendas-checkpoint {2} "
               "--model-config {3} --vocab-split {4}".format(
                   args.generate_fixture, out["proposals"], out["opendas_checkpoint"],
@@ -312,11 +315,14 @@ def main(argv=None) -> Dict[str, dict]:
         source = f"proposals {args.proposals}" if args.proposals else "ground-truth masks"
     summary = summarize(conf, class_names, split)
     present = int(next(iter(conf.values())).confusion.sum(axis=1).astype(bool).sum())
-    print(f"ADE20K-150 validation: {len(samples)} images, {present} classes present, masks: {source}")
+    generated = is_generated(args.ade_root)
+    kind = "GENERATED ADE20K-layout fixture (not real data)" if generated else "ADE20K-150 validation"
+    print(f"{kind}: {len(samples)} images, {present} classes present, masks: {source}")
     print(format_table(summary))
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"images": len(samples), "source": source, "results": summary}, f, indent=2, sort_keys=True)
+            json.dump({"images": len(samples), "source": source, "generated": generated, "results": summary}, f,
+                      indent=2, sort_keys=True)
     return summary
 
 

@@ -18,12 +18,21 @@ Proposals: ``--proposals files`` reads ``<scene>*_masks.pt|.npy`` (Mask3D output
 MinkowskiEngine to compute, see integrations/openmask3d/README.md) from ``--masks-dir`` or the scene
 folder; ``--proposals gt`` uses one mask per ground-truth instance (CPU; classification only).
 
-Per-scene predictions are saved under ``--out`` (``<encoder>/<scene>.npz``), so an interrupted run
-continues where it stopped. Examples::
+OpenMask3D's own outputs: ``--openmask3d-features DIR`` reads the ``*_openmask3d_features.npy`` that
+OpenMask3D's feature step wrote for the same proposal files (its CLIP column) instead of computing
+CLIP features here; ``--opendas-features DIR`` does the same for a run of that step with the OpenDAS
+encoder (``python -m integrations.openmask3d.launch ... external.opendas_checkpoint=...``); without it
+the OpenDAS features are computed here on the same proposals.
 
-    python eval/run_3d.py --generate /tmp/gen3d --model opendas-tiny-vit --pretrained none
+Without ``--checkpoint`` the script says how to get one (``--clip-only`` evaluates the CLIP column
+alone). Per-scene predictions are saved under ``--out`` (``<encoder>/<scene>.npz``), so an interrupted
+run continues where it stopped. Examples::
+
+    python eval/run_3d.py --generate /tmp/gen3d --checkpoint CKPT
     python eval/run_3d.py --data-root /data/scannetpp --checkpoint checkpoints/scannetpp_offices \\
         --proposals files --masks-dir /data/mask3d_scannetpp --out results/3d
+    python eval/run_3d.py --data-root PROCESSED --checkpoint CKPT --proposals files \\
+        --openmask3d-features OM3D_OUT --opendas-features OM3D_OPENDAS_OUT
 """
 
 from __future__ import annotations
@@ -46,14 +55,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from integrations.openmask3d.readers import (ProcessedLayout, find_mask_proposals, read_classes_json,  # noqa: E402
-                                             read_mask_proposals, read_processed_scene, read_scannet_gt)
+from integrations.openmask3d.readers import (ProcessedLayout, find_mask_proposals, find_openmask3d_features,  # noqa: E402
+                                             read_classes_json, read_mask_proposals, read_openmask3d_features,
+                                             read_processed_scene, read_scannet_gt)
 from opendas_encoder.metrics import instance_ap  # noqa: E402
 from opendas_encoder.threed import (OPENMASK3D_TEMPLATE, MaskFeatureConfig, SamRefiner, Scene3D,  # noqa: E402
                                     classify_masks, compute_mask_features, encode_queries)
 from opendas_encoder.generated.scene3d import generate_dataset, proposals_from_gt  # noqa: E402
 
 CLIP, OPENDAS = "clip", "opendas"
+GENERATED_MARKER = "GENERATED"  # opendas_encoder.generated writes it at the root of generated data
+
+NO_CHECKPOINT_HELP = (
+    "no OpenDAS checkpoint given (--checkpoint DIR), so there is no OpenDAS column to compare with CLIP. Get one:\n"
+    "  * train it: opendas train CONFIG (README.md, 'Adapt CLIP to your own domain'); its run folder's final/ is the checkpoint;\n"
+    "  * or, to check the wiring on generated data, write an example (random prompts, not trained):\n"
+    "      python -m integrations.openmask3d.fixture runs/fixtures/om3d   # -> runs/fixtures/om3d/encoder/opendas\n"
+    "Pass --clip-only to evaluate the CLIP column alone.")
 
 
 # ----------------------------------------------------------------------------------- data access
@@ -150,16 +168,27 @@ class SceneSource:
             return ids
         return read_scannet_gt(os.path.join(self.root, "gt", f"{name}.txt"), num_points)
 
-    def proposals(self, name: str, num_points: int, gt: np.ndarray) -> np.ndarray:
-        if self.args.proposals == "gt":
-            return proposals_from_gt(gt)
+    def proposal_file(self, name: str) -> str:
         if self.layout == "openmask3d":
-            path = find_mask_proposals(os.path.join(self.root, name), self.args.masks_dir)
-        elif self.args.masks_dir:
-            path = find_mask_proposals(os.path.join(self.args.masks_dir, name), self.args.masks_dir)
-        else:
-            raise SystemExit("--proposals files on ScanNet++ needs --masks-dir (Mask3D outputs) or use --proposals gt")
-        return read_mask_proposals(path, num_points)
+            return find_mask_proposals(os.path.join(self.root, name), self.args.masks_dir)
+        if self.args.masks_dir:
+            return find_mask_proposals(os.path.join(self.args.masks_dir, name), self.args.masks_dir)
+        raise SystemExit("--proposals files on ScanNet++ needs --masks-dir (Mask3D outputs) or use --proposals gt")
+
+    def proposals(self, name: str, num_points: int, gt: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
+        """(bool masks (num_points, num_masks), the proposal file or None for ground-truth proposals)."""
+        if self.args.proposals == "gt":
+            return proposals_from_gt(gt), None
+        path = self.proposal_file(name)
+        return read_mask_proposals(path, num_points), path
+
+    def is_generated(self) -> bool:
+        return any(os.path.isfile(os.path.join(d, GENERATED_MARKER))
+                   for d in (self.root, os.path.dirname(os.path.normpath(self.root))))
+
+    def scene_names(self) -> List[str]:
+        """Every scene folder of an OpenMask3D processed layout (those with a pose/ folder)."""
+        return sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d, "pose")))
 
 
 # ----------------------------------------------------------------------------------- encoders
@@ -169,6 +198,8 @@ def build_encoders(args, device: str) -> Dict[str, Tuple[object, Optional[str], 
 
     model, pretrained = args.model, args.pretrained
     encoders = {}
+    if not args.checkpoint and not args.clip_only:
+        raise SystemExit(NO_CHECKPOINT_HELP)
     if args.checkpoint:
         cfg = oe.read_checkpoint_config(args.checkpoint)
         model = model or cfg["model_name"]
@@ -257,6 +288,14 @@ def parse_args(argv=None):
     p.add_argument("--generate", metavar="DIR", help="generate scenes into DIR (both layouts) and evaluate them")
     p.add_argument("--num-scenes", type=int, default=2, help="scenes to generate with --generate")
     p.add_argument("--checkpoint", help="OpenDAS checkpoint folder (adapted encoder)")
+    p.add_argument("--clip-only", action="store_true", help="no checkpoint: evaluate the CLIP column alone")
+    p.add_argument("--model-config", action="append", default=[], metavar="JSON_OR_DIR",
+                   help="open_clip model config (file or folder) to register first (repeatable)")
+    p.add_argument("--openmask3d-features", metavar="DIR",
+                   help="CLIP column from OpenMask3D's *_openmask3d_features.npy in DIR (needs --proposals files)")
+    p.add_argument("--opendas-features", metavar="DIR",
+                   help="OpenDAS column from the *_openmask3d_features.npy of OpenMask3D's feature step run with "
+                        "the checkpoint (integrations.openmask3d.launch); default: computed here")
     p.add_argument("--model", help="open_clip model name of the CLIP baseline (default: the checkpoint's)")
     p.add_argument("--pretrained", help="pretrained tag or weights file ('none' = random; default: the checkpoint's)")
     p.add_argument("--template", default=OPENMASK3D_TEMPLATE, help="query sentence for the CLIP baseline")
@@ -286,6 +325,8 @@ def parse_args(argv=None):
 def resolve_scenes(args) -> List[str]:
     if args.generate:
         names = generate_dataset(args.generate, num_scenes=args.num_scenes)
+        with open(os.path.join(args.generate, GENERATED_MARKER), "w", encoding="utf-8") as f:
+            f.write("generated by eval/run_3d.py --generate; not a real dataset\n")
         args.data_root = args.data_root or os.path.join(args.generate, "openmask3d")
         args.proposals = args.proposals or "gt"
         return names
@@ -304,14 +345,38 @@ def resolve_scenes(args) -> List[str]:
     return list(args.scenes) if args.scenes else default_scenes()
 
 
+def feature_sources(args) -> Dict[str, Optional[str]]:
+    """encoder name -> folder of OpenMask3D feature files to read, or None (computed here)."""
+    sources = {CLIP: args.openmask3d_features, OPENDAS: args.opendas_features}
+    if any(sources.values()) and args.proposals != "files":
+        raise SystemExit("--openmask3d-features / --opendas-features need --proposals files (the mask files the "
+                         "features were computed on)")
+    for flag, path in (("--openmask3d-features", args.openmask3d_features), ("--opendas-features", args.opendas_features)):
+        if path and not os.path.isdir(path):
+            raise SystemExit(f"{flag}: folder not found: {path}")
+    if args.opendas_features and not args.checkpoint:
+        raise SystemExit("--opendas-features needs the checkpoint that computed them (--checkpoint DIR) for the text queries")
+    return sources
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, int(os.environ.get("OPENDAS_THREADS", "1"))))
+    if args.model_config:
+        import open_clip
+
+        for path in args.model_config:
+            if not os.path.exists(path):
+                raise SystemExit(f"--model-config: not found: {path}")
+            open_clip.add_model_config(path)
     scenes = resolve_scenes(args)
     if not args.data_root:
         raise SystemExit("--data-root is required (or --generate DIR / --scenes GENERATED_DIR)")
     args.proposals = args.proposals or "files"
     source = SceneSource(args)
+    if not args.scenes and not args.generate and source.layout == "openmask3d":
+        scenes = source.scene_names()
+    sources = feature_sources(args)
     vocab = source.vocabulary(scenes)
     cfg = MaskFeatureConfig(top_k=args.top_k, num_levels=args.levels, expansion_ratio=args.expansion,
                             vis_threshold=args.vis_threshold, batch_size=args.batch_size,
@@ -322,18 +387,29 @@ def main(argv=None) -> int:
 
     gts, preds = {}, {name: {} for name in encoders}
     timing = {name: {"seconds": 0.0, "masks": 0} for name in encoders}
+    unseen = {name: 0 for name in encoders}
     for name in tqdm(scenes, desc="scenes"):
         scene = source.scene(name)
         gt = source.ground_truth(name, scene.num_points, vocab)
-        masks = source.proposals(name, scene.num_points, gt)
+        masks, masks_path = source.proposals(name, scene.num_points, gt)
         gts[name] = gt
         for enc_name, (enc, _, identity) in encoders.items():
-            out = scene_predictions(scene, masks, enc, queries[enc_name], vocab, cfg, refiner,
-                                    os.path.join(args.out, enc_name, f"{name}.npz"), cache_key(identity, cfg, masks, args))
+            if sources.get(enc_name):
+                path = find_openmask3d_features(sources[enc_name], name, masks_path)
+                feats = read_openmask3d_features(path, masks.shape[1])
+                if feats.shape[1] != queries[enc_name].shape[1]:
+                    raise SystemExit(f"{path}: feature width {feats.shape[1]} but the {enc_name} encoder's text "
+                                     f"features are {queries[enc_name].shape[1]} wide (another model?)")
+                idx, sim = classify_masks(feats, queries[enc_name])
+                out = {"classes": np.asarray(vocab.ids, dtype=np.int64)[idx], "similarity": sim, "seconds": None}
+                unseen[enc_name] += int((np.abs(feats).sum(axis=1) == 0).sum())
+            else:
+                out = scene_predictions(scene, masks, enc, queries[enc_name], vocab, cfg, refiner,
+                                        os.path.join(args.out, enc_name, f"{name}.npz"), cache_key(identity, cfg, masks, args))
+                timing[enc_name]["seconds"] += float(out["seconds"])
+                timing[enc_name]["masks"] += int(masks.shape[1])
             scores = np.ones(masks.shape[1]) if args.scores == "ones" else out["similarity"].astype(np.float64)
             preds[enc_name][name] = {"masks": masks, "scores": scores, "classes": out["classes"]}
-            timing[enc_name]["seconds"] += float(out["seconds"])
-            timing[enc_name]["masks"] += int(masks.shape[1])
 
     results = {}
     for enc_name in encoders:
@@ -341,15 +417,24 @@ def main(argv=None) -> int:
         r["base"] = split_means(r["per_class"], vocab.base)
         r["novel"] = split_means(r["per_class"], vocab.novel)
         t = timing[enc_name]
-        r["seconds_per_mask"] = t["seconds"] / max(1, t["masks"])
+        r["seconds_per_mask"] = t["seconds"] / t["masks"] if t["masks"] else None
+        r["features"] = f"OpenMask3D feature files in {sources[enc_name]}" if sources.get(enc_name) else "computed here"
+        r["masks_without_features"] = unseen[enc_name]
         results[enc_name] = r
+    generated = source.is_generated()
     report = {"scenes": scenes, "layout": source.layout, "proposals": args.proposals, "scores": args.scores,
               "config": asdict(cfg), "classes": vocab.names, "base": vocab.base, "novel": vocab.novel,
-              "results": results}
+              "generated": generated, "results": results}
     os.makedirs(args.out, exist_ok=True)
     for path in [os.path.join(args.out, "results.json")] + ([args.json] if args.json else []):
         with open(path, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True, default=float)
+    kind = "GENERATED data (not a real dataset)" if generated else "data"
+    print(f"{kind}: {len(scenes)} scene(s) from {args.data_root} ({source.layout} layout), proposals: {args.proposals}")
+    for enc_name, r in results.items():
+        note = f"; {r['masks_without_features']} mask(s) with all-zero features (no view saw them)" \
+            if r["masks_without_features"] else ""
+        print(f"  {enc_name}: features {r['features']}{note}")
     print(format_table(results, vocab))
     print(f"results: {os.path.join(args.out, 'results.json')}")
     return 0

@@ -21,7 +21,7 @@ from integrations.ovseg.adapter import (
     scaled_box,
     semantic_scores,
 )
-from integrations.ovseg.fixture import TINY_MODEL_CONFIG, TINY_MODEL_NAME
+from opendas_encoder.generated.ovseg import TINY_MODEL_CONFIG, TINY_MODEL_NAME
 from integrations.ovseg.semantic import gt_proposals, load_proposals, segment_image
 from opendas_encoder.data.segments import CLIP_MEAN_PIXEL
 

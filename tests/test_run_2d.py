@@ -10,7 +10,7 @@ from torch import nn
 
 from eval import run_2d
 from integrations.ovseg.adapter import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, RegionClassifier
-from integrations.ovseg.fixture import ade20k_class_names, write_ade_image
+from opendas_encoder.generated.ovseg import ade20k_class_names, write_ade_image
 
 NAMES = ade20k_class_names()
 

@@ -4,6 +4,10 @@ OpenMask3D calls ``clip.load(name, device) -> (model, preprocess)``, then
 ``model.encode_image(tensor)`` and (in its evaluation script) ``clip.tokenize(texts)`` +
 ``model.encode_text(tokens)``. :func:`install` puts a module named ``clip`` with that API into
 ``sys.modules``; its ``load`` returns :class:`OpenAIClipCallShape` around our encoder.
+
+Token contract (issue 13.1): ``clip.tokenize(texts)`` returns exactly ``encoder.tokenizer(texts)``, the
+plain open_clip tokenizer output of the texts; ``encode_text`` of those ids equals ``encode_text`` of
+the strings (every method inserts its learned context itself, once).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class OpenAIClipCallShape:
 
     @torch.no_grad()
     def encode_text(self, text: Union[torch.Tensor, List[str]]) -> torch.Tensor:
-        """Token ids (B, L) from ``tokenize`` or bare class names -> (B, D)."""
+        """Token ids (B, L) from ``tokenize`` (``encoder.tokenizer`` output) or bare class names -> (B, D)."""
         return self.encoder.encode_text(text)
 
     def to(self, device):
@@ -62,6 +66,7 @@ def make_clip_module(build_encoder: Callable[[str, str], object]) -> types.Modul
     def tokenize(texts, context_length: int = 77, truncate: bool = False):
         if "encoder" not in state:
             raise RuntimeError("clip.tokenize called before clip.load (the opendas shim tokenizes with the loaded encoder)")
+        # the plain tokenizer output, never ids with context slots: encode_text inserts the context itself
         return state["encoder"].tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def available_models():

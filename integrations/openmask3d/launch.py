@@ -3,8 +3,13 @@
 Usage (OpenMask3D checkout at ``$OPENMASK3D_ROOT``; nothing from it is copied here)::
 
     python -m integrations.openmask3d.launch --openmask3d-root $OPENMASK3D_ROOT [--script single_scene|scannet200] \\
+        [--opendas-model-config JSON_OR_DIR] [--scene SCENE_DIR] \\
         external.clip_backend=opendas external.opendas_checkpoint=checkpoints/my_run \\
         [external.sam_backend=none] data.masks.masks_path=... data.camera.poses_path=... (OpenMask3D overrides)
+
+``--scene DIR`` fills the ``data.*`` paths of a scene in OpenMask3D's processed layout (see
+``readers.py``); ``--opendas-model-config`` registers an open_clip model config (file or folder) before
+the encoder is built, for base models open_clip does not ship.
 
 What the launcher changes in the running process, and nothing else:
 
@@ -15,6 +20,10 @@ What the launcher changes in the running process, and nothing else:
    width becomes the encoder's ``embed_dim``.
 3. With ``external.sam_backend=none`` SAM is not loaded: the "SAM mask" of a view is the set of
    projected visible points, which is what our own implementation uses without SAM.
+4. OpenMask3D reads its proposals with a bare ``torch.load(path)``; since torch 2.6 that means
+   ``weights_only=True``, which refuses the pickled float16 NumPy array that its own Mask3D step
+   writes. The launcher allow-lists exactly NumPy's array globals for torch's weights-only unpickler
+   in this process (``readers.numpy_array_globals``), so those files load and nothing else unpickles.
 """
 
 from __future__ import annotations
@@ -105,6 +114,11 @@ def patch_openmask3d(override: OpenDASOverride, builder=None) -> dict:
     ``builder(clip_model_name, device) -> encoder`` replaces :func:`build_encoder` (tests, benchmarks).
     Returns a dict that receives the built encoder under ``"encoder"`` once ``clip.load`` ran.
     """
+    import torch
+
+    from .readers import numpy_array_globals
+
+    torch.serialization.add_safe_globals(numpy_array_globals())  # Mask3D's proposal files (change 4)
     state: dict = {}
     if override.clip_backend == "opendas":
         def _build(name, device):
@@ -135,6 +149,34 @@ def patch_openmask3d(override: OpenDASOverride, builder=None) -> dict:
     return state
 
 
+def scene_overrides(scene_dir: str, given: Sequence[str]) -> list:
+    """OpenMask3D's ``data.*`` overrides for a scene in the processed layout, except keys in ``given``."""
+    from PIL import Image
+
+    from .readers import ProcessedLayout, _point_cloud_path, find_mask_proposals
+
+    if not os.path.isdir(scene_dir):
+        raise FileNotFoundError(f"--scene: scene folder not found: {scene_dir}")
+    layout = ProcessedLayout()
+    scene_dir = os.path.abspath(scene_dir)
+    first = os.path.join(scene_dir, layout.color, "0" + layout.color_ext)
+    if not os.path.isfile(first):
+        raise FileNotFoundError(f"--scene {scene_dir}: no first colour frame {first}")
+    with Image.open(first) as im:
+        height, width = im.height, im.width
+    values = {
+        "data.masks.masks_path": find_mask_proposals(scene_dir),
+        "data.camera.poses_path": os.path.join(scene_dir, layout.poses),
+        "data.camera.intrinsic_path": os.path.join(scene_dir, layout.intrinsic),
+        "data.camera.intrinsic_resolution": f"[{height},{width}]",
+        "data.depths.depths_path": os.path.join(scene_dir, layout.depth),
+        "data.images.images_path": os.path.join(scene_dir, layout.color),
+        "data.point_cloud_path": _point_cloud_path(scene_dir, layout),
+    }
+    keys = {a.lstrip("+").split("=", 1)[0] for a in given}
+    return [f"{k}={v}" for k, v in values.items() if k not in keys]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,11 +184,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="OpenMask3D checkout (default: $OPENMASK3D_ROOT)")
     parser.add_argument("--script", choices=sorted(SCRIPTS), default="single_scene",
                         help="which OpenMask3D feature script to run")
+    parser.add_argument("--opendas-model-config", action="append", default=[], metavar="JSON_OR_DIR",
+                        help="open_clip model config (file or folder) to register before the encoder is built")
+    parser.add_argument("--scene", metavar="DIR",
+                        help="a scene in OpenMask3D's processed layout: fills the data.* paths (single_scene)")
     args, rest = parser.parse_known_args(argv)
     if not args.openmask3d_root or not os.path.isdir(os.path.join(args.openmask3d_root, "openmask3d")):
         parser.error(f"OpenMask3D checkout not found at {args.openmask3d_root!r} "
                      "(git clone OpenMask3D/openmask3d and pass --openmask3d-root or set OPENMASK3D_ROOT)")
     override, hydra_args = split_overrides(rest)
+    if args.scene:
+        if args.script != "single_scene":
+            parser.error("--scene works with --script single_scene")
+        hydra_args += scene_overrides(args.scene, hydra_args)
+    if args.opendas_model_config:
+        import open_clip
+
+        for path in args.opendas_model_config:
+            if not os.path.exists(path):
+                parser.error(f"--opendas-model-config: not found: {path}")
+            open_clip.add_model_config(path)
     if not any(a.startswith("hydra.run.dir=") for a in hydra_args):
         out = next((a.split("=", 1)[1] for a in hydra_args if a.startswith("output.output_directory=")), "output")
         hydra_args.append(f"hydra.run.dir={os.path.join(os.path.abspath(out), 'hydra')}")

@@ -7,7 +7,8 @@ Layout (the paths of ``openmask3d/configs/openmask3d_inference.yaml``, relative 
     <scene>/color/<i>.jpg                    RGB frames
     <scene>/depth/<i>.png                    uint16 depth, ``depth_scale`` units per metre (1000)
     <scene>/<scene>.ply or *.ply             the scene point cloud / mesh vertices
-    <scene>/<scene>_masks.pt | .npy          class-agnostic proposals, (num_points, num_masks)
+    <scene>/<scene>_masks.pt | .npy          class-agnostic proposals, (num_points, num_masks);
+                                             .pt: a tensor or Mask3D's pickled float16 ndarray
     <root>/gt/<scene>.txt                    ScanNet GT, one ``label_id*1000+instance+1`` per point
 
 Only numpy, PIL and torch are used (no open3d).
@@ -106,23 +107,54 @@ def read_processed_scene(scene_dir: str, layout: ProcessedLayout = ProcessedLayo
     return Scene3D(name=name, points=points, frames=frames)
 
 
+def numpy_array_globals() -> list:
+    """The pickle globals of a plain NumPy array, under the module names NumPy 1.x and 2.x write.
+
+    OpenMask3D's Mask3D step saves ``torch.save(pred_masks.astype(np.float16), path)``: a pickled
+    ndarray, whose pickle names ``<numpy core>.multiarray._reconstruct``, ``numpy.ndarray`` and
+    ``numpy.dtype``. Only these are allow-listed for torch's ``weights_only`` unpickler, so nothing
+    else in a file can run.
+    """
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy >= 2
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allowed = [np.ndarray, np.dtype,
+               (_reconstruct, "numpy._core.multiarray._reconstruct"),
+               (_reconstruct, "numpy.core.multiarray._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25 pickles some dtypes by their class
+    if dtypes is not None:
+        allowed += [type(np.dtype(t)) for t in (np.bool_, np.uint8, np.int32, np.int64, np.float16,
+                                                np.float32, np.float64)]
+    return allowed
+
+
+def _load_torch_proposals(path: str) -> np.ndarray:
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(numpy_array_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad (or unsafe) file
+        raise ValueError(f"{path}: cannot read mask proposals with torch.load(weights_only=True) and only "
+                         f"NumPy arrays allowed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, np.ndarray):
+        return obj
+    raise ValueError(f"{path}: expected a tensor or NumPy array (num_points, num_masks), got {type(obj).__name__}")
+
+
 def read_mask_proposals(path: str, num_points: Optional[int] = None) -> np.ndarray:
-    """Class-agnostic proposals as bool (num_points, num_masks) from a torch ``.pt`` (read with
-    ``weights_only=True``, as OpenMask3D's Mask3D step saves them) or a ``.npy`` file."""
+    """Class-agnostic proposals as bool (num_points, num_masks) from a ``.pt`` file (a tensor, or the
+    pickled float16 NumPy array that OpenMask3D's Mask3D step writes; read with torch's
+    ``weights_only`` loader, only NumPy's array globals allowed) or a ``.npy`` file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"mask proposals not found: {path}")
     if path.endswith(".npy"):
         arr = np.load(path, allow_pickle=False)
     elif path.endswith((".pt", ".pth")):
-        import torch
-
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise ValueError(f"{path}: cannot read as a tensor file with weights_only=True ({exc})") from None
-        if not isinstance(obj, torch.Tensor):
-            raise ValueError(f"{path}: expected a tensor (num_points, num_masks), got {type(obj).__name__}")
-        arr = obj.numpy()
+        arr = _load_torch_proposals(path)
     else:
         raise ValueError(f"{path}: mask proposals must be .pt or .npy")
     if arr.ndim != 2:
@@ -136,14 +168,79 @@ def read_mask_proposals(path: str, num_points: Optional[int] = None) -> np.ndarr
 
 
 def find_mask_proposals(scene_dir: str, masks_dir: Optional[str] = None) -> str:
-    """The proposal file of a scene: ``<masks_dir or scene_dir>/<scene>*_masks.{pt,npy}``."""
+    """The proposal file of a scene, looked up in ``where = masks_dir or scene_dir``:
+
+    1. ``<where>/<scene>*_masks.{pt,npy}`` (Mask3D names its file after the PLY; ScanNet processed
+       scenes are ``<scene>.ply`` / ``<scene>_vh_clean_2.ply``);
+    2. ``<where>/<scene>/*_masks.{pt,npy}``, exactly one: one Mask3D output folder per scene
+       (``general.mask_save_dir=<masks_dir>/<scene>``), needed where every scene's PLY has the same
+       name, e.g. ScanNet++'s ``mesh_aligned_0.05.ply`` -> ``mesh_aligned_0.05_masks.pt``.
+    """
     name = os.path.basename(os.path.normpath(scene_dir))
     where = masks_dir or scene_dir
-    found = sorted(glob.glob(os.path.join(where, f"{name}*_masks.pt")) + glob.glob(os.path.join(where, f"{name}*_masks.npy")))
+
+    def matches(pattern: str) -> List[str]:
+        return sorted(glob.glob(pattern + "_masks.pt") + glob.glob(pattern + "_masks.npy"))
+
+    found = matches(os.path.join(where, f"{name}*"))
+    if found:
+        return found[0]
+    sub = os.path.join(where, name)
+    found = matches(os.path.join(sub, "*")) if os.path.isdir(sub) else []
+    if not found and masks_dir is None:
+        found = matches(os.path.join(scene_dir, "*"))
+    if len(found) > 1:
+        raise ValueError(f"{os.path.dirname(found[0])}: {len(found)} mask proposal files {[os.path.basename(f) for f in found]}; "
+                         "keep one *_masks.pt per scene folder")
     if not found:
-        raise FileNotFoundError(f"no mask proposals {name}*_masks.pt/.npy in {where} "
+        raise FileNotFoundError(f"no mask proposals {name}*_masks.pt/.npy in {where} nor *_masks.pt/.npy in {sub} "
                                 "(compute them with Mask3D, see integrations/openmask3d/README.md, or use --proposals gt)")
     return found[0]
+
+
+OPENMASK3D_FEATURES_SUFFIX = "_openmask3d_features.npy"
+
+
+def find_openmask3d_features(features_dir: str, scene: str, masks_path: Optional[str] = None) -> str:
+    """OpenMask3D's feature file of a scene in ``features_dir`` (its ``output.output_directory``).
+
+    OpenMask3D names the file after the proposal file (``<stem>_masks.pt`` ->
+    ``<stem>_openmask3d_features.npy``; its ScanNet200 script: ``<scene>_openmask3d_features.npy``).
+    Looked up as ``<dir>/<stem>...``, ``<dir>/<scene>/<stem>...`` (one output folder per scene) and
+    ``<dir>/<scene>...``.
+    """
+    candidates = []
+    if masks_path:
+        base = os.path.basename(masks_path)
+        for suffix in ("_masks.pt", "_masks.npy"):
+            if base.endswith(suffix):
+                stem = base[: -len(suffix)]
+                candidates += [os.path.join(features_dir, stem + OPENMASK3D_FEATURES_SUFFIX),
+                               os.path.join(features_dir, scene, stem + OPENMASK3D_FEATURES_SUFFIX)]
+    candidates.append(os.path.join(features_dir, scene + OPENMASK3D_FEATURES_SUFFIX))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"no OpenMask3D feature file for scene {scene} (tried {', '.join(candidates)}); run "
+                            "OpenMask3D's feature step for it (python -m integrations.openmask3d.launch ...)")
+
+
+def read_openmask3d_features(path: str, num_masks: Optional[int] = None) -> np.ndarray:
+    """OpenMask3D's per-mask features float32 (num_masks, D); all-zero rows are masks no view saw."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"feature file not found: {path}")
+    try:
+        feats = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: not a NumPy array file ({exc})") from None
+    if feats.ndim != 2:
+        raise ValueError(f"{path}: features must be 2-D (num_masks, D), got shape {feats.shape}")
+    if num_masks is not None and feats.shape[0] != num_masks:
+        raise ValueError(f"{path}: {feats.shape[0]} feature rows but the proposal file has {num_masks} masks "
+                         "(features computed on other proposals?)")
+    if not np.isfinite(feats).all():
+        raise ValueError(f"{path}: features contain inf/nan")
+    return feats.astype(np.float32)
 
 
 def read_scannet_gt(path: str, num_points: Optional[int] = None) -> np.ndarray:
