@@ -45,8 +45,19 @@ class PromptConfig(MethodConfig):
         at the context positions for the layer-0 context. With a causal text tower those states do
         not depend on the class name, so the untrained *text* encoder equals zero-shot CLIP with
         "a photo of a {}." exactly (the image side still carries the random visual prompts).
+    visual_start: first vision layer with prompts (0 = from the input, the paper's). Layers below it run
+        the frozen tower untouched (no prompt tokens); fresh prompts enter at layers
+        ``visual_start .. visual_depth - 1``, so ``visual_prompts`` has ``visual_depth - visual_start``
+        rows (MMA-style: adapt only the higher layers).
+    text_start: first text layer with learned prompts (0 = the paper's). Below it the context
+        positions hold the frozen words of ``text_init`` (which must then fill all ``text_tokens``
+        slots) and carry the frozen tower's own states, so layers ``< text_start`` compute exactly
+        zero-shot CLIP's; ``text_prompts`` has ``text_depth - text_start`` rows (layers
+        ``text_start .. text_depth - 1``), initialised as ``text_deep_init`` says for deep prompts.
     legacy_conventions: True only for checkpoints written before format 2 (opendas_encoder 0.1):
         layer-0 visual prompts skipped ``ln_pre`` and no period closed the text.
+
+    :meth:`paper` is the paper's configuration (every field at the value of the paper, Sec. 4.2 and 5).
     """
 
     visual_tokens: int = 8
@@ -56,10 +67,21 @@ class PromptConfig(MethodConfig):
     text_init: str = "a photo of a"
     init_std: float = 0.02
     text_deep_init: str = "random"
+    visual_start: int = 0
+    text_start: int = 0
     legacy_conventions: bool = False
 
+    @classmethod
+    def paper(cls, **changes) -> "PromptConfig":
+        """The paper's prompts: K_v = 8 in every vision layer, K_t = 4 in every text layer from "a photo of
+        a", deep text prompts random N(0, 0.02) (MaPLe's), prompts from the first layer on; ``changes``
+        override single fields (e.g. the token counts of the paper's Tab. 7)."""
+        paper = dict(visual_tokens=8, visual_depth=None, text_tokens=4, text_depth=None, text_init="a photo of a",
+                     init_std=0.02, text_deep_init="random", visual_start=0, text_start=0, legacy_conventions=False)
+        return cls(**{**paper, **changes})
+
     def __post_init__(self):
-        for name in ("visual_tokens", "text_tokens"):
+        for name in ("visual_tokens", "text_tokens", "visual_start", "text_start"):
             check_int("PromptConfig", name, getattr(self, name), 0)
         for name in ("visual_depth", "text_depth"):
             check_int("PromptConfig", name, getattr(self, name), 1, allow_none=True)
@@ -80,6 +102,10 @@ class PromptConfig(MethodConfig):
             raise ValueError(f"visual_depth={vd} exceeds the vision tower's {vision_layers} layers")
         if td > text_layers:
             raise ValueError(f"text_depth={td} exceeds the text tower's {text_layers} layers")
+        if self.visual_tokens and self.visual_start >= vd:
+            raise ValueError(f"visual_start={self.visual_start} leaves no prompted vision layer (visual_depth={vd})")
+        if self.text_tokens and self.text_start >= td:
+            raise ValueError(f"text_start={self.text_start} leaves no prompted text layer (text_depth={td})")
         return replace(self, visual_depth=vd, text_depth=td)
 
 
@@ -96,8 +122,8 @@ class PromptedCLIP(AdaptedCLIP):
         freeze_base: freeze the open_clip model (default). ``False`` leaves its ``requires_grad`` flags
             untouched, for a view that shares a model someone else trains (e.g. a zero-shot evaluator).
 
-    Parameters: ``visual_prompts`` (visual_depth, K_v, vision width) and ``text_prompts``
-    (text_depth, K_t, text width); a tower with zero tokens has no parameter (``None``).
+    Parameters: ``visual_prompts`` (visual_depth - visual_start, K_v, vision width) and ``text_prompts``
+    (text_depth - text_start, K_t, text width); a tower with zero tokens has no parameter (``None``).
     """
 
     method = "opendas"
@@ -115,12 +141,15 @@ class PromptedCLIP(AdaptedCLIP):
                                           n_slots=cfg.text_tokens)
         ref = self._ref()
         if cfg.visual_tokens:
-            shape = (cfg.visual_depth, cfg.visual_tokens, self.vision_width)
+            shape = (cfg.visual_depth - cfg.visual_start, cfg.visual_tokens, self.vision_width)
             self.visual_prompts = nn.Parameter(torch.empty(shape, device=ref.device).normal_(std=cfg.init_std))
         else:
             self.register_parameter("visual_prompts", None)
+        # text_start > 0: the frozen words of text_init at the layer-0 context (recomputed from the base
+        # model, never saved: not a learned tensor)
+        self.register_buffer("text_context_words", None, persistent=False)
         if cfg.text_tokens:
-            shape = (cfg.text_depth, cfg.text_tokens, self.text_width)
+            shape = (cfg.text_depth - cfg.text_start, cfg.text_tokens, self.text_width)
             self.text_prompts = nn.Parameter(torch.empty(shape, device=ref.device).normal_(std=cfg.init_std))
             self._init_text_context(self.text_view)
         else:
@@ -137,7 +166,15 @@ class PromptedCLIP(AdaptedCLIP):
             raise ValueError(f"text_init {self.config.text_init!r} has {len(ids)} tokens but text_tokens={k}; "
                              "use more text tokens or a shorter phrase")
         weight = view.token_embedding.weight
-        self.text_prompts[0, k - len(ids):] = weight[ids.to(weight.device)].float()
+        words = weight[ids.to(weight.device)].float()
+        if self.config.text_start == 0:
+            self.text_prompts[0, k - len(ids):] = words
+        elif len(ids) != k:
+            raise ValueError(f"text_start={self.config.text_start} keeps the layer-0 context at the words of text_init "
+                             f"{self.config.text_init!r}, which are {len(ids)} tokens: set text_tokens: {len(ids)} "
+                             f"(got {k})")
+        else:
+            self.text_context_words = words
         if self.config.text_deep_init == "carry":
             self._carry_deep_text_prompts(view)
 
@@ -154,11 +191,12 @@ class PromptedCLIP(AdaptedCLIP):
         """
         tokens = self.template([""]).to(view.token_embedding.weight.device)
         start, k = self.template.context_start, self.config.text_tokens
-        x = engine.embed_text(view, tokens, self.text_prompts[0], start)
+        first = self.config.text_start
+        x = engine.embed_text(view, tokens, self._text_context_at(0), start)
         mask = engine.causal_mask(view, tokens.shape[1])
         for i, block in enumerate(view.transformer.resblocks):
-            if 0 < i < self.config.text_depth:
-                self.text_prompts[i] = x[0, start:start + k].float()
+            if max(first, 1) <= i < self.config.text_depth:
+                self.text_prompts[i - first] = x[0, start:start + k].float()
             x = engine.run_block(block, x, mask, use_ckpt=False)
 
     # ------------------------------------------------------------------ what trains
@@ -168,14 +206,18 @@ class PromptedCLIP(AdaptedCLIP):
 
     # ------------------------------------------------------------------ encoders
     def _visual_prompts_at(self, layer: int) -> Optional[torch.Tensor]:
-        if self.visual_prompts is None or layer >= self.config.visual_depth:
+        first = self.config.visual_start
+        if self.visual_prompts is None or not first <= layer < self.config.visual_depth:
             return None
-        return self.visual_prompts[layer]
+        return self.visual_prompts[layer - first]
 
     def _text_context_at(self, layer: int) -> Optional[torch.Tensor]:
         if self.text_prompts is None or layer >= self.config.text_depth:
             return None
-        return self.text_prompts[layer]
+        first = self.config.text_start
+        if layer < first:  # below the first prompted layer: the frozen words at layer 0, then their own states
+            return self.text_context_words if layer == 0 else None
+        return self.text_prompts[layer - first]
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W), preprocessed -> features (B, embed_dim)."""
@@ -194,8 +236,10 @@ class PromptedCLIP(AdaptedCLIP):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"model={self.model_name!r}, visual={c.visual_tokens}x{c.visual_depth}, "
-                f"text={c.text_tokens}x{c.text_depth}, trainable={sum(p.numel() for p in self.prompt_parameters())}")
+        layers = lambda start, depth: f"{depth}" if not start else f"[{start}:{depth}]"  # noqa: E731
+        return (f"model={self.model_name!r}, visual={c.visual_tokens}x{layers(c.visual_start, c.visual_depth)}, "
+                f"text={c.text_tokens}x{layers(c.text_start, c.text_depth)}, "
+                f"trainable={sum(p.numel() for p in self.prompt_parameters())}")
 
 
 # ---------------------------------------------------------------------------------------------- factory

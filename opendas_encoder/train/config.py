@@ -12,13 +12,18 @@ Example (YAML)::
       negatives: negatives.json                      # relative to this file
     schedule: {lr: 0.0025, batch_size: 16, stage1_epochs: 5, stage2_epochs: 5}
     output_dir: runs/offices
+    preset: paper                                    # omitted: "default" (see below)
 
 Every section is a pydantic model with ``extra="forbid"``: unknown keys, wrong types and values out
 of range are refused by :func:`load_config` with one message that names the file and every bad key,
 before any dataset is read. Numbers are coerced the way pydantic does it (PyYAML reads ``1e-5`` as
 the string ``"1e-5"``; it becomes the float 1e-05); integers and booleans must be written as such.
 Omitted keys take the paper's defaults, except ``data.train``, which has none: a config file must say
-which data it trains on (the generated world too: ``{name: generated-world, split: train, ...}``).
+which data it trains on (the generated world too: ``{name: generated-world, split: train, ...}``),
+and OpenDAS's training options (``prompts``, ``triplet``, ``consistency``, ``averaging``), which come
+from the ``preset``: ``paper`` is the paper's method exactly (every option off); ``default`` (when
+omitted) is the library default chosen by measurement on the generated domain suite
+(docs/ablations.md, :data:`PRESETS`). A key written in the config wins over its preset.
 
 The training setting defaults per method (``opendas``: ``two-stage``; every baseline: ``one-stage-ce``,
 its single training stage) and a method/setting pair that cannot train is refused here. A setting that
@@ -145,9 +150,52 @@ class ScheduleConfig(_Section):
 
 
 class TripletConfig(_Section):
+    """The triplet term of the text stage (paper Eq. 3-4); field defaults are the paper's."""
+
     margin: NonNegFloat = 1.5
     lambda_start: NonNegFloat = 0.0  # triplet weight at the first step of the text stage
-    lambda_end: NonNegFloat = 5.0  # ... and at its last step (linear in between)
+    lambda_end: NonNegFloat = 5.0  # ... and at its last step (linear in between; equal: a constant weight)
+    distance: Literal["euclidean", "cosine"] = "euclidean"  # euclidean: the paper's; cosine: 1 - cos
+
+
+class ConsistencyConfig(_Section):
+    """Pull toward the frozen CLIP (PromptSRC / KgCoOp); every weight 0 = off (the paper's).
+
+    The frozen side is zero-shot CLIP over the same open_clip model (``train.evaluate.zero_shot_encoder``):
+    its text features of the label space are computed once per run, its image features once per
+    training segment (per step only with ``runtime.augment``, whose crops change every step).
+    PromptSRC's weights are text 25, image 10, logits 1 with the L1 distance.
+    """
+
+    text: NonNegFloat = 0.0  # weight of d(adapted, zero-shot) text features of the label space
+    image: NonNegFloat = 0.0  # weight of d(adapted, zero-shot) image features of the batch
+    logits: NonNegFloat = 0.0  # weight of KL(zero-shot || adapted) class distribution over the label space
+    distance: Literal["l1", "cosine"] = "l1"  # feature distance: mean |a - f| (PromptSRC) or mean 1 - cos
+
+    @property
+    def active(self) -> bool:
+        return bool(self.text or self.image or self.logits)
+
+    def weights(self) -> tuple:
+        return (self.text, self.image, self.logits)
+
+
+class AveragingConfig(_Section):
+    """Prompt averaging over each stage (off = the paper's: the last iterate is kept).
+
+    ``ema``: after every optimizer step, the exponentially weighted mean of the iterates so far,
+    ``sum_s d^(t-s) p_s / sum_s d^(t-s)`` (bias-corrected, so a short stage is not pulled toward its
+    start); ``gaussian``: PromptSRC's Gaussian-weighted aggregation, one snapshot per epoch weighted
+    ``exp(-(e - mu)^2 / (2 sigma^2))`` (epochs e = 1..E, ``mu = gaussian_mean * E``, ``sigma =
+    gaussian_std`` epochs). At the end of each stage the stage's trainable prompts are replaced by
+    their average (the next stage trains on it; the exported checkpoint holds it); the running average
+    is part of the resumable training state.
+    """
+
+    mode: Literal["off", "ema", "gaussian"] = "off"
+    ema_decay: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.9  # per optimizer step
+    gaussian_mean: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.75  # PromptSRC: epoch 15 of 20
+    gaussian_std: PositiveFloat = 1.0  # in epochs (PromptSRC: 1)
 
 
 class RuntimeConfig(_Section):
@@ -221,9 +269,12 @@ class TrainConfig(_Section):
     method_options: Dict[str, Any] = Field(default_factory=dict)  # a baseline's config fields
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompts: Dict[str, Any] = Field(default_factory=dict)  # OpenDAS PromptConfig fields
+    preset: Literal["default", "paper"] = "default"  # OpenDAS options not written here: the preset's
     data: Optional[DataConfig] = None
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     triplet: TripletConfig = Field(default_factory=TripletConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: StrictStr = "runs/opendas"
 
@@ -237,7 +288,7 @@ class TrainConfig(_Section):
             data["setting"] = normalize_setting(data["setting"])
         if info.context and info.context.get("require_data") and data.get("data") is None:
             data["data"] = {}  # so that pydantic reports the missing key by its name: data.train
-        return data
+        return _apply_preset(data)
 
     @model_validator(mode="after")
     def _method_and_setting(self):
@@ -269,11 +320,14 @@ class TrainConfig(_Section):
             if self.prompts:
                 raise ValueError(f"prompts {sorted(self.prompts)}: only OpenDAS has prompts; "
                                  f"{self.method} takes its options from 'method_options'")
+            if self.consistency.active:
+                raise ValueError(f"consistency: an OpenDAS option (the frozen CLIP is the prompt-free model); "
+                                 f"{self.method} trains without it")
             _validate_dataclass(_method_config_class(self.method), self.method_options, "method_options")
         return self
 
     def prompt_config(self) -> PromptConfig:
-        """OpenDAS's prompts for this run: ``prompts`` over the paper's defaults, with the setting's identity.
+        """OpenDAS's prompts for this run: ``prompts`` over the preset's, with the setting's identity.
 
         A tower the setting does not train stays exactly CLIP's: ``visual-only`` sets the deep text
         prompts to ``text_deep_init="carry"`` from the zero-shot template's words (the text side is
@@ -286,14 +340,19 @@ class TrainConfig(_Section):
                 warnings.warn(f"setting {self.setting!r} does not train that tower, which stays CLIP's: "
                               f"prompts.{key} {prompts[key]!r} -> {value!r}", UserWarning, stacklevel=2)
             prompts[key] = value
-        return _validate_dataclass(PromptConfig, prompts, "prompts")
+        return _validate_dataclass(PromptConfig, {**preset_prompts(self.preset), **prompts}, "prompts")
 
     def updated(self, **changes) -> "TrainConfig":
         """A validated copy with ``changes`` (sections as models or dicts). Changing ``method`` without a
-        ``setting`` gives the new method's default setting."""
+        ``setting`` gives the new method's default setting; changing ``preset`` takes the new preset's
+        values for the preset's sections that ``changes`` does not give."""
         if "method" in changes and "setting" not in changes:
             changes["setting"] = None
-        return type(self).model_validate({**dict(self), **changes})
+        current = dict(self)
+        if "preset" in changes:
+            for section in PRESET_SECTIONS:
+                current.pop(section)
+        return type(self).model_validate({**current, **changes})
 
     def to_dict(self) -> dict:
         """Plain JSON-able dictionary (for OpenDAS, ``prompts`` are the full prompt config that trains)."""
@@ -307,6 +366,48 @@ class TrainConfig(_Section):
     def save(self, path: str) -> None:
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------- presets
+#: Sections a preset fills (OpenDAS's training options); ``prompts`` are PromptConfig fields.
+PRESET_SECTIONS = ("triplet", "consistency", "averaging")
+
+#: The OpenDAS training options of each preset, per section. "paper": the paper's method exactly (Sec. 4,
+#: 5; every option off). "default": the library default, the variant chosen by measurement on the
+#: generated domain suite (docs/ablations.md). Its prompts are ``PromptConfig()``, the paper's
+#: ``PromptConfig.paper()``.
+PRESETS: Dict[str, Dict[str, dict]] = {
+    "paper": {"triplet": {"margin": 1.5, "lambda_start": 0.0, "lambda_end": 5.0, "distance": "euclidean"},
+              "consistency": {"text": 0.0, "image": 0.0, "logits": 0.0, "distance": "l1"},
+              "averaging": {"mode": "off"}},
+    "default": {"triplet": {"margin": 1.5, "lambda_start": 0.0, "lambda_end": 5.0, "distance": "euclidean"},
+                "consistency": {"text": 0.0, "image": 0.0, "logits": 0.0, "distance": "l1"},
+                "averaging": {"mode": "off"}},
+}
+
+
+def preset_prompts(preset: str) -> dict:
+    """PromptConfig fields of a preset (legacy_conventions is no choice of a preset)."""
+    cfg = PromptConfig.paper() if preset == "paper" else PromptConfig()
+    return {k: v for k, v in cfg.to_dict().items() if k != "legacy_conventions"}
+
+
+def _apply_preset(data: dict) -> dict:
+    """Raw config keys with the preset's values under every preset section key the config does not write.
+
+    OpenDAS only (baselines keep the sections' field defaults: every option off). A section given as a
+    model instance counts as written in full; an unknown preset is left for pydantic to report.
+    """
+    preset = data.get("preset", "default")
+    if data.get("method", "opendas") != "opendas" or preset not in PRESETS:
+        return data
+    for section, values in PRESETS[preset].items():
+        given = data.get(section)
+        if given is None:
+            data[section] = dict(values)
+        elif isinstance(given, dict):
+            data[section] = {**values, **given}
+    return data
 
 
 def identity_prompts(setting: str) -> dict:

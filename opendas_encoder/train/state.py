@@ -3,7 +3,8 @@ scheduler's ``state_dict`` (JSON), written atomically; nothing is pickled.
 
 Layout inside the run folder::
 
-    state/epoch-0003/{prompts.safetensors, opendas_config.json, optimizer.safetensors, trainer_state.json}
+    state/epoch-0003/{prompts.safetensors, opendas_config.json, optimizer.safetensors, trainer_state.json,
+                      averaged.safetensors (only with prompt averaging)}
     state/LATEST                      # name of the newest complete state folder
 
 A state folder is complete before ``LATEST`` is switched to it (an atomic rename), so a run killed
@@ -52,12 +53,17 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: Dict[int, str], t
                 optimizer.state[p] = state
 
 
+AVERAGED_FILE = "averaged.safetensors"
+
+
 def save_state(run_dir: str, model, optimizer: Optional[torch.optim.Optimizer], param_names: Dict[int, str],
-               counters: dict, metadata: dict, scheduler: Optional[dict] = None) -> str:
+               counters: dict, metadata: dict, scheduler: Optional[dict] = None,
+               averaged: Optional[Dict[str, torch.Tensor]] = None) -> str:
     """Write a complete state folder and point ``LATEST`` at it; returns its path.
 
     scheduler: the learning-rate scheduler's ``state_dict()`` (plain numbers and lists), stored in
-    ``trainer_state.json`` under ``"scheduler"``.
+    ``trainer_state.json`` under ``"scheduler"``. averaged: the running prompt average of the stage
+    (``PromptAverager.state()``), stored in ``averaged.safetensors``.
     """
     state_root = os.path.join(run_dir, "state")
     os.makedirs(state_root, exist_ok=True)
@@ -71,6 +77,8 @@ def save_state(run_dir: str, model, optimizer: Optional[torch.optim.Optimizer], 
     save_checkpoint(model, tmp, **metadata)
     opt_tensors, opt_scalars = optimizer_tensors(optimizer, param_names) if optimizer is not None else ({}, {})
     save_file(opt_tensors, os.path.join(tmp, "optimizer.safetensors"))
+    if averaged is not None:
+        save_file({k: v.contiguous() for k, v in averaged.items()}, os.path.join(tmp, AVERAGED_FILE))
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
         json.dump({"counters": counters, "optimizer_scalars": opt_scalars, "scheduler": scheduler}, f, indent=1,
                   sort_keys=True, allow_nan=False)
@@ -96,10 +104,14 @@ def latest_state(run_dir: str) -> Optional[str]:
 
 
 def load_state(folder: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], dict]:
-    """(prompt tensors, optimizer tensors, trainer_state dict) of a state folder."""
+    """(prompt tensors, optimizer tensors, trainer_state dict) of a state folder; the running prompt
+    average, when saved, is ``state["averaged"]`` (tensors by name)."""
     prompts = read_checkpoint_tensors(folder, read_checkpoint_config(folder)["tensors_file"])
     opt_path = os.path.join(folder, "optimizer.safetensors")
     optimizer = load_file(opt_path) if os.path.isfile(opt_path) else {}
     with open(os.path.join(folder, "trainer_state.json")) as f:
         state = json.load(f)
+    avg_path = os.path.join(folder, AVERAGED_FILE)
+    if os.path.isfile(avg_path):
+        state["averaged"] = load_file(avg_path)
     return prompts, optimizer, state

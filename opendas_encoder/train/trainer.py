@@ -8,6 +8,14 @@ an atomic training-state checkpoint (prompts, optimizer and learning-rate schedu
 ``resume=True`` continues exactly from the last one; a non-finite loss stops the run with
 :class:`TrainingDiverged` and keeps the last good state.
 
+Options beyond the paper (``TrainConfig``; every one off under ``preset: paper``): the triplet
+distance (``triplet.distance``); a consistency term toward zero-shot CLIP over the same open_clip
+model (``consistency``: its text features of the label space computed once per run, its image
+features once per training segment, as the text stage caches image features; per step only with
+augmentation); prompt averaging (``averaging``: :class:`~.averaging.PromptAverager` per stage, the
+stage's trainable prompts replaced by their average when the stage ends, the average saved with the
+training state).
+
 The engine is method-agnostic: it trains whatever parameters have ``requires_grad`` (after
 ``model.set_trainable(visual=, text=)`` when the model has it), calls ``model.compute_logits`` for
 image-conditioned text (CoCoOp) and ``model.finalize()`` at the end when present (WiSE-FT).
@@ -50,9 +58,10 @@ from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
 from ..core.checkpoint import save_checkpoint
+from .averaging import PromptAverager
 from .config import Stage, TrainConfig, stages_for
 from .data import EpochShardSampler, PreparedSegments
-from .losses import opendas_text_loss
+from .losses import consistency_loss, opendas_text_loss
 from .schedule import lr_scheduler, triplet_weight
 from .state import latest_state, load_state, restore_optimizer, save_state
 
@@ -207,6 +216,21 @@ def encode_images(model, data: PreparedSegments, device: torch.device, batch_siz
     return torch.cat(out)
 
 
+class _Indexed(torch.utils.data.Dataset):
+    """Items of a dataset with their index: (image, label, i); the cached zero-shot image features of the
+    batch are looked up by it (consistency option)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        image, label = self.data[i]
+        return image, label, i
+
+
 def _set_stage_trainable(model, stage: Stage) -> List[torch.nn.Parameter]:
     if hasattr(model, "set_trainable"):
         model.set_trainable(visual=stage.visual, text=stage.text)
@@ -224,14 +248,21 @@ class StageObjective(nn.Module):
     the trainable prompts only; the encoder is referenced, not registered as a submodule, so the
     frozen open_clip weights stay outside DDP.
 
-    ``forward(labels, images=None, features=None, lam=0.0)`` -> (loss, ce, triplet), means over
-    the batch: ``images`` (B, 3, S, S) go through the image tower, ``features`` (B, D) are cached
-    normalised image features. ``forward(None)`` is the zero loss of an empty batch share, still
-    connected to every trainable tensor (zero gradients, same collectives as the other ranks).
+    ``forward(labels, images=None, features=None, lam=0.0, zero_shot_image=None)`` -> (loss, ce,
+    triplet, consistency), means over the batch: ``images`` (B, 3, S, S) go through the image tower,
+    ``features`` (B, D) are cached normalised image features, ``zero_shot_image`` (B, D) zero-shot
+    CLIP's features of the same images (consistency option). ``forward(None)`` is the zero loss of an
+    empty batch share, still connected to every trainable tensor (zero gradients, same collectives as
+    the other ranks).
+
+    ``consistency``: None (off, the paper's) or (weights (text, image, logits), distance) with
+    ``zero_shot_text`` (Q, D) zero-shot CLIP's features of the label space.
     """
 
     def __init__(self, model, params: Sequence[nn.Parameter], stage: Stage, text_input, logit_scale: torch.Tensor,
-                 margin: float, frozen_text: Optional[torch.Tensor] = None, image_conditioned: bool = False):
+                 margin: float, frozen_text: Optional[torch.Tensor] = None, image_conditioned: bool = False,
+                 triplet_distance: str = "euclidean", consistency: Optional[tuple] = None,
+                 zero_shot_text: Optional[torch.Tensor] = None):
         super().__init__()
         self.trainable = nn.ParameterList(params)
         object.__setattr__(self, "encoder", model)  # not a submodule: DDP must not see the frozen base
@@ -241,24 +272,38 @@ class StageObjective(nn.Module):
         self.margin = margin
         self.frozen_text = frozen_text
         self.image_conditioned = image_conditioned
+        self.triplet_distance = triplet_distance
+        self.consistency = consistency
+        self.zero_shot_text = zero_shot_text
 
     def forward(self, labels: Optional[torch.Tensor], images: Optional[torch.Tensor] = None,
-                features: Optional[torch.Tensor] = None, lam: float = 0.0):
+                features: Optional[torch.Tensor] = None, lam: float = 0.0,
+                zero_shot_image: Optional[torch.Tensor] = None):
         if labels is None:
             zero = sum((p * 0).sum() for p in self.trainable)
-            return zero, zero.detach(), zero.detach()
+            return zero, zero.detach(), zero.detach(), zero.detach()
         model = self.encoder
         if self.image_conditioned:
             logits = model.compute_logits(images, self.text_input).float()
             ce = F.cross_entropy(logits, labels)
-            return ce, ce, torch.zeros((), device=ce.device)
+            zero = torch.zeros((), device=ce.device)
+            return ce, ce, zero, zero
         img = features if features is not None else model.encode_image(images, normalize=True).float()
         txt = self.frozen_text if self.frozen_text is not None else \
             model.encode_text(self.text_input, normalize=True).float()
         if self.stage.triplet:
-            return opendas_text_loss(img, txt, labels, self.logit_scale, lam, self.margin)
-        ce = F.cross_entropy(self.logit_scale * img @ txt.T, labels)
-        return ce, ce, torch.zeros((), device=ce.device)
+            loss, ce, trip = opendas_text_loss(img, txt, labels, self.logit_scale, lam, self.margin,
+                                               self.triplet_distance)
+        else:
+            ce = F.cross_entropy(self.logit_scale * img @ txt.T, labels)
+            loss, trip = ce, torch.zeros((), device=ce.device)
+        cons = torch.zeros((), device=ce.device)
+        if self.consistency is not None:
+            weights, distance = self.consistency
+            cons = consistency_loss(weights, distance, img, txt, self.logit_scale, zero_shot_image,
+                                    self.zero_shot_text)
+            loss = loss + cons
+        return loss, ce, trip, cons
 
 
 # ---------------------------------------------------------------- the trainer's named steps
@@ -273,6 +318,7 @@ class ResumePoint:
     optimizer_tensors: Dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer_scalars: dict = field(default_factory=dict)
     scheduler: Optional[dict] = None
+    averaged: Optional[Dict[str, torch.Tensor]] = None  # the stage's running prompt average (averaging option)
 
 
 @dataclass
@@ -289,6 +335,7 @@ class StageRun:
     loader: Optional[DataLoader]  # image batches; None when the stage runs on cached features
     features: Optional[torch.Tensor]  # cached (N, D) image features
     first_epoch: int
+    averager: Optional[PromptAverager] = None  # prompt averaging (averaging option)
     seconds: float = 0.0
     iterations: int = 0
 
@@ -321,12 +368,15 @@ class Trainer:
         self.text_input = tokenizer(self.label_space) if tokenizer else self.label_space
         self.log_path = os.path.join(run_dir, "train_log.jsonl")
         self.metadata = {"run": config.name, "seed": config.seed, "setting": config.setting,
+                         "preset": config.preset, "training_options": training_options(config),
                          "label_space_size": len(self.label_space), "train_segments": len(train),
                          **(extra_metadata or {})}
         self.global_step = 0
         model.to(self.device)
         self.logit_scale = model.logit_scale.exp().detach().float()
         self.forwards: Optional[_CompiledForwards] = None
+        self.consistency = config.consistency if config.consistency.active else None
+        self._zero_shot = None  # (encoder, text features (Q, D), image features (N, D) or None), once per run
 
     # -------------------------------------------------------------- run
     def run(self, resume: bool) -> FitResult:
@@ -372,7 +422,8 @@ class Trainer:
             raise ValueError(f"{folder}: no learning-rate scheduler state (written by an older version); "
                              "start the run again without resuming")
         point = ResumePoint(counters["stage_index"], counters["epoch"] + 1, counters["global_step"], folder,
-                            opt_tensors, state.get("optimizer_scalars", {}), state["scheduler"])
+                            opt_tensors, state.get("optimizer_scalars", {}), state["scheduler"],
+                            state.get("averaged"))
         if point.epoch >= self.stages[point.stage].epochs:  # that stage was complete: next one from scratch
             point = ResumePoint(point.stage + 1, 0, point.global_step, folder)
         if self.is_main:
@@ -395,23 +446,61 @@ class Trainer:
         sampler = EpochShardSampler(len(self.train), self.world, self.rank, seed=cfg.seed * 1_000_003 + si * 1_009)
         batches = BatchSampler(sampler, self.batch_size // self.world, drop_last=False)
         features = loader = None
+        zero_shot_text = self.zero_shot_features()[1] if self.consistency is not None else None
         if not stage.visual and rt.cache_features and not rt.augment and not self.image_conditioned:
             with self.autocast():
                 features = encode_images(self.model, self.train, self.device, rt.eval_batch_size, rt.num_workers,
                                          self.progress, desc=f"{stage.name}: caching image features")
         else:
-            loader = DataLoader(self.train, batch_sampler=batches, num_workers=rt.num_workers,
-                                pin_memory=self.device.type == "cuda", persistent_workers=rt.num_workers > 0)
+            # with consistency on cached zero-shot image features, items carry their index to look them up
+            indexed = self.consistency is not None and self.zero_shot_features()[2] is not None
+            loader = DataLoader(_Indexed(self.train) if indexed else self.train, batch_sampler=batches,
+                                num_workers=rt.num_workers, pin_memory=self.device.type == "cuda",
+                                persistent_workers=rt.num_workers > 0)
         frozen_text = None
         if not stage.text and not self.image_conditioned:
             with torch.no_grad(), self.autocast():
                 frozen_text = self.model.encode_text(self.text_input, normalize=True).float()
+        consistency = (self.consistency.weights(), self.consistency.distance) if self.consistency is not None else None
         objective = StageObjective(self.model, params, stage, self.text_input, self.logit_scale, cfg.triplet.margin,
-                                   frozen_text, self.image_conditioned)
+                                   frozen_text, self.image_conditioned, cfg.triplet.distance, consistency,
+                                   zero_shot_text)
         if self.world > 1:  # every trainable tensor must reach the loss (DDP names any that does not)
             objective = DistributedDataParallel(objective)
+        averager = None
+        if cfg.averaging.mode != "off":
+            av = cfg.averaging
+            averager = PromptAverager(params, [self.param_names[id(p)] for p in params], av.mode, stage.epochs,
+                                      av.ema_decay, av.gaussian_mean, av.gaussian_std)
+            if start.averaged is not None and start.scheduler is not None:  # resuming inside this stage
+                averager.restore(start.averaged, source=start.folder)
+        elif start.averaged is not None and start.scheduler is not None:
+            raise ValueError(f"{start.folder}: saved with prompt averaging, but this config has averaging.mode: off; "
+                             "resume with the run's own config")
         return StageRun(si, stage, optimizer, scheduler, objective, sampler, batches, loader, features,
-                        first_epoch=start.epoch)
+                        first_epoch=start.epoch, averager=averager)
+
+    def zero_shot_features(self) -> tuple:
+        """(zero-shot encoder, its normalised text features of the label space (Q, D), its image features of
+        every training segment (N, D), or None with augmentation, whose crops change every step).
+
+        Zero-shot CLIP is the same open_clip model without prompts (``train.evaluate.zero_shot_encoder``);
+        computed once per run, on the first call (consistency option).
+        """
+        if self._zero_shot is None:
+            from .evaluate import zero_shot_encoder
+
+            rt = self.config.runtime
+            encoder = zero_shot_encoder(self.model)
+            with torch.no_grad(), self.autocast():
+                text = encoder.encode_text(self.text_input, normalize=True).float()
+            image = None
+            if not rt.augment:
+                with self.autocast():
+                    image = encode_images(encoder, self.train, self.device, rt.eval_batch_size, rt.num_workers,
+                                          self.progress, desc="zero-shot image features")
+            self._zero_shot = (encoder, text, image)
+        return self._zero_shot
 
     # -------------------------------------------------------------- step 3: one epoch, one step
     def train_epoch(self, sr: StageRun, epoch: int) -> None:
@@ -436,30 +525,40 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
 
     def _inputs(self, sr: StageRun, item, global_size: int):
-        """(labels, images, features) of this rank's share of the batch; labels None for an empty share."""
+        """(labels, images, features, zero-shot image features) of this rank's share of the batch; labels
+        None for an empty share; zero-shot features only with the consistency option."""
         if item is None:
-            return None, None, None
+            return None, None, None, None
+        zs_image = self.zero_shot_features()[2] if self.consistency is not None else None
         if sr.features is not None:  # item: this rank's indices into the feature cache
             idx = torch.as_tensor(item, dtype=torch.long)
-            return self.train.labels[idx].to(self.device), None, sr.features[idx.to(sr.features.device)]
-        images, labels = item
+            zs = zs_image[idx.to(zs_image.device)] if zs_image is not None else None
+            return self.train.labels[idx].to(self.device), None, sr.features[idx.to(sr.features.device)], zs
+        images, labels, *index = item
         images = images.to(self.device, non_blocking=True)
         if self.config.runtime.augment:
             gen = torch.Generator().manual_seed(self.config.seed * 7_919 + self.global_step)
             images = augment_batch(images, gen, select=slice(self.rank, global_size, self.world))
-        return labels.to(self.device), images, None
+        zs = None
+        if self.consistency is not None:
+            if zs_image is not None:
+                zs = zs_image[index[0].to(zs_image.device)]
+            else:  # augmented crops: zero-shot features of this very batch (no gradient)
+                with torch.no_grad(), self.autocast():
+                    zs = self.zero_shot_features()[0].encode_image(images, normalize=True).float()
+        return labels.to(self.device), images, None, zs
 
     def step(self, sr: StageRun, epoch: int, b: int, item) -> dict:
         """One optimizer step on global batch ``b`` (this rank's share ``item``); its log record."""
         global_size = min(self.batch_size, len(self.train) - b * self.batch_size)
-        labels, images, features = self._inputs(sr, item, global_size)
+        labels, images, features, zs_image = self._inputs(sr, item, global_size)
         share = 0.0 if labels is None else len(labels) / global_size
         lam = triplet_weight(epoch * self.steps_per_epoch + b, self.steps_per_epoch * sr.stage.epochs,
                              self.config.triplet.lambda_start, self.config.triplet.lambda_end) \
             if sr.stage.triplet else 0.0
         lr = sr.optimizer.param_groups[0]["lr"]
         with self.autocast():
-            loss, ce, trip = sr.objective(labels, images, features, lam)
+            loss, ce, trip, cons = sr.objective(labels, images, features, lam, zs_image)
         loss_value = _global_sum(loss.detach() * share, self.world)
         if not math.isfinite(loss_value):
             last = latest_state(self.run_dir) or "none (first epoch)"
@@ -478,24 +577,38 @@ class Trainer:
             self.forwards.disable(exc)
             sr.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                loss, ce, trip = sr.objective(labels, images, features, lam)
+                loss, ce, trip, cons = sr.objective(labels, images, features, lam, zs_image)
             _backward(loss * weight, self.scaler)
         if self.scaler:
             self.scaler.step(sr.optimizer)
             self.scaler.update()
         else:
             sr.optimizer.step()
-        return {"stage": sr.stage.name, "epoch": epoch, "lr": lr, "lambda": lam, "loss": loss_value,
-                "ce": float(ce.detach()), "triplet": float(trip.detach())}
+        if sr.averager is not None:
+            sr.averager.after_step()
+        record = {"stage": sr.stage.name, "epoch": epoch, "lr": lr, "lambda": lam, "loss": loss_value,
+                  "ce": float(ce.detach()), "triplet": float(trip.detach())}
+        if self.consistency is not None:
+            record["consistency"] = float(cons.detach())
+        return record
 
     # -------------------------------------------------------------- step 4: end of an epoch
     def end_epoch(self, sr: StageRun, epoch: int) -> None:
-        """Advance the learning rate, save the resumable state (rank 0), wait for all ranks, callback."""
+        """Advance the learning rate, average the prompts (averaging option: at the stage's last epoch
+        the average replaces them), save the resumable state (rank 0), wait for all ranks, callback."""
         sr.scheduler.step()
+        averaged = None
+        if sr.averager is not None:
+            sr.averager.after_epoch()
+            if epoch == sr.stage.epochs - 1:
+                sr.averager.apply()  # the next stage and the export see the average; the saved state too
+            else:
+                averaged = sr.averager.state()
         counters = {"stage_index": sr.index, "stage": sr.stage.name, "epoch": epoch, "global_step": self.global_step}
         if self.is_main:
             save_state(self.run_dir, self.model, sr.optimizer, self.param_names, counters,
-                       dict(self.metadata, stage=sr.stage.name, epoch=epoch + 1), sr.scheduler.state_dict())
+                       dict(self.metadata, stage=sr.stage.name, epoch=epoch + 1), sr.scheduler.state_dict(),
+                       averaged=averaged)
         if self.world > 1:
             dist.barrier()
         if self.on_epoch_end is not None:
@@ -525,6 +638,12 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     with flush_denormal():
         trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata)
         return trainer.run(resume)
+
+
+def training_options(config: TrainConfig) -> dict:
+    """The training options beyond the schedule that a checkpoint records (with its ``preset``)."""
+    return {"triplet": config.triplet.model_dump(), "consistency": config.consistency.model_dump(),
+            "averaging": config.averaging.model_dump()}
 
 
 def _backward(loss: torch.Tensor, scaler) -> None:
