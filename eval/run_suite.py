@@ -17,10 +17,17 @@ Methods (``--methods``; ``KEY:SETTING`` runs a method key in another training se
 ``opendas-carry:visual-only`` for the stage-1 ablation):
 
 * ``zeroshot`` - the frozen world CLIP with "a photo of a {}." (no training);
-* ``opendas-paper`` - OpenDAS exactly as the paper (``PromptConfig.paper()`` where it exists);
-* ``opendas-default`` - OpenDAS with the library default ``PromptConfig()``;
-* ``opendas-carry`` - OpenDAS with ``text_deep_init="carry"``;
+* ``opendas-paper`` - OpenDAS exactly as the paper (``preset: paper``: ``PromptConfig.paper()``, every
+  training option off);
+* ``opendas-default`` - OpenDAS as the library default (``preset: default``, chosen on this suite:
+  docs/ablations.md);
+* ``opendas-carry`` - the paper's OpenDAS with ``text_deep_init="carry"``;
 * ``cocoop``, ``vpt``, ``rpo``, ``maple``, ``wiseft-text``, ``wiseft-visual``.
+
+An OpenDAS key takes config overrides after ``@`` (values read as YAML), for the ablations of
+docs/ablations.md: ``opendas-paper@consistency.image=10@averaging.mode=ema``,
+``opendas-default:visual-only@prompts.visual_start=2``. Keys that resolve to the same training
+(same method, setting, prompts and options) are trained once and reported under each key.
 
 Examples::
 
@@ -76,13 +83,6 @@ QUICK = Sizes(40, 30, 3, 3)
 
 
 # ---------------------------------------------------------------------------------------------- methods
-def _paper_prompts() -> dict:
-    from opendas_encoder.methods.opendas import PromptConfig
-
-    paper = getattr(PromptConfig, "paper", None)  # the paper preset, once the library has one
-    return (paper() if callable(paper) else PromptConfig()).to_dict()
-
-
 def _baseline_options() -> Dict[str, dict]:
     """The baselines' paper options, from eval/run_cls.py (one place for them, as Table 2 uses them)."""
     import importlib.util
@@ -104,36 +104,76 @@ class MethodRun:
     setting: str
     prompts: str = "{}"  # JSON of PromptConfig fields (OpenDAS)
     options: str = "{}"  # JSON of the baseline's config fields
+    preset: str = "default"  # OpenDAS preset the key starts from (recorded in the checkpoint)
+    sections: str = "{}"  # JSON of the resolved OpenDAS training options {triplet, consistency, averaging}
 
     @property
     def trained_as(self) -> tuple:
         """Runs with equal ``trained_as`` are the same training (trained once, reported under each key)."""
-        return (self.method, self.setting, self.prompts, self.options)
+        return (self.method, self.setting, self.prompts, self.options, self.sections)
+
+
+#: OpenDAS keys of the suite: (preset, config overrides)
+OPENDAS_KEYS = {"opendas-paper": ("paper", {}), "opendas-default": ("default", {}),
+                "opendas-carry": ("paper", {"prompts": {"text_deep_init": "carry"}})}
+
+
+def parse_overrides(key: str, items: Sequence[str]) -> Dict[str, dict]:
+    """``["consistency.image=10", ...]`` -> {"consistency": {"image": 10}} (values read as YAML)."""
+    import yaml
+
+    from opendas_encoder.train.config import PRESET_SECTIONS
+
+    out: Dict[str, dict] = {}
+    for item in items:
+        path, eq, value = item.partition("=")
+        section, dot, field = path.partition(".")
+        if not eq or not dot or section not in ("prompts",) + PRESET_SECTIONS:
+            raise ValueError(f"{key}: override {item!r} must be SECTION.KEY=VALUE with SECTION one of "
+                             f"{['prompts', *PRESET_SECTIONS]}")
+        out.setdefault(section, {})[field] = yaml.safe_load(value)
+    return out
+
+
+def _opendas_run(key: str, name: str, setting: str, overrides: Dict[str, dict]) -> MethodRun:
+    """The resolved training of an OpenDAS key: the preset's values under the key's overrides."""
+    from opendas_encoder.train.config import PRESET_SECTIONS
+
+    preset, base = OPENDAS_KEYS[name]
+    merged = {section: {**base.get(section, {}), **overrides.get(section, {})}
+              for section in set(base) | set(overrides)}
+    try:
+        cfg = TrainConfig(method="opendas", setting=setting, preset=preset, **merged)
+    except Exception as exc:  # pydantic's message names the bad key
+        raise ValueError(f"{key}: {exc}") from None
+    dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
+    return MethodRun(key, "opendas", setting, prompts=dump(cfg.prompt_config().to_dict()), preset=preset,
+                     sections=dump({s: getattr(cfg, s).model_dump() for s in PRESET_SECTIONS}))
 
 
 def resolve_method(key: str) -> MethodRun:
     """``KEY`` or ``KEY:SETTING`` -> MethodRun; raises ValueError naming the known keys."""
     from opendas_encoder.core.registry import method_names
-    from opendas_encoder.methods.opendas import PromptConfig
 
-    name, _, setting = key.partition(":")
+    head, *overrides = key.split("@")
+    name, _, setting = head.partition(":")
     dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
+    if overrides and name not in OPENDAS_KEYS:
+        raise ValueError(f"{key}: @overrides are for the OpenDAS keys {sorted(OPENDAS_KEYS)} only")
     if name == "zeroshot":
         if setting:
             raise ValueError("zeroshot is not trained: it takes no :SETTING")
         return MethodRun(key, "zeroshot", "none")
-    opendas = {"opendas-paper": _paper_prompts(), "opendas-default": PromptConfig().to_dict(),
-               "opendas-carry": dict(PromptConfig().to_dict(), text_deep_init="carry")}
-    if name in opendas:
+    if name in OPENDAS_KEYS:
         setting = setting or "two-stage"
         if setting not in SETTINGS:
             raise ValueError(f"{key}: unknown setting {setting!r}; known: {SETTINGS}")
-        return MethodRun(key, "opendas", setting, prompts=dump(opendas[name]))
+        return _opendas_run(key, name, setting, parse_overrides(key, overrides))
     baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
     if name in baselines:
         return MethodRun(key, name, setting or BASELINE_SETTING, options=dump(_baseline_options().get(name, {})))
-    raise ValueError(f"unknown method {key!r}; known: {['zeroshot'] + sorted(opendas) + baselines} "
-                     "(KEY:SETTING for another training setting)")
+    raise ValueError(f"unknown method {key!r}; known: {['zeroshot'] + sorted(OPENDAS_KEYS) + baselines} "
+                     "(KEY:SETTING for another training setting, OPENDAS-KEY@section.key=value for options)")
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -143,12 +183,13 @@ def suite_config(domain: str, run: MethodRun, seed: int, sizes: Sizes, out_dir: 
     def split(name: str, n: int, s: int) -> DatasetSpec:
         return DatasetSpec(name="generated-world", split=name, options={"n_scenes": n, "seed": s, "domain": domain})
 
-    tag = run.key.replace(":", "_")
+    tag = run.key.replace(":", "_").replace("@", "+").replace("=", "-")
     method = "opendas" if run.method == "zeroshot" else run.method
     return TrainConfig(
         name=f"{GENERATED_LABEL} domain {domain}: {run.key} seed {seed}", seed=seed, method=method,
         setting="two-stage" if run.method == "zeroshot" else run.setting,
-        prompts=json.loads(run.prompts), method_options=json.loads(run.options),
+        prompts=json.loads(run.prompts), method_options=json.loads(run.options), preset=run.preset,
+        **json.loads(run.sections),
         model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
         data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
@@ -269,7 +310,8 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
             "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
             "runs": {r.key: {"method": r.method, "setting": r.setting, "prompts": json.loads(r.prompts),
-                             "method_options": json.loads(r.options)} for r in runs},
+                             "method_options": json.loads(r.options), "preset": r.preset,
+                             **json.loads(r.sections)} for r in runs},
             "seconds": time.perf_counter() - t0}
     summary = aggregate(per_seed, keys)
     return {"meta": meta, "results": summary, "table": format_suite(summary, meta)}
