@@ -271,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", help="results JSON (default: OUT/demo_results.json)")
     d.add_argument("--out", default="runs/demo", help="folder for the runs, checkpoints and plots")
     d.add_argument("--baselines", help="comma-separated baseline methods to run beside OpenDAS, e.g. vpt,maple")
-    d.add_argument("--variants", default="opendas,opendas-carry",
-                   help="OpenDAS variants: opendas (the paper's init), opendas-carry (deep text prompts start "
-                        "as the frozen model's hidden states)")
+    d.add_argument("--variants", default="opendas,opendas-paper",
+                   help="OpenDAS variants: opendas (the library default, preset 'default'), opendas-paper (the "
+                        "paper's method exactly, preset 'paper'), opendas-carry (the paper's with deep text prompts "
+                        "that start as the frozen model's hidden states)")
     d.add_argument("--scene-scale", type=_positive_float, default=None, metavar="F",
                    help="multiply the number of generated scenes (160 train, 100 test) by F")
     d.add_argument("--world-size", type=_positive_float, default=None, dest="world_size_deprecated",

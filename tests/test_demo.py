@@ -12,9 +12,9 @@ def test_demo_prints_the_labelled_table_and_writes_json(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "generated world" in text and "not a real dataset" in text
-    assert "zero-shot CLIP" in text and "| opendas " in text and "| opendas-carry" in text
+    assert "zero-shot CLIP" in text and "| opendas " in text and "| opendas-paper" in text
     result = json.loads((tmp_path / "demo.json").read_text())
-    for key in ("zero_shot", "opendas", "opendas-carry"):
+    for key in ("zero_shot", "opendas", "opendas-paper"):
         assert set(result[key]) >= {"acc", "weighted_f1", "base_f1", "novel_f1"}
     assert result["seconds"] > 0 and result["world"] == "generated world"
     assert (out / "opendas" / "seed0" / "final" / "prompts.safetensors").exists()
