@@ -10,6 +10,7 @@ Example (YAML)::
       train: {name: generic, root: /data/offices, split: train}
       test: {name: generic, root: /data/offices, split: test}
       negatives: negatives.json                      # relative to this file
+      shots: 8                                       # few-shot: 8 segments per base class (default: all)
     schedule: {lr: 0.0025, batch_size: 16, stage1_epochs: 5, stage2_epochs: 5}
     output_dir: runs/offices
     preset: paper                                    # omitted: "default" (see below)
@@ -37,7 +38,7 @@ import os
 import warnings
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Annotated, Any, Dict, List, Literal, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError,
                       field_validator, model_validator)
@@ -115,6 +116,17 @@ class DataConfig(_Section):
     drop_novel_negatives: StrictBool = True  # drop negatives equal to a novel test class
     expand_ratio: NonNegFloat = 0.0  # grow each segment's crop box by this fraction
     min_pixels: PositiveInt = 16  # segments with fewer pixels are skipped
+    # few-shot: train on K usable segments per base class, sampled per class with the run's seed (the same set
+    # for every method at a seed; opendas_encoder.train.shots); "all" = every segment
+    shots: Union[Literal["all"], StrictInt] = "all"
+
+    @field_validator("shots", mode="before")
+    @classmethod
+    def _shots(cls, value):
+        if (isinstance(value, str) and value == "all") or \
+                (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be a positive integer (segments per base class) or 'all', got {value!r}")
 
     @field_validator("vocabulary", "negatives")
     @classmethod

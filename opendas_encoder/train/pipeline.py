@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative
 from .config import DatasetSpec, TrainConfig
 from .data import PreparedSegments, prepare_segments
 from .evaluate import EvalResult, evaluate, zero_shot_encoder
+from .shots import SHOTS_FILE, few_shot_segments, short_classes_note, shots_summary
 from .trainer import fit, read_log, resolve_device
 
 METRIC_KEYS = ("acc", "weighted_f1", "base_f1", "novel_f1")
@@ -126,6 +128,24 @@ def prepare_experiment(config: TrainConfig, model, progress: bool = True, train_
     return ExperimentData(train, test, vocab, neg, list(vocab.base) + neg.queries)
 
 
+def apply_shots(config: TrainConfig, data: ExperimentData, run_dir: Optional[str] = None
+                ) -> Tuple[ExperimentData, Optional[dict]]:
+    """``data`` with the K-shot training set of ``config.data.shots`` at ``config.seed`` (the same for every
+    method), and its record; written to ``run_dir/shots.json`` when given. ``"all"``: ``data`` unchanged, no record.
+    Classes with fewer than K usable segments keep all of theirs (a warning names them)."""
+    shots = config.data.shots if config.data is not None else "all"
+    if shots == "all":
+        return data, None
+    train, record = few_shot_segments(data.train, shots, config.seed)
+    if record["short_classes"]:
+        warnings.warn(f"{config.name}: {short_classes_note(record)}", UserWarning, stacklevel=2)
+    if run_dir is not None:
+        from ..core.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(os.path.join(run_dir, SHOTS_FILE), json.dumps(record, indent=1).encode("utf-8"))
+    return replace(data, train=train), record
+
+
 def _summary(result: EvalResult) -> dict:
     return {k: result.metrics[k] for k in METRIC_KEYS} | {"n": result.metrics["n"], "n_base": result.metrics["n_base"],
                                                           "n_novel": result.metrics["n_novel"]}
@@ -148,12 +168,16 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     device = resolve_device(config.runtime.device)
     model = model if model is not None else build_model(config)
     data = data if data is not None else prepare_experiment(config, model, progress)
+    data, shots = apply_shots(config, data, run_dir if is_main else None)
     results = {"run": config.name, "method": config.method, "setting": config.setting, "seed": config.seed,
                "vocabulary": data.vocab.counts(),
                "negatives": {"queries": len(data.negatives.queries),
                              "dropped": [list(d) for d in data.negatives.dropped]},
                "skipped": {"train": data.train.skips.to_dict(),
                            "test": data.test.skips.to_dict() if data.test is not None else None}}
+    if shots is not None:
+        results["shots"] = {k: shots[k] for k in ("shots", "seed", "segments", "available", "short_classes")} | \
+            {"file": os.path.join(run_dir, SHOTS_FILE) if is_main else None, "summary": shots_summary(shots)}
     zs = None
     if data.test is not None and zero_shot:
         zs = evaluate(zero_shot_encoder(model), data.test, data.vocab, device, config.runtime.eval_batch_size,
@@ -239,6 +263,8 @@ def format_report(results: dict, data: ExperimentData) -> str:
     lines += ["", f"vocabulary: {c['base']} base, {c['test']} test, {c['novel']} novel; "
                   f"{data.negatives.summary()}",
               f"train: {data.train.skips.summary()}"]
+    if "shots" in results:
+        lines.append(results["shots"]["summary"])
     if data.test is not None:
         lines.append(f"test: {data.test.skips.summary()}")
     lines.append(f"seconds per iteration: {json.dumps({k: round(v, 4) for k, v in results['seconds_per_iter'].items()})}")
