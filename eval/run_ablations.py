@@ -21,7 +21,6 @@ Everything is measured on **generated** data (docs/domains.md).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -30,15 +29,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-
-def _suite():
-    if "run_suite" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_suite", os.path.join(ROOT, "eval", "run_suite.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["run_suite"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["run_suite"]
+from eval import run_suite  # noqa: E402
 
 
 P = "opendas-paper"
@@ -135,7 +129,7 @@ def name_of(key: str) -> str:
     for name, (_, k) in VARIANTS.items():
         if k == key:
             return name
-    return _suite().DISPLAY.get(key, key)
+    return run_suite.DISPLAY.get(key, key)
 
 
 def format_ablation_table(results: Dict[str, Dict[str, dict]], keys: Sequence[str]) -> str:
@@ -195,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         argv_suite = ["--methods", "zeroshot", *variant_keys(names), "--seeds", str(args.seeds), "--out", args.out,
                       "--device", args.device] + (["--quick"] if args.quick else []) + \
             (["--domains", *args.domains] if args.domains else [])
-        _suite().main(argv_suite)
+        run_suite.main(argv_suite)
         return
     data = load_results(args.files)
     results = data["results"]

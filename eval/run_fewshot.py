@@ -62,10 +62,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from eval import run_cls  # noqa: E402  (the baselines' paper options and display names: one place)
+from eval import run_cls, run_suite  # noqa: E402  (baselines' paper options and display names; suite sizes)
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (BASELINE_SETTING, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
-                                          RuntimeConfig, ScheduleConfig, TrainConfig, format_validation_error)
+                                          RuntimeConfig, ScheduleConfig, TrainConfig, format_validation_error,
+                                          set_dotted)
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
                                             prepare_experiment, run_experiment)
 
@@ -79,14 +80,10 @@ DISPLAY = dict(run_cls.DISPLAY, zeroshot="zero-shot CLIP", opendas="OpenDAS (def
 
 
 @dataclass(frozen=True)
-class Sizes:
-    """Scenes per split, stage epochs (K = all), batch size and the few-shot step floor per stage."""
+class Sizes(run_suite.Sizes):
+    """The suite's sizes (scenes per split, stage epochs for K = all, batch size) and the few-shot step floor
+    per stage."""
 
-    train_scenes: int
-    test_scenes: int
-    stage1_epochs: int
-    stage2_epochs: int
-    batch_size: int = 16
     min_steps: int = 100
 
 
@@ -193,17 +190,6 @@ def stage_epochs(shots: Shot, n_classes: int, sizes: Sizes) -> Tuple[int, int]:
     return (max(s1, floor) if s1 else 0), (max(s2, floor) if s2 else 0)
 
 
-def _set_dotted(data: dict, key: str, value) -> None:
-    node = data
-    parts = key.split(".")
-    for p in parts[:-1]:
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"{key!r}: {p!r} is not a config section")
-        node = child
-    node[parts[-1]] = value
-
-
 def run_config(spec: MethodSpec, domain: str, seed: int, shots: Shot, sizes: Sizes, n_classes: int, out_dir: str,
                model: ModelSpec, device: str) -> TrainConfig:
     """The training config of one point of one curve (validated: overrides included)."""
@@ -221,7 +207,10 @@ def run_config(spec: MethodSpec, domain: str, seed: int, shots: Shot, sizes: Siz
         "runtime": RuntimeConfig(device=device).model_dump(),
         "output_dir": os.path.join(out_dir, domain, f"K{shots}", spec.key, f"seed{seed}")}
     for key, value in spec.overrides:
-        _set_dotted(data, key, yaml.safe_load(value))
+        try:
+            set_dotted(data, key, yaml.safe_load(value))
+        except ValueError as exc:
+            raise ValueError(f"method {spec.key!r}: {key!r}: {exc}") from None
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:

@@ -85,14 +85,9 @@ QUICK = Sizes(40, 30, 3, 3)
 # ---------------------------------------------------------------------------------------------- methods
 def _baseline_options() -> Dict[str, dict]:
     """The baselines' paper options, from eval/run_cls.py (one place for them, as Table 2 uses them)."""
-    import importlib.util
+    from eval import run_cls
 
-    if "_opendas_run_cls" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_opendas_run_cls", os.path.join(ROOT, "eval", "run_cls.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_opendas_run_cls"].METHOD_OPTIONS
+    return run_cls.METHOD_OPTIONS
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,19 @@ def test_format1_checkpoints_load_and_give_the_features_they_gave(method):
     if method == "opendas":
         assert loaded.config.legacy_conventions and loaded.config.visual_tokens == 3
 
+
+
+def test_a_tokenizer_that_fails_to_build_is_an_error_not_a_silent_none(tmp_path, monkeypatch):
+    """Issue 13.13: loading used to swallow any tokenizer error (``except Exception: tokenizer = None``) and
+    hand back an encoder that failed later, far from the cause. The error now reaches the caller as it is."""
+    import open_clip
+
+    model = oe.create_model("opendas-tiny-vit")
+    oe.save_checkpoint(model, str(tmp_path / "ckpt"))
+
+    def unavailable(name, *args, **kwargs):
+        raise OSError(f"tokenizer of {name!r} is not in the local cache (offline)")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", unavailable)
+    with pytest.raises(OSError, match="not in the local cache"):
+        oe.load_encoder(str(tmp_path / "ckpt"), model=model.clip)

@@ -1,26 +1,15 @@
 """eval/run_suite.py: method keys, the paired bootstrap interval, a tiny suite end to end."""
 
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _suite():
-    if "run_suite" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_suite", os.path.join(REPO, "eval", "run_suite.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["run_suite"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["run_suite"]
+from eval import run_suite
 
 
 def test_method_keys_resolve_to_training_runs():
-    s = _suite()
+    s = run_suite
     assert s.resolve_method("zeroshot").method == "zeroshot"
     paper = s.resolve_method("opendas-paper")
     assert (paper.method, paper.setting) == ("opendas", "two-stage")
@@ -40,7 +29,7 @@ def test_method_keys_resolve_to_training_runs():
 
 
 def test_paired_interval_is_a_bootstrap_of_the_mean_difference():
-    s = _suite()
+    s = run_suite
     const = s.paired_interval([71.0, 72.0, 75.0], [61.0, 62.0, 65.0])
     assert const["mean"] == pytest.approx(10.0) and const["low"] == pytest.approx(10.0)
     assert const["high"] == pytest.approx(10.0)
@@ -54,7 +43,7 @@ def test_paired_interval_is_a_bootstrap_of_the_mean_difference():
 
 @pytest.mark.slow
 def test_tiny_suite_end_to_end(tmp_path):
-    s = _suite()
+    s = run_suite
     import opendas_encoder as oe
     from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
     from opendas_encoder.generated.world.domains import build_domain, get_domain

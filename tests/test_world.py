@@ -276,12 +276,20 @@ def test_world_tag_resolves_through_the_entry_point_in_a_fresh_process(repo_root
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
 
-def test_wheel_ships_the_world_clip_and_the_entry_points(repo_root, tmp_path):
-    """``pip wheel .`` holds everything ``opendas demo`` needs (issue 13.7: a non-editable install must run it)."""
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                        str(tmp_path), repo_root], capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def built_wheel(repo_root, tmp_path_factory):
+    """The project's wheel, ``pip wheel --no-deps .`` (what ``pip install .`` installs)."""
+    out = tmp_path_factory.mktemp("dist")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(out), repo_root], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    (wheel,) = tmp_path.glob("opendas_encoder-*.whl")
+    (wheel,) = out.glob("opendas_encoder-*.whl")
+    return wheel
+
+
+def test_wheel_ships_the_world_clip_and_the_entry_points(built_wheel):
+    """``pip wheel .`` holds everything ``opendas demo`` needs (issue 13.7: a non-editable install must run it)."""
+    wheel = built_wheel
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
@@ -293,6 +301,29 @@ def test_wheel_ships_the_world_clip_and_the_entry_points(repo_root, tmp_path):
         assert shipped == f.read()
     assert "generated-world = opendas_encoder.generated.world.clip" in entry_points
     assert "generated-world = opendas_encoder.generated.world.target" in entry_points
+
+
+def test_wheel_install_runs_the_demo_outside_the_checkout(built_wheel, tmp_path):
+    """Issue 13.7: the wheel installed into its own venv (torch and the other dependencies from this
+    interpreter's site-packages) imports from the venv, not from the checkout, and ``opendas demo`` runs
+    from a folder outside the repository: the shipped world CLIP and entry points are enough."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(built_wheel)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENDAS_CHECKPOINTS")}
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import opendas_encoder, os; print(os.path.dirname(opendas_encoder.__file__))"],
+                           cwd=str(tmp_path), env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(str(venv)), f"the wheel venv imports opendas_encoder from {where}"
+    r = subprocess.run([str(venv / "bin" / "opendas"), "demo", "--seeds", "1", "--epochs", "1,1", "--variants",
+                        "opendas", "--scene-scale", "0.1", "--quiet", "--device", "cpu", "--out", str(tmp_path / "demo"),
+                        "--json", str(tmp_path / "demo.json")], cwd=str(tmp_path), env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert set(result["opendas"]) >= {"acc", "base_f1", "novel_f1"} and "not a real dataset" in r.stdout
 
 
 @pytest.fixture(scope="module")

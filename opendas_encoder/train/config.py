@@ -484,6 +484,19 @@ def config_from_dict(data: dict, source: str = "config") -> TrainConfig:
         raise ValueError(format_validation_error(exc, source)) from None
 
 
+def set_dotted(data: dict, key: str, value) -> None:
+    """``data["a"]["b"] = value`` for ``key="a.b"`` (missing sections created; a non-section on the way is a
+    ValueError naming it)."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{part!r} is not a config section")
+        node = child
+    node[parts[-1]] = value
+
+
 def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig:
     """Read and validate a YAML/JSON training config.
 
@@ -514,14 +527,10 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key.sub=value")
         key, value = item.split("=", 1)
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            set_dotted(data, key, yaml.safe_load(value))
+        except ValueError as exc:
+            raise ValueError(f"override {item!r}: {exc}") from None
     return config_from_dict(data, source=path)
 
 
