@@ -66,7 +66,17 @@ VARIANTS: Dict[str, tuple] = {
     "tstart2": ("depth", f"{P}@prompts.text_start=2"),
     "vstart2-tstart2": ("depth", f"{P}@prompts.visual_start=2@prompts.text_start=2"),
 }
-GROUPS = {"sweep": list(VARIANTS)}
+#: combinations of the sweep's closest variants (chosen after the sweep: docs/ablations.md)
+COMBOS: Dict[str, tuple] = {
+    "ema-image10": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.image=10"),
+    "ema-text25": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.text=25"),
+    "ema-text10": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.text=10"),
+    "ema-image10-text10": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.image=10"
+                                    "@consistency.text=10"),
+    "ema0.95": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.95"),
+}
+GROUPS = {"sweep": list(VARIANTS), "combo": list(COMBOS)}
+VARIANTS.update(COMBOS)
 
 
 def variant_keys(names: Sequence[str]) -> List[str]:
