@@ -33,10 +33,14 @@ from opendas_encoder.generated.scene3d import generate_scene, write_openmask3d_l
 
 
 def best_of(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` calls, in seconds (CUDA work finished before each clock read)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -73,14 +77,18 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--openmask3d-root", default=os.environ.get("OPENMASK3D_ROOT"))
     p.add_argument("--device", default="cpu", help="encoder device (cpu, cuda)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast around the encoder (CUDA)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--json", help="write the timings here")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     import opendas_encoder as oe
 
     encoder = oe.create_encoder("zeroshot", args.model, None, device=args.device).eval()
-    with tempfile.TemporaryDirectory() as tmp:
+    autocast = torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16,
+                              enabled=args.amp == "bf16")
+    with tempfile.TemporaryDirectory() as tmp, autocast:
         scene_dir = args.data or write_openmask3d_layout(generate_scene(num_objects=10), tmp)
         scene = read_processed_scene(scene_dir)
         masks = read_mask_proposals(find_mask_proposals(scene_dir), scene.num_points)
@@ -88,7 +96,8 @@ def main(argv=None) -> int:
         plan = plan_crops(scene, masks, cfg)
         batched = best_of(lambda: compute_mask_features(scene, masks, encoder, cfg, plan=plan), args.repeats)
         loop = best_of(lambda: compute_mask_features_loop(scene, plan, encoder), args.repeats)
-        result = {"model": args.model, "device": args.device, "num_masks": int(masks.shape[1]), "num_crops": len(plan),
+        result = {"model": args.model, "device": args.device, "amp": args.amp, "threads": args.threads,
+                  "repeats": args.repeats, "num_masks": int(masks.shape[1]), "num_crops": len(plan),
                   "batch_size": args.batch_size, "seconds_per_mask_batched": batched / masks.shape[1],
                   "seconds_per_mask_loop": loop / masks.shape[1], "loop_over_batched": loop / batched}
         if args.openmask3d_root:

@@ -6,7 +6,9 @@ run cut short keeps what it measured):
 1. ``train_vitl14.json``: bench_train, ViT-L-14, batch 16, bf16 autocast, stage 1 / stage 2 /
    stage 2 on cached image features (no baselines);
 2. ``encode_vitl14.json``: bench_encode, ViT-L-14, batch 64, bf16, prompted vs vanilla open_clip;
-3. while the elapsed time is below ``--budget`` seconds: ``train_vitl14_baselines.json`` (the
+3. while the elapsed time is below ``--budget`` seconds: ``aggregate_vitl14_336.json`` (bench_aggregate,
+   ViT-L-14-336 bf16: batched crops vs per-mask loop), ``floor900_vitl14.json`` (cached stage 2 against
+   its text-tower floor at 900 labels), ``train_vitl14_baselines.json`` (the
    baselines, 4 steps each) and ``compile_vitb16.json`` (ViT-B-16 stage timings with
    ``runtime.compile: true`` against eager), each in a subprocess bounded by the time left.
 
@@ -113,6 +115,8 @@ def main(argv=None) -> int:
         s1 = r["stage1_s_per_iter"]
         run.summary.update(stage1_s_per_iter=s1, stage2_s_per_iter=r["stage2_s_per_iter"],
                            stage2_cached_s_per_iter=r["stage2_cached_s_per_iter"],
+                           text_floor_s_per_iter=r.get("text_floor_s_per_iter"),
+                           stage2_floor_ratio=r.get("stage2_floor_ratio"),
                            stage2_cached_speedup=r["stage2_cached_speedup"],
                            stage1_speedup_vs_paper_a100=PAPER_A100_S_PER_ITER / s1,
                            peak_memory_mib=r["peak_memory_mib"])
@@ -128,6 +132,23 @@ def main(argv=None) -> int:
     run.in_process("encode_vitl14", encode)
     torch.cuda.empty_cache()
     print(f"bench_gpu: required phases done after {run.elapsed():.0f} s", flush=True)
+
+    # issue 18: batched 3D mask features vs the per-mask loop (and OpenMask3D's loop with OPENMASK3D_ROOT),
+    # ViT-L-14@336 bf16; cached stage 2 against its floor at a 900-name label space
+    aggregate_json = os.path.join(args.out, "aggregate_vitl14_336.json")
+    if run.subprocess("aggregate_vitl14_336", ["eval/bench_aggregate.py", "--model", "ViT-L-14-336", "--device",
+                                               "cuda", "--amp", "bf16", "--repeats", "3", "--json", aggregate_json],
+                      min_seconds=60):
+        with open(aggregate_json) as f:
+            run.summary["aggregate_vitl14_336"] = json.load(f)
+        run.save()
+    floor900_json = os.path.join(args.out, "floor900_vitl14.json")
+    if run.subprocess("floor900_vitl14", ["eval/bench_train.py"] + common + [
+            "--batch", "16", "--steps", str(args.steps), "--label-space", "900", "--variants", "stage2_cached",
+            "--baselines", "none", "--json", floor900_json], min_seconds=60):
+        with open(floor900_json) as f:
+            run.summary["stage2_floor_ratio_900"] = json.load(f).get("stage2_floor_ratio")
+        run.save()
 
     if run.subprocess("baselines_vitl14", ["eval/bench_train.py"] + common + [
             "--batch", "16", "--steps", "4", "--label-space", str(args.label_space), "--baselines", "all",
