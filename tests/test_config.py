@@ -2,6 +2,7 @@
 the paper's defaults for omitted keys, a default setting per method, paths relative to the file."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -179,3 +180,26 @@ def test_the_saved_run_config_loads_back(tmp_path):
     cfg.save(str(tmp_path / "config.json"))
     again = load_config(str(tmp_path / "config.json"))
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_the_readme_config_example_is_a_valid_config_with_the_default_preset(tmp_path):
+    """The YAML the README shows a new user loads as written, and its comments tell the truth: the
+    preset's options are those of PRESETS['default'], the rest the paper's values."""
+    import re
+
+    from opendas_encoder.train.config import PRESETS
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    block = re.search(r"```yaml\n(# my_domain\.yaml.*?)```", readme, re.S)
+    assert block, "README lost its config example"
+    path = tmp_path / "my_domain.yaml"
+    path.write_text(block.group(1))
+    (tmp_path / "negatives.json").write_text("{}")
+    cfg = load_config(str(path))
+    assert cfg.preset == "default" and cfg.model.name == "ViT-L-14" and cfg.model.pretrained == "openai"
+    for section, values in PRESETS["default"].items():
+        got = getattr(cfg, section).model_dump()
+        assert {k: got[k] for k in values} == values, section
+    assert (cfg.schedule.lr, cfg.schedule.batch_size, cfg.schedule.stage1_epochs) == (0.0025, 16, 5)
