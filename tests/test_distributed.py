@@ -169,10 +169,10 @@ def test_ddp_wraps_only_the_trainable_prompts(tmp_path):
         ddp = DistributedDataParallel(objective)
         assert [id(p) for p in ddp.parameters()] == [id(model.text_prompts)]  # the frozen base is outside DDP
         features = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
-        loss, _, _ = ddp(torch.tensor([0, 1, 2, 0]), features=features, lam=1.0)
+        loss, *_ = ddp(torch.tensor([0, 1, 2, 0]), features=features, lam=1.0)  # loss, ce, triplet, consistency
         loss.backward()
         assert model.text_prompts.grad is not None and model.text_prompts.grad.abs().sum() > 0
-        zero, _, _ = ddp(None)  # an empty share: zero loss, zero gradients, same all-reduce
+        zero, *_ = ddp(None)  # an empty share: zero loss, zero gradients, same all-reduce
         model.text_prompts.grad = None
         zero.backward()
         assert float(zero.detach()) == 0.0 and torch.count_nonzero(model.text_prompts.grad) == 0

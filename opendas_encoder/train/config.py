@@ -357,11 +357,12 @@ class TrainConfig(_Section):
     def updated(self, **changes) -> "TrainConfig":
         """A validated copy with ``changes`` (sections as models or dicts). Changing ``method`` without a
         ``setting`` gives the new method's default setting; changing ``preset`` takes the new preset's
-        values for the preset's sections that ``changes`` does not give."""
+        values for the preset's sections that ``changes`` does not give, and so does changing ``method``
+        (a baseline gets the sections' defaults: every OpenDAS option off)."""
         if "method" in changes and "setting" not in changes:
             changes["setting"] = None
         current = dict(self)
-        if "preset" in changes:
+        if "preset" in changes or changes.get("method", self.method) != self.method:
             for section in PRESET_SECTIONS:
                 current.pop(section)
         return type(self).model_validate({**current, **changes})
