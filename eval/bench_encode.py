@@ -99,6 +99,15 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, devi
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def write_result_json(path: str, result: dict) -> None:
+    """A benchmark's result as sorted, indented JSON at ``path`` (folders created); says where (the
+    benchmarks of this folder share it)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    print(f"  json: {path}")
+
+
 def environment(device: torch.device, threads: int) -> dict:
     info = {"torch": torch.__version__, "device": str(device), "threads": threads, "python": platform.python_version(),
             "cpu_count": os.cpu_count()}
@@ -203,10 +212,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     result = run(args)
     print(report(result))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
-        print(f"  json: {args.json}")
+        write_result_json(args.json, result)
     if not all(math.isfinite(result[k]) and result[k] > 0 for k in ("ratio_image", "ratio_text")):
         raise SystemExit("bench_encode: non-finite timing")
     return result

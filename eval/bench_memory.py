@@ -211,10 +211,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         print(f"bench_memory: peak RSS {result['ratio_sizes'][1]} / {result['ratio_sizes'][0]} segments = "
               f"{result['ratio']:.3f} (goal <= {result['goal_ratio']}; growth {result['growth_mib']:.0f} MiB)")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
-        print(f"  json: {args.json}")
+        from bench_encode import write_result_json  # imports torch: only after the measured subprocesses
+
+        write_result_json(args.json, result)
     return result
 
 

@@ -35,7 +35,6 @@ it (falls back to the growth of ``ru_maxrss`` where the reset is not allowed; th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -53,7 +52,8 @@ for path in (ROOT, EVAL_DIR):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_encode import autocast_factory, class_names, environment, resolve, set_threads  # noqa: E402
+from bench_encode import (autocast_factory, class_names, environment, resolve, set_threads,  # noqa: E402
+                          write_result_json)
 from opendas_encoder import PromptConfig, create_model  # noqa: E402
 from opendas_encoder.data import ListSegmentDataset, Segment  # noqa: E402
 from opendas_encoder.train import (PreparedSegments, ScheduleConfig, TrainConfig, encode_images, fit,  # noqa: E402
@@ -330,10 +330,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     result = run(args)
     print(report(result))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
-        print(f"  json: {args.json}")
+        write_result_json(args.json, result)
     return result
 
 
