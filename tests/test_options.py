@@ -201,6 +201,33 @@ def test_zero_shot_features_are_computed_once_per_run_not_per_step(tmp_path, mon
     assert all(r["consistency"] > 0 for r in read_log(str(tmp_path / "run")))
 
 
+def test_text_consistency_alone_encodes_no_zero_shot_images(tmp_path, monkeypatch):
+    """The default preset's term (text only) needs zero-shot CLIP's text features of the label space, never
+    its image features: no extra pass over the training images, with or without augmentation."""
+    from opendas_encoder.methods.zeroshot import ZeroShotCLIP
+
+    calls = {"text": 0, "image": 0}
+    real_text = ZeroShotCLIP.encode_text
+
+    def count_text(self, *a, **k):
+        calls["text"] += 1
+        return real_text(self, *a, **k)
+
+    def no_image(self, images, *a, **k):
+        calls["image"] += images.shape[0]
+        raise AssertionError("zero-shot image features computed for a text-only consistency term")
+
+    monkeypatch.setattr(ZeroShotCLIP, "encode_text", count_text)
+    monkeypatch.setattr(ZeroShotCLIP, "encode_image", no_image)
+    for augment in (False, True):
+        model = tiny_model(1)
+        cfg = small_config(tmp_path, consistency={"text": 1.0})
+        cfg = cfg.updated(runtime=dict(cfg.runtime, augment=augment))
+        fit(model, prepared(model), LABEL_SPACE, cfg, str(tmp_path / f"run{augment}"), progress=False)
+        assert all(r["consistency"] >= 0 for r in read_log(str(tmp_path / f"run{augment}")))
+    assert calls == {"text": 2, "image": 0}
+
+
 def test_image_consistency_keeps_adapted_image_features_near_zero_shot(tmp_path):
     from opendas_encoder.train.evaluate import zero_shot_encoder
 

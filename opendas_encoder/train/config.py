@@ -188,6 +188,12 @@ class ConsistencyConfig(_Section):
     def active(self) -> bool:
         return bool(self.text or self.image or self.logits)
 
+    @property
+    def uses_images(self) -> bool:
+        """Whether a term needs zero-shot CLIP's image features (image distance or logits KL; the text
+        term needs only the label space's text features)."""
+        return bool(self.image or self.logits)
+
     def weights(self) -> tuple:
         return (self.text, self.image, self.logits)
 

@@ -482,7 +482,8 @@ class Trainer:
 
     def zero_shot_features(self) -> tuple:
         """(zero-shot encoder, its normalised text features of the label space (Q, D), its image features of
-        every training segment (N, D), or None with augmentation, whose crops change every step).
+        every training segment (N, D), or None: when no consistency term uses images, or with
+        augmentation, whose crops change every step).
 
         Zero-shot CLIP is the same open_clip model without prompts (``train.evaluate.zero_shot_encoder``);
         computed once per run, on the first call (consistency option).
@@ -495,7 +496,7 @@ class Trainer:
             with torch.no_grad(), self.autocast():
                 text = encoder.encode_text(self.text_input, normalize=True).float()
             image = None
-            if not rt.augment:
+            if self.consistency.uses_images and not rt.augment:
                 with self.autocast():
                     image = encode_images(encoder, self.train, self.device, rt.eval_batch_size, rt.num_workers,
                                           self.progress, desc="zero-shot image features")
@@ -529,7 +530,8 @@ class Trainer:
         None for an empty share; zero-shot features only with the consistency option."""
         if item is None:
             return None, None, None, None
-        zs_image = self.zero_shot_features()[2] if self.consistency is not None else None
+        uses_images = self.consistency is not None and self.consistency.uses_images
+        zs_image = self.zero_shot_features()[2] if uses_images else None
         if sr.features is not None:  # item: this rank's indices into the feature cache
             idx = torch.as_tensor(item, dtype=torch.long)
             zs = zs_image[idx.to(zs_image.device)] if zs_image is not None else None
@@ -540,7 +542,7 @@ class Trainer:
             gen = torch.Generator().manual_seed(self.config.seed * 7_919 + self.global_step)
             images = augment_batch(images, gen, select=slice(self.rank, global_size, self.world))
         zs = None
-        if self.consistency is not None:
+        if uses_images:
             if zs_image is not None:
                 zs = zs_image[index[0].to(zs_image.device)]
             else:  # augmented crops: zero-shot features of this very batch (no gradient)
