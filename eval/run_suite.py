@@ -53,6 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from eval import run_cls  # noqa: E402  (the baselines' paper options and names: one place)
 from opendas_encoder.plots import format_table  # noqa: E402
 from opendas_encoder.train.config import (BASELINE_SETTING, SETTINGS, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
                                           RuntimeConfig, ScheduleConfig, TrainConfig)
@@ -63,9 +64,10 @@ from opendas_encoder.generated.world.domains import GENERATED_LABEL, domain_name
 METRIC_NAMES = {"acc": "Acc", "weighted_f1": "W-F1", "base_f1": "B-F1", "novel_f1": "N-F1"}
 DEFAULT_METHODS = ("zeroshot", "opendas-paper", "opendas-default", "cocoop", "vpt", "rpo", "maple",
                    "wiseft-text", "wiseft-visual")
-DISPLAY = {"zeroshot": "zero-shot CLIP", "opendas-paper": "OpenDAS (paper)", "opendas-default": "OpenDAS (default)",
-           "opendas-carry": "OpenDAS (carry)", "cocoop": "CoCoOp", "vpt": "VPT", "rpo": "RPO", "maple": "MaPLe",
-           "wiseft-text": "WiSE-FT (text)", "wiseft-visual": "WiSE-FT (visual)"}
+#: report names: the baselines' from eval/run_cls.py (one place for them), the suite's own keys added
+DISPLAY = {**{k: v for k, v in run_cls.DISPLAY.items() if k != "opendas"}, "zeroshot": "zero-shot CLIP",
+           "opendas-paper": "OpenDAS (paper)", "opendas-default": "OpenDAS (default)",
+           "opendas-carry": "OpenDAS (carry)"}
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,6 @@ QUICK = Sizes(40, 30, 3, 3)
 
 
 # ---------------------------------------------------------------------------------------------- methods
-def _baseline_options() -> Dict[str, dict]:
-    """The baselines' paper options, from eval/run_cls.py (one place for them, as Table 2 uses them)."""
-    from eval import run_cls
-
-    return run_cls.METHOD_OPTIONS
-
-
 @dataclass(frozen=True)
 class MethodRun:
     """One row of the suite: ``key`` (as given), the encoder method, its training setting and fields."""
@@ -166,7 +161,7 @@ def resolve_method(key: str) -> MethodRun:
         return _opendas_run(key, name, setting, parse_overrides(key, overrides))
     baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
     if name in baselines:
-        return MethodRun(key, name, setting or BASELINE_SETTING, options=dump(_baseline_options().get(name, {})))
+        return MethodRun(key, name, setting or BASELINE_SETTING, options=dump(run_cls.METHOD_OPTIONS.get(name, {})))
     raise ValueError(f"unknown method {key!r}; known: {['zeroshot'] + sorted(OPENDAS_KEYS) + baselines} "
                      "(KEY:SETTING for another training setting, OPENDAS-KEY@section.key=value for options)")
 
