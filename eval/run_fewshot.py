@@ -67,14 +67,14 @@ from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (BASELINE_SETTING, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
                                           RuntimeConfig, ScheduleConfig, TrainConfig, format_validation_error,
                                           set_dotted)
-from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
-                                            prepare_experiment, run_experiment)
+from opendas_encoder.generated.world.domains import GENERATED_LABEL as GENERATED  # noqa: E402
+from opendas_encoder.generated.world.domains import domain_names, get_domain  # noqa: E402
+from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, mean_std, run_experiment  # noqa: E402
 
 Shot = Union[int, str]
 SHOTS = (1, 2, 4, 8, 16, "all")
 QUICK_SHOTS = (1, 4, "all")
 DEFAULT_METHODS = ("opendas", "opendas-paper", "vpt", "cocoop")
-GENERATED = "generated"
 DISPLAY = dict(run_cls.DISPLAY, zeroshot="zero-shot CLIP", opendas="OpenDAS (default)",
                **{"opendas-paper": "OpenDAS (paper)"})
 
@@ -96,38 +96,9 @@ QUICK = Sizes(24, 16, 2, 2, 16, 6)
 
 
 # ---------------------------------------------------------------------------------------------- domains
-def _domains_module():
-    """``opendas_encoder.generated.world.domains`` where it exists (the domain suite), else None."""
-    try:
-        from opendas_encoder.generated.world import domains
-    except ImportError:
-        return None
-    return domains
-
-
-def domain_names() -> List[str]:
-    module = _domains_module()
-    return list(module.domain_names()) if module is not None else ["cast"]
-
-
-def domain_words(domain: str) -> Tuple[dict, dict]:
-    """({base, test} vocabulary, negatives) of a generated domain."""
-    module = _domains_module()
-    if module is None:
-        if domain != "cast":
-            raise ValueError(f"unknown domain {domain!r}: this version has one generated world ('cast')")
-        from opendas_encoder.generated.world import world_negatives, world_vocabulary
-
-        return world_vocabulary(), world_negatives()
-    spec = module.get_domain(domain)
-    return spec.vocabulary(), spec.negatives()
-
-
 def domain_data(domain: str, seed: int, sizes: Sizes, shots: Shot = "all") -> DataConfig:
     def split(name: str, n: int, s: int) -> DatasetSpec:
-        options = {"n_scenes": n, "seed": s}
-        if _domains_module() is not None:
-            options["domain"] = domain
+        options = {"n_scenes": n, "seed": s, "domain": domain}
         return DatasetSpec(name="generated-world", split=name, options=options)
 
     return DataConfig(train=split("train", sizes.train_scenes, seed),
@@ -243,7 +214,7 @@ def plan_runs(specs: Sequence[MethodSpec], domains: Sequence[str], shots: Sequen
     """Every (domain, seed, K, method) point, validated; identical trainings are planned once."""
     runs = []
     for domain in domains:
-        n_classes = len(domain_words(domain)[0]["base"])
+        n_classes = len(get_domain(domain).vocabulary()["base"])
         for seed in range(seeds):
             for k in shots:
                 first: Dict[str, str] = {}
@@ -288,15 +259,7 @@ class DomainSeed:
     def data(self) -> Tuple[ExperimentData, ExperimentData]:
         """(with negative queries: OpenDAS, without: the baselines); crops cached under ``<dir>/segments``."""
         if self._data is None:
-            from opendas_encoder.vocab import Vocabulary, select_negative_queries
-
-            words, negatives = domain_words(self.domain)
-            vocab = Vocabulary(base=words["base"], test=words["test"], name=f"{GENERATED} domain {self.domain}")
-            config = self._config()
-            self._probe = build_model(config)
-            data = prepare_experiment(config, self._probe, progress=self.progress, vocab=vocab, negatives=negatives)
-            plain = ExperimentData(data.train, data.test, data.vocab, select_negative_queries({}, data.vocab.base),
-                                   list(data.vocab.base))
+            self._probe, data, plain = run_suite.prepare_domain_seed(self._config(), self.domain, self.progress)
             self._data = (data, plain)
         return self._data
 

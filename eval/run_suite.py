@@ -45,7 +45,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -193,6 +193,21 @@ def _summary(metrics: dict) -> dict:
     return {k: float(metrics[k]) for k in METRIC_KEYS}
 
 
+def prepare_domain_seed(config: TrainConfig, domain: str, progress: bool) -> Tuple[object, ExperimentData,
+                                                                                     ExperimentData]:
+    """The segments of ``config``'s splits prepared once, with the domain's vocabulary and negative queries:
+    (the probe model that prepared them, data with the negatives (OpenDAS), the same data without (the
+    baselines)). Shared by this suite and eval/run_fewshot.py."""
+    spec = get_domain(domain)
+    words = spec.vocabulary()
+    vocab = Vocabulary(base=words["base"], test=words["test"], name=f"{GENERATED_LABEL} domain {domain}")
+    probe = build_model(config)
+    data = prepare_experiment(config, probe, progress=progress, vocab=vocab, negatives=spec.negatives())
+    plain = ExperimentData(data.train, data.test, data.vocab, select_negative_queries({}, data.vocab.base),
+                           list(data.vocab.base))
+    return probe, data, plain
+
+
 def run_domain_seed(domain: str, runs: Sequence[MethodRun], seed: int, sizes: Sizes, out_dir: str, device: str,
                     progress: bool) -> Dict[str, dict]:
     """Zero-shot and every training of ``runs`` on one domain and seed: {key: metrics}; "zeroshot" always."""
@@ -200,14 +215,8 @@ def run_domain_seed(domain: str, runs: Sequence[MethodRun], seed: int, sizes: Si
     from opendas_encoder.train.pipeline import run_experiment
     from opendas_encoder.train.trainer import resolve_device
 
-    spec = get_domain(domain)
-    words = spec.vocabulary()
-    vocab = Vocabulary(base=words["base"], test=words["test"], name=f"{GENERATED_LABEL} domain {domain}")
     probe_config = suite_config(domain, resolve_method("opendas-default"), seed, sizes, out_dir, device)
-    probe = build_model(probe_config)
-    data = prepare_experiment(probe_config, probe, progress=progress, vocab=vocab, negatives=spec.negatives())
-    plain = ExperimentData(data.train, data.test, data.vocab, select_negative_queries({}, data.vocab.base),
-                           list(data.vocab.base))
+    probe, data, plain = prepare_domain_seed(probe_config, domain, progress)
     dev = resolve_device(device)
     out = {"zeroshot": _summary(evaluate(zero_shot_encoder(probe), data.test, data.vocab, dev,
                                          probe_config.runtime.eval_batch_size).metrics)}
