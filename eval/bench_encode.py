@@ -7,6 +7,9 @@ K_t on every text layer) and times, at equal batch size, ``encode_image`` of B r
 Repeats are interleaved A/B, B/A, A/B, ... so that drifts of a shared machine hit both sides
 alike; the figures are medians. Prints images/s, texts/s and the ratios prompted time / vanilla
 time (1.0 = no overhead); ``--json PATH`` writes them (``ratio_image``, ``ratio_text``, ...).
+``ratio_image_rebuilt`` times the prompted image tower once more with the engine rebuilding the token
+sequence at every prompted layer (``torch.cat``, as before issue 18) instead of writing the prompts
+into the block outputs in place: the saving of the in-place writes, in the same interleaved run.
 
     python eval/bench_encode.py --model ViT-B-16 --batch 8 --repeats 5 --threads 1 --json /tmp/encode.json
 
@@ -34,6 +37,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from opendas_encoder import PromptConfig, PromptedCLIP  # noqa: E402
+from opendas_encoder.core import engine  # noqa: E402
 from opendas_encoder.core.factory import create_base_model_and_transforms  # noqa: E402
 from opendas_encoder.vocab import read_class_list  # noqa: E402
 
@@ -116,6 +120,18 @@ def environment(device: torch.device, threads: int) -> dict:
     return info
 
 
+@contextlib.contextmanager
+def rebuilt_sequences():
+    """The engine as it was before issue 18: a new token sequence (``torch.cat``) at every prompted layer,
+    also without autograd (the comparison behind ``ratio_image_rebuilt``; benchmark only)."""
+    writable = engine._writable_in_place
+    engine._writable_in_place = lambda x, tokens: False
+    try:
+        yield
+    finally:
+        engine._writable_in_place = writable
+
+
 def build_pair(model_name: str, pretrained: Optional[str], device: torch.device, visual_tokens: int,
                text_tokens: int, seed: int):
     """(vanilla open_clip model, PromptedCLIP over that same model), in eval mode on ``device``."""
@@ -146,8 +162,13 @@ def run(args: argparse.Namespace) -> dict:
                 return fn()
         return go
 
+    def rebuilt_image():
+        with rebuilt_sequences():
+            return prompted.encode_image(images)
+
     image_fns = {"vanilla": call(lambda: clip.encode_image(images)),
-                 "prompted": call(lambda: prompted.encode_image(images))}
+                 "prompted": call(lambda: prompted.encode_image(images)),
+                 "prompted_rebuilt": call(rebuilt_image)}
     text_fns = {"vanilla": call(lambda: clip.encode_text(tokens)),
                 "prompted": call(lambda: prompted.encode_text(tokens))}
     for fn in list(image_fns.values()) + list(text_fns.values()):
@@ -169,7 +190,10 @@ def run(args: argparse.Namespace) -> dict:
         "images_per_s_vanilla": args.batch / img["vanilla"], "images_per_s_prompted": args.batch / img["prompted"],
         "texts_per_s_vanilla": args.batch / txt["vanilla"], "texts_per_s_prompted": args.batch / txt["prompted"],
         "ratio_image": img["prompted"] / img["vanilla"], "ratio_text": txt["prompted"] / txt["vanilla"],
-        "image_samples_s": image_samples, "text_samples_s": text_samples, "build_seconds": build_seconds, "timing": "median of interleaved repeats (A B, B A, ...), seconds per call",
+        "prompted_rebuilt_image_s": img["prompted_rebuilt"],
+        "ratio_image_rebuilt": img["prompted_rebuilt"] / img["vanilla"],
+        "image_samples_s": image_samples, "text_samples_s": text_samples, "build_seconds": build_seconds,
+        "timing": "median of interleaved repeats (A B, B A, ...), seconds per call",
         **environment(device, threads),
     }
     return result
@@ -181,7 +205,8 @@ def report(r: dict) -> str:
              f"  image tokens: {r['image_tokens_vanilla']} vanilla, {r['image_tokens_prompted']} prompted "
              f"(+{(r['image_tokens_prompted'] / r['image_tokens_vanilla'] - 1) * 100:.1f}%)",
              f"  images/s: vanilla {r['images_per_s_vanilla']:.2f}, prompted {r['images_per_s_prompted']:.2f}, "
-             f"ratio (prompted / vanilla time) {r['ratio_image']:.3f}",
+             f"ratio (prompted / vanilla time) {r['ratio_image']:.3f}; with a new token sequence per layer "
+             f"(before issue 18) {r['ratio_image_rebuilt']:.3f}",
              f"  texts/s:  vanilla {r['texts_per_s_vanilla']:.2f}, prompted {r['texts_per_s_prompted']:.2f}, "
              f"ratio (prompted / vanilla time) {r['ratio_text']:.3f}"]
     return "\n".join(lines)

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Speed of OpenDAS training and encoding on one GPU (H100/H200), ViT-L-14 with random weights.
 #
-#   eval/bench_gpu.sh OUT_DIR            (run from anywhere; about 1-3 minutes once torch is there)
+#   eval/bench_gpu.sh OUT_DIR            (run from anywhere; at most about 5 minutes once torch is there)
 #
 # 1. Checks that torch and open_clip import; when not, installs them with
 #      pip install torch==2.14.1 torchvision==0.29.1 open_clip_torch
 #    (and the package's other dependencies when missing) and says so. Where torch is there but
 #    open_clip is not and no index is reachable, wheels in BENCH_WHEELS (default .venv/wheels:
 #    open_clip_torch, ftfy, wcwidth) are installed without dependencies first.
-# 2. Runs eval/bench_gpu.py: stage-1 / stage-2 seconds per iteration (ViT-L-14, batch 16, bf16 AMP),
-#    bench_encode (ViT-L-14, batch 64, bf16), then, while time remains, the baselines and a
-#    torch.compile check. JSON files and a log go to OUT_DIR; summary.json compares stage 1 with the
-#    paper's 0.53 s/iter on an A100.
-# Environment: PYTHON (default python), BENCH_BUDGET_S (default 210: optional phases start only while
+# 2. Runs eval/bench_gpu.py (issue 18's GPU figures, under 5 minutes in all): ViT-L-14 batch-16 bf16
+#    stage timings with the stage-2 text floor, bench_encode ViT-L-14 batch 64 bf16, then, while time
+#    remains, batched 3D mask features on ViT-L-14@336, the floor at 900 labels, cached stage 2 with
+#    CUDA graphs (runtime.compile: reduce-overhead) and the baselines. JSON files and a log go to OUT_DIR;
+#    summary.json compares stage 1 with the paper's 0.53 s/iter on an A100.
+# Environment: PYTHON (default python), BENCH_BUDGET_S (default 270: optional phases start only while
 # the elapsed time is below it).
 set -u
 OUT=${1:?usage: eval/bench_gpu.sh OUT_DIR}

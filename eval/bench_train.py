@@ -9,12 +9,14 @@ per-step times from its log:
 * ``stage1``: visual prompts learn, frozen text features computed once (setting ``visual-only``);
 * ``stage2``: text prompts learn, image tower run every iteration (``runtime.cache_features: false``);
 * ``stage2_cached``: text prompts learn on image features computed once before the loop;
-* each baseline (a registered method other than opendas / zeroshot) in the ``single`` setting (all its tensors learn).
+* each baseline (a registered method other than opendas / zeroshot) in its one-stage setting
+  (``one-stage-ce``: all its tensors learn) with its own options.
 
 ``text_floor_s_per_iter`` is the physical floor of cached stage 2 (issue 18): the text tower forward
 + backward over the whole label space with the same prompts, the same batch of cached image
 features and the same loss, and nothing else (no optimizer, data, logging), timed before and after
-the stage variants (median of both halves); ``stage2_floor_ratio`` = cached stage 2 / floor. ``fit s`` is the wall time of the whole ``fit`` call (image-feature
+the stage variants (median of both halves); ``stage2_floor_ratio`` = cached stage 2 / floor. ``fit s`` is
+the wall time of the whole ``fit`` call (image-feature
 caching and checkpoints included). An unknown or failing baseline stops the run with its error.
 
 Figures are medians over the steps after ``--warmup-steps``. Peak memory per variant: CUDA
@@ -42,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -58,7 +61,7 @@ from opendas_encoder import PromptConfig, create_model  # noqa: E402
 from opendas_encoder.data import ListSegmentDataset, Segment  # noqa: E402
 from opendas_encoder.train import (PreparedSegments, ScheduleConfig, TrainConfig, encode_images, fit,  # noqa: E402
                                    flush_denormal, opendas_text_loss, prepare_segments, read_log)
-from opendas_encoder.train.config import RuntimeConfig  # noqa: E402
+from opendas_encoder.train.config import BASELINE_SETTING, COMPILE_MODES, RuntimeConfig  # noqa: E402
 
 VARIANTS = {"stage1": ("visual-only", False), "stage2": ("text-only", False), "stage2_cached": ("text-only", True)}
 
@@ -134,10 +137,12 @@ def random_segments(n: int, model, n_classes: int, seed: int) -> PreparedSegment
                             model.image_size, progress=False)
 
 
-def bench_config(args, setting: str, cache: bool, out_dir: str) -> TrainConfig:
-    return TrainConfig(name=f"bench {setting}", setting=setting,
+def bench_config(args, setting: str, cache: bool, out_dir: str, method: str = "opendas") -> TrainConfig:
+    """One epoch per trained stage, no warm-up; OpenDAS with ``--preset`` (default: the paper's method,
+    whose stage-2 loss is exactly the floor's), a baseline with its own (paper) options."""
+    return TrainConfig(name=f"bench {method} {setting}", method=method, setting=setting, preset=args.preset,
                        schedule=ScheduleConfig(batch_size=args.batch, stage1_epochs=1, stage2_epochs=0 if
-                                               setting in ("visual-only", "single") else 1, warmup_epochs=0),
+                                               setting in ("visual-only", BASELINE_SETTING) else 1, warmup_epochs=0),
                        runtime=RuntimeConfig(device=args.device, amp=args.amp, cache_features=cache,
                                              compile=args.compile, eval_batch_size=args.eval_batch),
                        output_dir=out_dir)
@@ -146,15 +151,19 @@ def bench_config(args, setting: str, cache: bool, out_dir: str) -> TrainConfig:
 def time_fit(model, data: PreparedSegments, label_space: List[str], config: TrainConfig, device: torch.device,
              warmup_steps: int) -> dict:
     """Run ``fit``; median seconds per iteration (after the warm-up steps), wall time, peak memory."""
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
         start = time.perf_counter()
         fit(model, data, label_space, config, config.output_dir, progress=False)
         wall = time.perf_counter() - start
+    fallback = [str(w.message) for w in caught if "runtime.compile" in str(w.message)]
+    for w in caught:  # shown as they would have been
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     steps = [r["seconds"] for r in read_log(config.output_dir)]
     timed = steps[warmup_steps:] if len(steps) > warmup_steps else steps
     return {"s_per_iter": statistics.median(timed), "steps": len(steps), "timed_steps": len(timed),
             "first_step_s": steps[0], "fit_seconds": wall, "peak_memory_mib": mem.mib, "memory_measure": mem.how,
-            "samples_s": timed}
+            "samples_s": timed, "compile_fallback": fallback[0] if fallback else None}
 
 
 def baseline_names(spec: str) -> List[str]:
@@ -245,7 +254,7 @@ def run(args: argparse.Namespace) -> dict:
 
             torch.manual_seed(args.seed)
             baseline = create_encoder(method, args.model, args.pretrained, device=device)
-            cfg = bench_config(args, "single", True, os.path.join(tmp, method))
+            cfg = bench_config(args, BASELINE_SETTING, True, os.path.join(tmp, method), method)
             variants[method] = time_fit(baseline, data, label_space, cfg, device, args.warmup_steps)
             print(f"  {method}: {variants[method]['s_per_iter']:.4f} s/iter")
             del baseline
@@ -259,7 +268,8 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "model": args.model, "pretrained": args.pretrained, "batch": args.batch, "steps": args.steps,
         "warmup_steps": args.warmup_steps, "label_space": args.label_space, "base_classes": n_base,
-        "amp": args.amp if device.type == "cuda" else "off", "compile": args.compile,
+        "amp": args.amp if device.type == "cuda" else "off", "compile": args.compile, "preset": args.preset,
+        "compile_fallback": {k: v["compile_fallback"] for k, v in variants.items() if v["compile_fallback"]},
         "visual_tokens": args.visual_tokens, "text_tokens": args.text_tokens,
         "stage1_s_per_iter": s1,
         "stage2_s_per_iter": s_per_iter("stage2"),
@@ -295,6 +305,8 @@ def report(r: dict) -> str:
         lines.append(f"  text_floor_s_per_iter (text tower forward + backward + loss, nothing else): "
                      f"{r['text_floor_s_per_iter']:.4f}; stage2_floor_ratio (cached stage 2 / floor): "
                      f"{r['stage2_floor_ratio']:.3f}")
+    for name, message in r["compile_fallback"].items():
+        lines.append(f"  {name}: runtime.compile fell back to eager: {message}")
     lines.append(f"  memory: {r['memory_measure']}")
     return "\n".join(lines)
 
@@ -314,7 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
                    help="runtime.amp (CUDA only; auto = bf16 where supported)")
-    p.add_argument("--compile", action="store_true", help="runtime.compile: torch.compile the encoder")
+    p.add_argument("--compile", nargs="?", const="default", default="off", choices=COMPILE_MODES,
+                   help="runtime.compile: torch.compile the encoder (bare --compile: torch's default mode; "
+                        "reduce-overhead: CUDA graphs on CUDA)")
+    p.add_argument("--preset", default="paper", choices=("paper", "default"),
+                   help="OpenDAS training options of the stage variants (paper: the floor's loss exactly; default: "
+                        "plus the text-consistency term and the prompt EMA)")
     p.add_argument("--eval-batch", type=int, default=64, help="batch of the stage-2 image-feature cache")
     p.add_argument("--visual-tokens", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=4)

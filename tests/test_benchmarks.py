@@ -45,7 +45,7 @@ def test_bench_encode_writes_ratios(tmp_path):
     stdout = run_script("bench_encode.py", "--model", "opendas-tiny-vit", "--batch", "2", "--repeats", "2",
                         "--threads", "1", "--json", str(out))
     r = json.loads(out.read_text())
-    for key in ("ratio_image", "ratio_text", "images_per_s_vanilla", "images_per_s_prompted",
+    for key in ("ratio_image", "ratio_text", "ratio_image_rebuilt", "images_per_s_vanilla", "images_per_s_prompted",
                 "texts_per_s_vanilla", "texts_per_s_prompted"):
         assert positive_finite(r[key]), key
     assert r["threads"] == 1 and r["device"] == "cpu"
@@ -58,7 +58,7 @@ def test_bench_encode_writes_ratios(tmp_path):
 def test_bench_train_writes_stage_times_floor_and_baselines(tmp_path):
     out = tmp_path / "train.json"
     stdout = run_script("bench_train.py", "--model", "opendas-tiny-vit", "--batch", "4", "--steps", "2",
-                        "--label-space", "12", "--baselines", "vpt", "--threads", "1", "--json", str(out))
+                        "--label-space", "12", "--baselines", "rpo", "--threads", "1", "--json", str(out))
     r = json.loads(out.read_text())
     for key in ("stage1_s_per_iter", "stage2_s_per_iter", "stage2_cached_s_per_iter", "stage2_cached_speedup",
                 "text_floor_s_per_iter", "stage2_floor_ratio"):
@@ -66,11 +66,34 @@ def test_bench_train_writes_stage_times_floor_and_baselines(tmp_path):
     assert r["stage2_cached_speedup"] == pytest.approx(r["stage1_s_per_iter"] / r["stage2_cached_s_per_iter"])
     assert r["stage2_floor_ratio"] == pytest.approx(r["stage2_cached_s_per_iter"] / r["text_floor_s_per_iter"])
     assert "stage2_floor_ratio" in stdout
-    assert positive_finite(r["baselines_s_per_iter"]["vpt"])
+    assert positive_finite(r["baselines_s_per_iter"]["rpo"])  # K x D features: trained with its own options
     assert r["variants"]["stage1"]["steps"] == 2 and r["variants"]["stage1"]["timed_steps"] == 1
     assert r["threads"] == 1 and r["base_classes"] == 2
     assert all(math.isfinite(v) and v >= 0 for v in r["peak_memory_mib"].values())
     assert r["memory_measure"]
+
+
+def test_bench_gpu_runs_every_phase_on_the_cpu(tmp_path):
+    """The GPU script (issue 18) is run rarely and briefly: the same phases in a tiny CPU configuration
+    must all finish and fill the summary, so that the one GPU run does not meet a broken script."""
+    out = tmp_path / "gpu"
+    run_script("bench_gpu.py", "--out", str(out), "--device", "cpu", "--model", "opendas-tiny-vit",
+               "--aggregate-model", "opendas-tiny-vit", "--steps", "2", "--batch", "4", "--encode-batch", "2",
+               "--label-space", "12", "--large-label-space", "24", "--budget", "280")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["phases"]) == {"train_vitl14", "encode_vitl14", "aggregate_vitl14_336", "floor900_vitl14",
+                                      "graphs_vitl14", "baselines_vitl14"}
+    assert all(v.startswith("ok") for v in summary["phases"].values()), summary["phases"]
+    for key in ("stage1_s_per_iter", "stage2_cached_s_per_iter", "text_floor_s_per_iter", "stage2_floor_ratio",
+                "encode_ratio_image", "encode_ratio_text", "encode_ratio_image_rebuilt", "stage2_floor_ratio_900",
+                "graphs_stage2_cached_s_per_iter",
+                "graphs_stage2_floor_ratio"):
+        assert positive_finite(summary[key]), key
+    assert summary["graphs_compile_fallback"] == {}  # compiled for real, no eager fallback
+    assert positive_finite(summary["aggregate_vitl14_336"]["loop_over_batched"])
+    assert set(summary["baselines_s_per_iter"]) >= {"vpt", "rpo", "maple", "cocoop"}
+    for name in ("train_vitl14", "encode_vitl14", "graphs_vitl14", "floor900_vitl14"):
+        assert json.loads((out / f"{name}.json").read_text())["device"] == "cpu"
 
 
 def test_bench_train_stops_on_an_unknown_baseline_with_a_message(monkeypatch, capsys):
@@ -210,10 +233,37 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatc
         assert torch.equal(results[0][name], results[1][name]), name
 
 
+def test_compiled_training_learns_the_eager_prompts(tmp_path):
+    """torch.compile for real (inductor on CPU; "reduce-overhead" captures CUDA graphs only on CUDA, here
+    it must still compile and train): the learned prompts equal eager training's, and nothing fell back."""
+    from torch._dynamo.utils import counters
+
+    mode = "reduce-overhead"
+    torch._dynamo.reset()
+    counters.clear()
+    learned = {}
+    train = None
+    for name in ("off", mode):
+        model = tiny(1)
+        train = train or prepare_segments(segments(), model.preprocess, CLASSES, model.image_size, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager warns
+            fit(model, train, CLASSES, config(tmp_path, compile=name), str(tmp_path / name), progress=False)
+        assert "encode_image" not in model.__dict__  # the eager methods are back after fit
+        learned[name] = model.learned_state_dict()
+    assert counters["stats"]["unique_graphs"] >= 2  # encode_image and encode_text went through dynamo
+    for key, eager in learned["off"].items():
+        assert torch.allclose(learned[mode][key], eager, atol=1e-5, rtol=1e-4), key
+    assert not torch.equal(learned["off"]["visual_prompts"], tiny(1).learned_state_dict()["visual_prompts"])
+
+
 def test_runtime_options_are_validated():
     with pytest.raises(ValueError, match="runtime.amp must be one of"):
         config_from_dict({"runtime": {"amp": "fp32"}})
     with pytest.raises(ValueError, match="runtime.num_workers"):
         config_from_dict({"runtime": {"num_workers": -1}})
-    with pytest.raises(ValueError, match="runtime.compile must be true or false"):
+    with pytest.raises(ValueError, match=r"runtime.compile: must be true, false or a torch.compile mode "
+                                         r"\(default, reduce-overhead, .*got 'yes'"):
         config_from_dict({"runtime": {"compile": "yes"}})
+    assert [RuntimeConfig(compile=v).compile for v in (True, False, "reduce-overhead")] == \
+        ["default", "off", "reduce-overhead"]  # 0.2 configs wrote true / false

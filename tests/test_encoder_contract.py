@@ -113,3 +113,31 @@ def test_text_towers_pooling_elsewhere_are_refused_by_name():
                                      text_cfg=dict(width=40, heads=4, layers=1, pool_type="first"))
     with pytest.raises(oe.UnsupportedModelError, match="pool type 'first'"):
         oe.wrap_clip("opendas", model)
+
+
+# ---------------------------------------------------------------- issue 18: prompts written in place
+@pytest.mark.parametrize("method,deep", [("opendas", True), ("vpt", True), ("maple", True), ("cocoop", False),
+                                         ("rpo", False)])
+def test_prompts_written_in_place_give_the_features_of_the_rebuilt_sequence(method, deep, monkeypatch):
+    """Without autograd the engine writes each layer's prompts into the block output instead of building a
+    new sequence (torch.cat) per layer; the features are bit-identical to the rebuilt sequence's, which
+    autograd needs (prompts requiring grad), and for deep prompts the rebuilding is gone (CoCoOp's and
+    RPO's tokens enter at layer 0 only: nothing to save)."""
+    model = randomise(oe.wrap_clip(method, make_tiny_clip(1), **SMALL[method]))
+    real_cat, calls = torch.cat, []
+
+    def counting_cat(*args, **kwargs):
+        calls.append(1)
+        return real_cat(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", counting_cat)
+    model.set_trainable(visual=True, text=True)
+    with torch.no_grad():
+        start = len(calls)
+        in_place = (model.encode_image(IMAGES), model.encode_text(NAMES))
+        cats_in_place = len(calls) - start
+    start = len(calls)
+    rebuilt = [f.detach() for f in (model.encode_image(IMAGES), model.encode_text(NAMES))]
+    cats_rebuilt = len(calls) - start
+    assert torch.equal(in_place[0], rebuilt[0]) and torch.equal(in_place[1], rebuilt[1])
+    assert cats_in_place < cats_rebuilt if deep else cats_in_place <= cats_rebuilt

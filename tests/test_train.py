@@ -239,7 +239,8 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
         with torch.no_grad():
             model.text_prompts.fill_(float("nan"))
 
-    with pytest.raises(TrainingDiverged, match=r"non-finite loss .* stage 'text'.*last good checkpoint: .*s0-epoch-0000"):
+    with pytest.raises(TrainingDiverged,
+                       match=r"non-finite loss .* stage 'text'.*last good checkpoint: .*s0-epoch-0000"):
         fit(model, train, base, cfg, str(tmp_path / "run"), progress=False, on_epoch_end=poison)
     state = os.path.join(tmp_path, "run", "state", "s0-epoch-0000")
     assert os.path.isfile(os.path.join(state, "prompts.safetensors"))
@@ -393,3 +394,19 @@ def test_import_leaves_denormals_alone_and_training_scope_restores_them():
     assert proc.returncode == 0, proc.stderr[-2000:]
     # after import: denormals survive; inside the scope: flushed; after: restored (also a flushed state)
     assert proc.stdout.strip().splitlines()[-1] == "[True, False, True, False]"
+
+
+def test_fit_refuses_a_config_of_another_method(tmp_path):
+    """A baseline encoder trained under an OpenDAS config would take OpenDAS's preset (the default preset's
+    consistency term on RPO's K x D ensemble features failed deep in the loss): refused up front, by name."""
+    from opendas_encoder.core.factory import create_encoder
+
+    torch.manual_seed(0)
+    rpo = create_encoder("rpo", "opendas-tiny-vit", None)
+    base = ["red square", "green square"]
+    train = prepared(rpo, make_segments(n_per_class=1), base)
+    with pytest.raises(ValueError, match="the model is a 'rpo' encoder but the config's method is 'opendas'"):
+        fit(rpo, train, base, small_config(tmp_path), str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before any work
+    result = fit(rpo, train, base, small_config(tmp_path, method="rpo"), str(tmp_path / "rpo"), progress=False)
+    assert result.iterations

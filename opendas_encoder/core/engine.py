@@ -14,10 +14,16 @@ pre-norm in the VPT, MaPLe/IVLP and RPO reference code); deeper prompts enter as
 outputs never enter the image pooling.
 
 Text (deep text context, CoOp / MaPLe / OpenDAS): the template (see :mod:`.tokens`) leaves K context
-positions right after the start token (position 1.. for CLIP, 0.. for SigLIP, which has none); ``context_at(i)`` replaces them at the input of block ``i``
+positions right after the start token (position 1.. for CLIP, 0.. for SigLIP, which has none);
+``context_at(i)`` replaces them at the input of block ``i``
 (layer 0: the token embeddings, before positional embeddings are added; deeper: the previous
 block's outputs). Features are pooled at the end-of-text token. For a causal tower the padding after
 the last end-of-text token is cut first (exact: nothing attends to later positions).
+
+Without autograd (inference, evaluation, cached features) prompts and context are written into the
+previous block's output in place (:func:`insert_tokens`) rather than into a new sequence per layer;
+under autograd the sequence is rebuilt, since the blocks saved it for their backward. Same features
+bit for bit (tested).
 """
 
 from __future__ import annotations
@@ -38,6 +44,25 @@ LayerTokens = Callable[[int], Optional[torch.Tensor]]
 def _batched(tokens: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
     tokens = tokens.to(dtype)
     return tokens.unsqueeze(0).expand(batch, -1, -1) if tokens.ndim == 2 else tokens
+
+
+def _writable_in_place(x: torch.Tensor, tokens: torch.Tensor) -> bool:
+    """True when ``tokens`` may be written into ``x`` in place: autograd records nothing here (inference,
+    evaluation, frozen towers). Under autograd the sequence is rebuilt (``torch.cat``), since the blocks
+    saved ``x`` for their backward."""
+    return not (torch.is_grad_enabled() and (x.requires_grad or tokens.requires_grad))
+
+
+def insert_tokens(x: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """(B, L, W) with positions start..start+K-1 replaced by ``tokens`` (K, W) or (B, K, W); appended when
+    ``start == L``. Without autograd the positions are overwritten in ``x`` itself (a block's fresh
+    output, owned by the engine): no new sequence per layer."""
+    tokens = tokens.to(x.dtype)
+    end = start + tokens.shape[-2]
+    if end <= x.shape[1] and _writable_in_place(x, tokens):
+        x[:, start:end] = tokens
+        return x
+    return torch.cat([x[:, :start], _batched(tokens, x.shape[0], x.dtype), x[:, end:]], dim=1)
 
 
 def run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor], use_ckpt: bool) -> torch.Tensor:
@@ -69,7 +94,7 @@ def run_vision(visual: nn.Module, images: torch.Tensor, prompts_at: Optional[Lay
             prompts = _batched(prompts, x.shape[0], x.dtype)
             if i == 0 and layer0_ln_pre:
                 prompts = tower.pre_norm(prompts)
-            x = torch.cat([x[:, :n_tokens], prompts], dim=1)
+            x = insert_tokens(x, prompts, n_tokens)
         x = run_block(block, x, attn_mask, use_ckpt)
     return x, n_tokens
 
@@ -93,9 +118,9 @@ def project_visual_tokens(visual: nn.Module, tokens: torch.Tensor) -> torch.Tens
 
 # ---------------------------------------------------------------------------------------------- text
 def replace_context(x: torch.Tensor, context: torch.Tensor, start: int = 1) -> torch.Tensor:
-    """Hidden states (B, L, W) with positions start..start+K-1 replaced by ``context`` (K, W) or (B, K, W)."""
-    ctx = _batched(context, x.shape[0], x.dtype)
-    return torch.cat([x[:, :start], ctx, x[:, start + ctx.shape[1]:]], dim=1)
+    """Hidden states (B, L, W) with positions start..start+K-1 replaced by ``context`` (K, W) or (B, K, W)
+    (in place when autograd records nothing, see :func:`insert_tokens`)."""
+    return insert_tokens(x, context, start)
 
 
 def embed_text(view: TextTowerView, tokens: torch.Tensor, context: Optional[torch.Tensor] = None,

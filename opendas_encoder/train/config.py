@@ -216,13 +216,19 @@ class AveragingConfig(_Section):
     gaussian_std: PositiveFloat = 1.0  # in epochs (PromptSRC: 1)
 
 
+#: runtime.compile values: off, torch.compile's default mode, and its named modes
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class RuntimeConfig(_Section):
     device: StrictStr = "auto"  # "auto" = cuda if available, else a torch device string
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # "auto": bf16/fp16 on CUDA, off on CPU
     cache_features: StrictBool = True  # text stage on cached image features (no image tower) when augment is off
     augment: StrictBool = False  # random flip + random square crop (scale 0.7-1) of each training segment
     num_workers: NonNegInt = 0  # DataLoader workers that crop and preprocess segments
-    compile: StrictBool = False  # torch.compile the encoder's forward functions (eager fallback with a warning)
+    # torch.compile of the encoder's forward functions (eager fallback with a warning): false / "off", true /
+    # "default", or a torch.compile mode; "reduce-overhead" and "max-autotune" capture CUDA graphs on CUDA
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "off"
     eval_batch_size: PositiveInt = 64
 
     @model_validator(mode="before")
@@ -238,6 +244,16 @@ class RuntimeConfig(_Section):
     @classmethod
     def _amp_off(cls, value):
         return "off" if value is False else value  # YAML 1.1 reads an unquoted off as false
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, value):
+        if isinstance(value, bool):  # the boolean form of 0.1-0.2 configs and YAML's on / off
+            return "default" if value else "off"
+        if not isinstance(value, str) or value not in COMPILE_MODES:
+            raise ValueError(f"must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES[1:])}), "
+                             f"got {value!r}")
+        return value
 
     @field_validator("device")
     @classmethod

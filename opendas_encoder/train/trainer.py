@@ -137,30 +137,43 @@ def _make_optimizer(params, cfg) -> torch.optim.Optimizer:
 class _CompiledForwards:
     """The model's ``encode_image`` / ``encode_text`` through ``torch.compile`` (instance attributes).
 
-    Compilation happens lazily at the first call (and the backward graph at the first backward);
-    any failure there calls :meth:`disable`, which warns once and restores the eager methods.
+    ``mode`` is ``runtime.compile`` ("off", "default" or a torch.compile mode). Compilation happens
+    lazily at the first call (and the backward graph at the first backward); any failure there calls
+    :meth:`disable`, which warns once and restores the eager methods. Modes that capture CUDA graphs
+    ("reduce-overhead", "max-autotune") replay them from a static memory pool that the next replay
+    overwrites: on CUDA their outputs are cloned (one (B, D) copy) and :meth:`begin_step` marks
+    each training step's start (``torch.compiler.cudagraph_mark_step_begin``).
     """
 
     NAMES = ("encode_image", "encode_text")
+    CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
-    def __init__(self, model, enabled: bool):
+    def __init__(self, model, mode: str = "off", device: Optional[torch.device] = None):
         self.model = model
         self.active = False
-        if not enabled:
+        self.cuda_graphs = mode in self.CUDA_GRAPH_MODES and device is not None and device.type == "cuda"
+        if mode == "off":
             return
+        options = {} if mode == "default" else {"mode": mode}
         try:
             for name in self.NAMES:
                 eager = getattr(model, name)
-                setattr(model, name, self._guarded(torch.compile(eager), eager))
+                setattr(model, name, self._guarded(torch.compile(eager, **options), eager))
             self.active = True
         except Exception as exc:  # torch.compile itself refused (unsupported platform or Python)
             self.disable(exc)
+
+    def begin_step(self) -> None:
+        """Outputs of the previous step's graph replays are dead from here on (CUDA-graph modes)."""
+        if self.active and self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def _guarded(self, compiled: Callable, eager: Callable) -> Callable:
         def call(*args, **kwargs):
             if self.active:
                 try:
-                    return compiled(*args, **kwargs)
+                    out = compiled(*args, **kwargs)
+                    return out.clone() if self.cuda_graphs else out
                 except Exception as exc:
                     self.disable(exc)
             return eager(*args, **kwargs)
@@ -385,7 +398,7 @@ class Trainer:
         start = self.resume_point(resume)
         self.global_step = start.global_step
         seconds, iterations = {}, {}
-        self.forwards = _CompiledForwards(self.model, self.config.runtime.compile)
+        self.forwards = _CompiledForwards(self.model, self.config.runtime.compile, self.device)
         try:
             for si, stage in enumerate(self.stages):
                 if si < start.stage:
@@ -559,6 +572,7 @@ class Trainer:
                              self.config.triplet.lambda_start, self.config.triplet.lambda_end) \
             if sr.stage.triplet else 0.0
         lr = sr.optimizer.param_groups[0]["lr"]
+        self.forwards.begin_step()
         with self.autocast():
             loss, ce, trip, cons = sr.objective(labels, images, features, lam, zs_image)
         loss_value = _global_sum(loss.detach() * share, self.world)
@@ -636,7 +650,12 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     label_space: base classes followed by negative queries; logits are computed over all of it.
     Writes ``run_dir/state/`` (resumable), ``run_dir/train_log.jsonl`` and ``run_dir/final/``
     (the exported checkpoint). ``on_epoch_end(stage_index, epoch)`` runs after each saved epoch.
+    ``config.method`` must be ``model``'s method (its settings, options and preset follow it).
     """
+    method = getattr(model, "method", None)
+    if method is not None and method != config.method:
+        raise ValueError(f"fit: the model is a {method!r} encoder but the config's method is {config.method!r}; "
+                         f"build the config with method: {method} (its setting, options and preset depend on it)")
     with flush_denormal():
         trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata)
         return trainer.run(resume)
