@@ -10,6 +10,7 @@ time (1.0 = no overhead); ``--json PATH`` writes them (``ratio_image``, ``ratio_
 ``ratio_image_rebuilt`` times the prompted image tower once more with the engine rebuilding the token
 sequence at every prompted layer (``torch.cat``, as before issue 18) instead of writing the prompts
 into the block outputs in place: the saving of the in-place writes, in the same interleaved run.
+``*_paired`` ratios are medians of the per-repeat ratios (adjacent calls), steadier under drift.
 
     python eval/bench_encode.py --model ViT-B-16 --batch 8 --repeats 5 --threads 1 --json /tmp/encode.json
 
@@ -103,6 +104,12 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, devi
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def paired_ratio(samples: Dict[str, List[float]], a: str, b: str) -> float:
+    """Median over repeats of ``a``'s time / ``b``'s time in the same repeat (adjacent calls): steadier
+    than the ratio of medians when a shared machine drifts between repeats."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
+
 def write_result_json(path: str, result: dict) -> None:
     """A benchmark's result as sorted, indented JSON at ``path`` (folders created); says where (the
     benchmarks of this folder share it)."""
@@ -192,6 +199,9 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_image": img["prompted"] / img["vanilla"], "ratio_text": txt["prompted"] / txt["vanilla"],
         "prompted_rebuilt_image_s": img["prompted_rebuilt"],
         "ratio_image_rebuilt": img["prompted_rebuilt"] / img["vanilla"],
+        "ratio_image_paired": paired_ratio(image_samples, "prompted", "vanilla"),
+        "ratio_image_rebuilt_paired": paired_ratio(image_samples, "prompted_rebuilt", "vanilla"),
+        "ratio_text_paired": paired_ratio(text_samples, "prompted", "vanilla"),
         "image_samples_s": image_samples, "text_samples_s": text_samples, "build_seconds": build_seconds,
         "timing": "median of interleaved repeats (A B, B A, ...), seconds per call",
         **environment(device, threads),
@@ -207,6 +217,8 @@ def report(r: dict) -> str:
              f"  images/s: vanilla {r['images_per_s_vanilla']:.2f}, prompted {r['images_per_s_prompted']:.2f}, "
              f"ratio (prompted / vanilla time) {r['ratio_image']:.3f}; with a new token sequence per layer "
              f"(before issue 18) {r['ratio_image_rebuilt']:.3f}",
+             f"  paired (median of per-repeat ratios): image {r['ratio_image_paired']:.3f}, rebuilt "
+             f"{r['ratio_image_rebuilt_paired']:.3f}, text {r['ratio_text_paired']:.3f}",
              f"  texts/s:  vanilla {r['texts_per_s_vanilla']:.2f}, prompted {r['texts_per_s_prompted']:.2f}, "
              f"ratio (prompted / vanilla time) {r['ratio_text']:.3f}"]
     return "\n".join(lines)

@@ -146,6 +146,8 @@ def main(argv=None) -> int:
                                         "--json", out("encode_vitl14.json")])
         run.summary.update(encode_ratio_image=r["ratio_image"], encode_ratio_text=r["ratio_text"],
                            encode_ratio_image_rebuilt=r["ratio_image_rebuilt"],
+                           encode_ratio_image_paired=r["ratio_image_paired"],
+                           encode_ratio_image_rebuilt_paired=r["ratio_image_rebuilt_paired"],
                            encode_images_per_s_prompted=r["images_per_s_prompted"],
                            encode_images_per_s_vanilla=r["images_per_s_vanilla"])
 

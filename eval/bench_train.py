@@ -37,6 +37,7 @@ it (falls back to the growth of ``ru_maxrss`` where the reset is not allowed; th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import resource
@@ -148,10 +149,58 @@ def bench_config(args, setting: str, cache: bool, out_dir: str, method: str = "o
                        output_dir=out_dir)
 
 
+#: (row, function name, part of its file's path) of the step parts that --profile reports; the two tower
+#: rows are parts of the first (the stage objective's forward: towers + loss)
+PROFILE_PARTS = (("forward (towers + loss)", "forward", "trainer.py"),
+                 ("of which image tower", "encode_image", "opendas_encoder/methods"),
+                 ("of which text tower", "encode_text", "opendas_encoder/methods"),
+                 ("backward", "_backward", "trainer.py"),
+                 ("optimizer step", "step", "torch/optim"))
+
+
+@contextlib.contextmanager
+def profiled_epochs(into: dict):
+    """cProfile of every ``Trainer.train_epoch`` inside the block; ``into`` gets each part's share of the
+    epochs' time (cumulative seconds; "everything else" = total - forward - backward - optimizer step:
+    batches, the loss to the host, the log line)."""
+    import cProfile
+    import pstats
+
+    from opendas_encoder.train import trainer
+
+    prof = cProfile.Profile()
+    real = trainer.Trainer.train_epoch
+
+    def train_epoch(self, *args, **kwargs):
+        prof.enable()
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            prof.disable()
+
+    trainer.Trainer.train_epoch = train_epoch
+    try:
+        yield
+    finally:
+        trainer.Trainer.train_epoch = real
+        stats = pstats.Stats(prof).stats
+
+        def cumulative(name, where):
+            return sum(v[3] for k, v in stats.items() if k[2] == name and where in k[0])
+
+        total = cumulative("train_epoch", "trainer.py")
+        parts = {row: cumulative(name, where) for row, name, where in PROFILE_PARTS}
+        parts["everything else"] = total - sum(v for k, v in parts.items() if not k.startswith("of which"))
+        into.update({"seconds": total, "share": {k: v / total for k, v in parts.items()} if total else {}})
+
+
 def time_fit(model, data: PreparedSegments, label_space: List[str], config: TrainConfig, device: torch.device,
-             warmup_steps: int) -> dict:
-    """Run ``fit``; median seconds per iteration (after the warm-up steps), wall time, peak memory."""
-    with PeakMemory(device) as mem, warnings.catch_warnings(record=True) as caught:
+             warmup_steps: int, profile: bool = False) -> dict:
+    """Run ``fit``; median seconds per iteration (after the warm-up steps), wall time, peak memory, and
+    with ``profile`` the share of each part of the steps (cProfile; slows the steps slightly)."""
+    profile_result: dict = {}
+    with PeakMemory(device) as mem, warnings.catch_warnings(record=True) as caught, \
+            (profiled_epochs(profile_result) if profile else contextlib.nullcontext()):
         warnings.simplefilter("always", RuntimeWarning)
         start = time.perf_counter()
         fit(model, data, label_space, config, config.output_dir, progress=False)
@@ -163,7 +212,8 @@ def time_fit(model, data: PreparedSegments, label_space: List[str], config: Trai
     timed = steps[warmup_steps:] if len(steps) > warmup_steps else steps
     return {"s_per_iter": statistics.median(timed), "steps": len(steps), "timed_steps": len(timed),
             "first_step_s": steps[0], "fit_seconds": wall, "peak_memory_mib": mem.mib, "memory_measure": mem.how,
-            "samples_s": timed, "compile_fallback": fallback[0] if fallback else None}
+            "samples_s": timed, "compile_fallback": fallback[0] if fallback else None,
+            "profile": profile_result or None}
 
 
 def baseline_names(spec: str) -> List[str]:
@@ -241,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
             setting, cache = VARIANTS[name]
             variants[name] = time_fit(model, data, label_space, bench_config(args, setting, cache,
                                                                               os.path.join(tmp, name)),
-                                      device, args.warmup_steps)
+                                      device, args.warmup_steps, args.profile)
             print(f"  {name}: {variants[name]['s_per_iter']:.4f} s/iter")
         if floor_before is not None:
             after = text_floor(model, data, label_space, args, device)
@@ -255,7 +305,7 @@ def run(args: argparse.Namespace) -> dict:
             torch.manual_seed(args.seed)
             baseline = create_encoder(method, args.model, args.pretrained, device=device)
             cfg = bench_config(args, BASELINE_SETTING, True, os.path.join(tmp, method), method)
-            variants[method] = time_fit(baseline, data, label_space, cfg, device, args.warmup_steps)
+            variants[method] = time_fit(baseline, data, label_space, cfg, device, args.warmup_steps, args.profile)
             print(f"  {method}: {variants[method]['s_per_iter']:.4f} s/iter")
             del baseline
             if device.type == "cuda":
@@ -305,6 +355,10 @@ def report(r: dict) -> str:
         lines.append(f"  text_floor_s_per_iter (text tower forward + backward + loss, nothing else): "
                      f"{r['text_floor_s_per_iter']:.4f}; stage2_floor_ratio (cached stage 2 / floor): "
                      f"{r['stage2_floor_ratio']:.3f}")
+    for name, v in r["variants"].items():
+        if v.get("profile"):
+            shares = ", ".join(f"{k} {100 * x:.2f}%" for k, x in v["profile"]["share"].items())
+            lines.append(f"  profile {name} (share of {v['profile']['seconds']:.2f} s of steps): {shares}")
     for name, message in r["compile_fallback"].items():
         lines.append(f"  {name}: runtime.compile fell back to eager: {message}")
     lines.append(f"  memory: {r['memory_measure']}")
@@ -332,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper", choices=("paper", "default"),
                    help="OpenDAS training options of the stage variants (paper: the floor's loss exactly; default: "
                         "plus the text-consistency term and the prompt EMA)")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile the training steps: share of text / image forward, backward, loss, optimizer, rest")
     p.add_argument("--eval-batch", type=int, default=64, help="batch of the stage-2 image-feature cache")
     p.add_argument("--visual-tokens", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=4)

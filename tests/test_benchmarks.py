@@ -45,7 +45,8 @@ def test_bench_encode_writes_ratios(tmp_path):
     stdout = run_script("bench_encode.py", "--model", "opendas-tiny-vit", "--batch", "2", "--repeats", "2",
                         "--threads", "1", "--json", str(out))
     r = json.loads(out.read_text())
-    for key in ("ratio_image", "ratio_text", "ratio_image_rebuilt", "images_per_s_vanilla", "images_per_s_prompted",
+    for key in ("ratio_image", "ratio_text", "ratio_image_rebuilt", "ratio_image_paired", "ratio_text_paired",
+                "images_per_s_vanilla", "images_per_s_prompted",
                 "texts_per_s_vanilla", "texts_per_s_prompted"):
         assert positive_finite(r[key]), key
     assert r["threads"] == 1 and r["device"] == "cpu"
@@ -58,7 +59,7 @@ def test_bench_encode_writes_ratios(tmp_path):
 def test_bench_train_writes_stage_times_floor_and_baselines(tmp_path):
     out = tmp_path / "train.json"
     stdout = run_script("bench_train.py", "--model", "opendas-tiny-vit", "--batch", "4", "--steps", "2",
-                        "--label-space", "12", "--baselines", "rpo", "--threads", "1", "--json", str(out))
+                        "--label-space", "12", "--baselines", "rpo", "--threads", "1", "--profile", "--json", str(out))
     r = json.loads(out.read_text())
     for key in ("stage1_s_per_iter", "stage2_s_per_iter", "stage2_cached_s_per_iter", "stage2_cached_speedup",
                 "text_floor_s_per_iter", "stage2_floor_ratio"):
@@ -71,6 +72,13 @@ def test_bench_train_writes_stage_times_floor_and_baselines(tmp_path):
     assert r["threads"] == 1 and r["base_classes"] == 2
     assert all(math.isfinite(v) and v >= 0 for v in r["peak_memory_mib"].values())
     assert r["memory_measure"]
+    # the profile sees what the trainer does: cached stage 2 never runs the image tower, stage 1 never the
+    # text tower inside its steps (frozen text features are computed once before them)
+    shares = {name: v["profile"]["share"] for name, v in r["variants"].items()}
+    assert shares["stage2_cached"]["of which image tower"] == 0 < shares["stage2_cached"]["of which text tower"]
+    assert shares["stage1"]["of which text tower"] == 0 < shares["stage1"]["of which image tower"]
+    assert shares["stage2"]["of which image tower"] > 0 and shares["rpo"]["backward"] > 0
+    assert "profile stage2_cached" in stdout
 
 
 def test_bench_gpu_runs_every_phase_on_the_cpu(tmp_path):

@@ -410,3 +410,25 @@ def test_fit_refuses_a_config_of_another_method(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before any work
     result = fit(rpo, train, base, small_config(tmp_path, method="rpo"), str(tmp_path / "rpo"), progress=False)
     assert result.iterations
+
+
+def test_a_non_finite_loss_stops_before_the_optimizer_touches_the_prompts(tmp_path, monkeypatch):
+    """The loss is read after the backward is queued (no GPU stall between forward and backward), but the
+    check still comes before the optimizer step: the text prompts keep their values, no NaN reaches them."""
+    from opendas_encoder.train import trainer as trainer_module
+
+    real = trainer_module.opendas_text_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, ce, trip = real(*args, **kwargs)
+        return loss * float("nan"), ce, trip
+
+    monkeypatch.setattr(trainer_module, "opendas_text_loss", nan_loss)  # stage 2's loss only
+    base = ["red square", "green square", "blue square"]
+    torch.manual_seed(0)
+    model = oe.create_model("opendas-tiny-vit", prompts=oe.PromptConfig(visual_tokens=2, text_tokens=4))
+    before = model.text_prompts.detach().clone()
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\) in stage 'text', epoch 1, step 1"):
+        fit(model, prepared(model, make_segments(), base), base, small_config(tmp_path), str(tmp_path / "run"),
+            progress=False)
+    assert torch.equal(model.text_prompts.detach(), before)

@@ -575,12 +575,6 @@ class Trainer:
         self.forwards.begin_step()
         with self.autocast():
             loss, ce, trip, cons = sr.objective(labels, images, features, lam, zs_image)
-        loss_value = _global_sum(loss.detach() * share, self.world)
-        if not math.isfinite(loss_value):
-            last = latest_state(self.run_dir) or "none (first epoch)"
-            raise TrainingDiverged(
-                f"non-finite loss ({loss_value}) in stage {sr.stage.name!r}, epoch {epoch + 1}, step {b + 1} "
-                f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {last}")
         sr.optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks: weighting each rank's mean by world * share gives the
         # gradient of the global batch mean (one process: weight 1).
@@ -595,6 +589,14 @@ class Trainer:
             with self.autocast():
                 loss, ce, trip, cons = sr.objective(labels, images, features, lam, zs_image)
             _backward(loss * weight, self.scaler)
+        # the loss reaches the host once the backward is queued (on a GPU: one wait for forward + backward,
+        # no idle gap between them); a non-finite loss stops the run before the optimizer touches the prompts
+        loss_value = _global_sum(loss.detach() * share, self.world)
+        if not math.isfinite(loss_value):
+            last = latest_state(self.run_dir) or "none (first epoch)"
+            raise TrainingDiverged(
+                f"non-finite loss ({loss_value}) in stage {sr.stage.name!r}, epoch {epoch + 1}, step {b + 1} "
+                f"(lr {lr:g}, lambda {lam:g}); last good checkpoint: {last}")
         if self.scaler:
             self.scaler.step(sr.optimizer)
             self.scaler.update()
@@ -602,10 +604,11 @@ class Trainer:
             sr.optimizer.step()
         if sr.averager is not None:
             sr.averager.after_step()
+        ce_value, trip_value, cons_value = torch.stack([t.detach().float() for t in (ce, trip, cons)]).tolist()
         record = {"stage": sr.stage.name, "epoch": epoch, "lr": lr, "lambda": lam, "loss": loss_value,
-                  "ce": float(ce.detach()), "triplet": float(trip.detach())}
+                  "ce": ce_value, "triplet": trip_value}  # one transfer for the three terms
         if self.consistency is not None:
-            record["consistency"] = float(cons.detach())
+            record["consistency"] = cons_value
         return record
 
     # -------------------------------------------------------------- step 4: end of an epoch
