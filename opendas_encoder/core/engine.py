@@ -53,16 +53,19 @@ def _writable_in_place(x: torch.Tensor, tokens: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and (x.requires_grad or tokens.requires_grad))
 
 
-def insert_tokens(x: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
-    """(B, L, W) with positions start..start+K-1 replaced by ``tokens`` (K, W) or (B, K, W); appended when
-    ``start == L``. Without autograd the positions are overwritten in ``x`` itself (a block's fresh
-    output, owned by the engine): no new sequence per layer."""
+def insert_tokens(x: torch.Tensor, tokens: torch.Tensor, start: int, keep_rest: bool = True) -> torch.Tensor:
+    """(B, L, W) with ``tokens`` (K, W) or (B, K, W) at positions start..start+K-1; what followed them
+    stays (``keep_rest``, text context) or is dropped (vision: the prompts replace everything after the
+    original tokens). Without autograd, when the positions exist, they are overwritten in ``x`` itself
+    (a block's fresh output, owned by the engine): no new sequence per layer."""
     tokens = tokens.to(x.dtype)
     end = start + tokens.shape[-2]
-    if end <= x.shape[1] and _writable_in_place(x, tokens):
+    fits = end <= x.shape[1] if keep_rest else end == x.shape[1]
+    if fits and _writable_in_place(x, tokens):
         x[:, start:end] = tokens
         return x
-    return torch.cat([x[:, :start], _batched(tokens, x.shape[0], x.dtype), x[:, end:]], dim=1)
+    rest = x[:, end:] if keep_rest else x[:, :0]
+    return torch.cat([x[:, :start], _batched(tokens, x.shape[0], x.dtype), rest], dim=1)
 
 
 def run_block(block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor], use_ckpt: bool) -> torch.Tensor:
@@ -94,7 +97,7 @@ def run_vision(visual: nn.Module, images: torch.Tensor, prompts_at: Optional[Lay
             prompts = _batched(prompts, x.shape[0], x.dtype)
             if i == 0 and layer0_ln_pre:
                 prompts = tower.pre_norm(prompts)
-            x = insert_tokens(x, prompts, n_tokens)
+            x = insert_tokens(x, prompts, n_tokens, keep_rest=False)
         x = run_block(block, x, attn_mask, use_ckpt)
     return x, n_tokens
 
