@@ -62,7 +62,8 @@ from opendas_encoder import PromptConfig, create_model  # noqa: E402
 from opendas_encoder.data import ListSegmentDataset, Segment  # noqa: E402
 from opendas_encoder.train import (PreparedSegments, ScheduleConfig, TrainConfig, encode_images, fit,  # noqa: E402
                                    flush_denormal, opendas_text_loss, prepare_segments, read_log)
-from opendas_encoder.train.config import BASELINE_SETTING, COMPILE_MODES, RuntimeConfig  # noqa: E402
+from opendas_encoder.train.config import (AMP_MODES, BASELINE_SETTING, COMPILE_MODES, PRESETS,  # noqa: E402
+                                          RuntimeConfig)
 
 VARIANTS = {"stage1": ("visual-only", False), "stage2": ("text-only", False), "stage2_cached": ("text-only", True)}
 
@@ -378,12 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated stage variants to time (of {', '.join(VARIANTS)})")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+    p.add_argument("--amp", default="auto", choices=AMP_MODES,
                    help="runtime.amp (CUDA only; auto = bf16 where supported)")
     p.add_argument("--compile", nargs="?", const="default", default="off", choices=COMPILE_MODES,
                    help="runtime.compile: torch.compile the encoder (bare --compile: torch's default mode; "
                         "reduce-overhead: CUDA graphs on CUDA)")
-    p.add_argument("--preset", default="paper", choices=("paper", "default"),
+    p.add_argument("--preset", default="paper", choices=list(PRESETS),
                    help="OpenDAS training options of the stage variants (paper: the floor's loss exactly; default: "
                         "plus the text-consistency term and the prompt EMA)")
     p.add_argument("--profile", action="store_true",

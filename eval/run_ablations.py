@@ -36,6 +36,9 @@ from eval import run_suite  # noqa: E402
 
 
 P = "opendas-paper"
+#: the paper's method with the bias-corrected EMA of the prompts (decay 0.9 per step): the sweep's closest
+#: variant, the base of the combinations
+EMA = f"{P}@averaging.mode=ema@averaging.ema_decay=0.9"
 #: name -> (option group, suite key). One option changed from the paper's method per variant ("sweep"),
 #: then combinations ("combo").
 VARIANTS: Dict[str, tuple] = {
@@ -52,7 +55,7 @@ VARIANTS: Dict[str, tuple] = {
     "cons-image2": ("consistency", f"{P}@consistency.image=2"),
     "cons-kl0.2": ("consistency", f"{P}@consistency.logits=0.2"),
     # prompt averaging
-    "ema0.9": ("averaging", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9"),
+    "ema0.9": ("averaging", EMA),
     "gpa": ("averaging", f"{P}@averaging.mode=gaussian"),
     # triplet term
     "lambda0": ("triplet", f"{P}@triplet.lambda_end=0"),
@@ -68,11 +71,10 @@ VARIANTS: Dict[str, tuple] = {
 }
 #: combinations of the sweep's closest variants (chosen after the sweep: docs/ablations.md)
 COMBOS: Dict[str, tuple] = {
-    "ema-image10": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.image=10"),
-    "ema-text25": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.text=25"),
-    "ema-text10": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.text=10"),
-    "ema-image10-text10": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.9@consistency.image=10"
-                                    "@consistency.text=10"),
+    "ema-image10": ("combo", f"{EMA}@consistency.image=10"),
+    "ema-text25": ("combo", f"{EMA}@consistency.text=25"),
+    "ema-text10": ("combo", f"{EMA}@consistency.text=10"),
+    "ema-image10-text10": ("combo", f"{EMA}@consistency.image=10@consistency.text=10"),
     "ema0.95": ("combo", f"{P}@averaging.mode=ema@averaging.ema_decay=0.95"),
 }
 GROUPS = {"sweep": list(VARIANTS), "combo": list(COMBOS)}

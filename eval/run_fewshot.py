@@ -69,7 +69,8 @@ from opendas_encoder.train.config import (BASELINE_SETTING, DataConfig, DatasetS
                                           set_dotted)
 from opendas_encoder.generated.world.domains import GENERATED_LABEL as GENERATED  # noqa: E402
 from opendas_encoder.generated.world.domains import domain_names, get_domain  # noqa: E402
-from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, mean_std, run_experiment  # noqa: E402
+from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
+                                            run_experiment)
 
 Shot = Union[int, str]
 SHOTS = (1, 2, 4, 8, 16, "all")

@@ -59,6 +59,8 @@ METHOD_SETTINGS = {"opendas": SETTINGS, "zeroshot": ()}
 DEFAULT_SETTING = {"opendas": "two-stage"}
 BASELINE_SETTING = "one-stage-ce"
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+#: runtime.compile values: off, torch.compile's default mode, and its named modes
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Numbers: pydantic's float coercion (a numeric string such as YAML's "1e-5" becomes a float), finite.
 Float = Annotated[float, Field(allow_inf_nan=False)]
@@ -216,19 +218,15 @@ class AveragingConfig(_Section):
     gaussian_std: PositiveFloat = 1.0  # in epochs (PromptSRC: 1)
 
 
-#: runtime.compile values: off, torch.compile's default mode, and its named modes
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 class RuntimeConfig(_Section):
     device: StrictStr = "auto"  # "auto" = cuda if available, else a torch device string
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # "auto": bf16/fp16 on CUDA, off on CPU
+    amp: Literal[AMP_MODES] = "auto"  # "auto": bf16/fp16 on CUDA, off on CPU
     cache_features: StrictBool = True  # text stage on cached image features (no image tower) when augment is off
     augment: StrictBool = False  # random flip + random square crop (scale 0.7-1) of each training segment
     num_workers: NonNegInt = 0  # DataLoader workers that crop and preprocess segments
     # torch.compile of the encoder's forward functions (eager fallback with a warning): false / "off", true /
     # "default", or a torch.compile mode; "reduce-overhead" and "max-autotune" capture CUDA graphs on CUDA
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "off"
+    compile: Literal[COMPILE_MODES] = "off"
     eval_batch_size: PositiveInt = 64
 
     @model_validator(mode="before")
