@@ -153,7 +153,7 @@ def scene_overrides(scene_dir: str, given: Sequence[str]) -> list:
     """OpenMask3D's ``data.*`` overrides for a scene in the processed layout, except keys in ``given``."""
     from PIL import Image
 
-    from .readers import ProcessedLayout, _point_cloud_path, find_mask_proposals
+    from .readers import ProcessedLayout, point_cloud_path, find_mask_proposals
 
     if not os.path.isdir(scene_dir):
         raise FileNotFoundError(f"--scene: scene folder not found: {scene_dir}")
@@ -171,7 +171,7 @@ def scene_overrides(scene_dir: str, given: Sequence[str]) -> list:
         "data.camera.intrinsic_resolution": f"[{height},{width}]",
         "data.depths.depths_path": os.path.join(scene_dir, layout.depth),
         "data.images.images_path": os.path.join(scene_dir, layout.color),
-        "data.point_cloud_path": _point_cloud_path(scene_dir, layout),
+        "data.point_cloud_path": point_cloud_path(scene_dir, layout),
     }
     keys = {a.lstrip("+").split("=", 1)[0] for a in given}
     return [f"{k}={v}" for k, v in values.items() if k not in keys]
