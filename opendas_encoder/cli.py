@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file", help="negatives JSON {class: [five negatives]}")
     v.add_argument("--classes", help="class list file: every class must have negatives")
     n.set_defaults(func=cmd_negatives)
+
+    from .scan.query_cli import add_query_parser  # `opendas query` (own scans); heavy imports inside
+
+    add_query_parser(sub)
     return p
 
 
