@@ -28,9 +28,9 @@ class FallbackConfig:
     """Settings of the fallback proposals (lengths in metres, or in median point spacings)."""
 
     plane_threshold: float = 0.02        # RANSAC inlier distance to a plane, metres
-    plane_min_fraction: float = 0.04     # a plane is removed when it holds >= this fraction of all points
+    plane_min_fraction: float = 0.01     # planes with fewer inliers (fraction of all points) end the search
     plane_min_extent: float = 1.2        # ... and its inliers span >= this many metres (a wall, not a box face)
-    max_planes: int = 8
+    max_planes: int = 30
     ransac_iterations: int = 500
     eps_spacings: Tuple[float, ...] = (2.5, 4.0)   # DBSCAN radii as multiples of the median NN spacing
     min_points: int = 30                  # smallest proposal
@@ -49,16 +49,18 @@ class FallbackConfig:
 
 
 def median_spacing(points: np.ndarray, sample: int = 20000, seed: int = 0) -> float:
-    """Median distance (metres) from a point to its nearest neighbour (on a random sample of points)."""
-    from scipy.spatial import cKDTree
+    """Median distance (metres) from a point to its nearest neighbour (on a random sample of points).
+
+    scikit-learn's KD-tree, not scipy's ``cKDTree``: ``cKDTree.query`` crashes the process (SIGSEGV, scipy
+    1.17.1) once ``torch.set_flush_denormal(True)`` is on, which the CLI's entry points turn on."""
+    from sklearn.neighbors import NearestNeighbors
 
     pts = np.asarray(points, dtype=np.float64)
     if len(pts) < 2:
         return 0.0
-    tree = cKDTree(pts)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(pts), size=min(sample, len(pts)), replace=False)
-    d, _ = tree.query(pts[pick], k=2)
+    d, _ = NearestNeighbors(n_neighbors=2).fit(pts).kneighbors(pts[pick])
     return float(np.median(d[:, 1]))
 
 
@@ -66,9 +68,10 @@ def remove_planes(points: np.ndarray, cfg: FallbackConfig, spacing: Optional[flo
     """bool (N,): True for points on none of the large planar regions.
 
     Repeatedly: open3d's RANSAC finds the plane with most inliers among the points not yet tried; its
-    inliers are split into connected pieces (DBSCAN at 3 point spacings) and a piece is removed only when
-    its two larger extents are both >= ``plane_min_extent`` (a wall or floor, not coplanar faces of
-    several boxes). Stops when a plane holds fewer than ``plane_min_fraction`` of the points.
+    inliers (among all points not yet removed) are split into connected pieces (DBSCAN at 3 point
+    spacings) and a piece is removed only when its two larger extents are both >= ``plane_min_extent``
+    (a wall or floor, not coplanar faces of several boxes). Stops when RANSAC's best plane holds fewer
+    than ``plane_min_fraction`` of the points, or after ``max_planes`` planes.
     """
     try:
         import open3d as o3d
@@ -87,12 +90,16 @@ def remove_planes(points: np.ndarray, cfg: FallbackConfig, spacing: Optional[flo
         if len(idx) < min_inliers:
             break
         pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[idx].astype(np.float64)))
-        _, inliers = pcd.segment_plane(distance_threshold=cfg.plane_threshold, ransac_n=3,
-                                       num_iterations=cfg.ransac_iterations)
-        inliers = idx[np.asarray(inliers, dtype=np.int64)]
+        model, inliers = pcd.segment_plane(distance_threshold=cfg.plane_threshold, ransac_n=3,
+                                           num_iterations=cfg.ransac_iterations)
         if len(inliers) < min_inliers:
             break
-        pool[inliers] = False
+        pool[idx[np.asarray(inliers, dtype=np.int64)]] = False
+        # pieces are cut from all points still kept near the plane, also those an earlier plane took
+        # out of the pool (a plane slicing through several boxes also takes stripes of a wall)
+        cand = np.nonzero(keep)[0]
+        a = np.asarray(model, dtype=np.float64)
+        inliers = cand[np.abs(points[cand] @ a[:3] + a[3]) <= cfg.plane_threshold * np.linalg.norm(a[:3])]
         labels = DBSCAN(eps=3 * max(spacing, 1e-6), min_samples=3).fit_predict(points[inliers])
         for lab in np.unique(labels[labels >= 0]):
             piece = inliers[labels == lab]
