@@ -63,6 +63,7 @@ class SceneIndex:
     from_cache: bool = False
     _pairs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
     _boxes: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+    _dimmed: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_masks(self) -> int:
@@ -84,16 +85,27 @@ class SceneIndex:
             self._pairs = (msk.astype(np.int32), starts.astype(np.int64), upts.astype(np.int64))
         return self._pairs
 
+    def dimmed_colors(self) -> np.ndarray:
+        """uint8 (N, 3): the grey that points outside the query's answer are drawn in (mean of the point's
+        own RGB / 2 + 40), computed once."""
+        if self._dimmed is None:
+            grey = (self.colors.astype(np.uint16).sum(axis=1) // 6 + 40).astype(np.uint8)
+            self._dimmed = np.repeat(grey[:, None], 3, axis=1)
+        return self._dimmed
+
     def mask_boxes(self):
         """(box_min float32 (M, 3), box_max float32 (M, 3), num_points int64 (M,)); empty masks: zeros."""
         if self._boxes is None:
             m = self.num_masks
             lo = np.zeros((m, 3), np.float32)
             hi = np.zeros((m, 3), np.float32)
-            counts = self.masks.sum(axis=0).astype(np.int64)
-            for j in np.nonzero(counts)[0]:
-                p = self.points[self.masks[:, j]]
-                lo[j], hi[j] = p.min(axis=0), p.max(axis=0)
+            msk, pts = np.nonzero(self.masks.T)                # sorted by mask
+            counts = np.bincount(msk, minlength=m).astype(np.int64)
+            if len(msk):
+                used, starts = np.unique(msk, return_index=True)
+                p = self.points[pts]
+                lo[used] = np.minimum.reduceat(p, starts, axis=0)
+                hi[used] = np.maximum.reduceat(p, starts, axis=0)
             self._boxes = (lo, hi, counts)
         return self._boxes
 

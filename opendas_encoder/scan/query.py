@@ -129,12 +129,12 @@ def point_colors(index: SceneIndex, scores: np.ndarray, threshold: Optional[floa
         raise ValueError(f"vmax must be > vmin, got vmin={vmin}, vmax={vmax}")
     s = point_scores(index, scores)
     lit = np.isfinite(s) if threshold is None else s >= threshold
-    grey = (index.colors.astype(np.uint16).sum(axis=1) // 6 + 40).astype(np.uint8)   # mean/2 + 40
-    out = np.repeat(grey[:, None], 3, axis=1)
-    # matplotlib's own float lookup: entry floor(x * 256) of 256, x = (s - vmin) / (vmax - vmin) clipped to [0, 1]
-    x = np.clip((s[lit].astype(np.float64) - vmin) / (vmax - vmin), 0.0, 1.0)
-    level = np.minimum((x * 256).astype(np.int64), 255)
-    out[lit] = colour_table()[level]
+    # matplotlib's own float lookup: entry floor(x * 256) of 256, x = (s - vmin) / (vmax - vmin) clipped to
+    # [0, 1]; computed for every point and selected with np.where (a boolean-mask assignment of the lit
+    # rows measured 12.7 ms of 50 at 300k points)
+    x = np.clip((s.astype(np.float64) - vmin) / (vmax - vmin), 0.0, 1.0)
+    level = np.minimum((x * 256).astype(np.int32), 255)
+    out = np.where(lit[:, None], colour_table()[level], index.dimmed_colors())
     return out
 
 
