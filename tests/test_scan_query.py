@@ -108,7 +108,7 @@ def test_index_features_equal_direct_computation_and_cache_hit(small_scene, worl
     assert second.from_cache
     np.testing.assert_array_equal(second.features, first.features)
     assert second.views == first.views and second.encoder_fingerprint == first.encoder_fingerprint
-    meta = json.load(open(cache_entries(d)[0]))
+    meta = json.load(open([e for e in cache_entries(d) if first.encoder_fingerprint[:16] in e][0]))
     assert {"visibility", "features", "total"} <= set(meta["timings_s"])
     assert not any(f.endswith((".pt", ".pkl", ".npz")) for f in os.listdir(os.path.join(d, "cache")))
 
@@ -274,3 +274,21 @@ def test_top1_query_rate_world_clip(tmp_path, world_clip):
     assert res["gt"]["queries"] == res["fallback"]["queries"] == 21
     assert res["gt"]["rate"] >= 0.55, res["gt"]["rate"]
     assert res["fallback"]["rate"] >= 0.55, res["fallback"]["rate"]
+
+
+def test_corrupt_cache_entry_is_recomputed(small_scene, world_clip, tmp_path):
+    from opendas_encoder.scan.index import cache_entries, load_index
+
+    scene, d = small_scene
+    d = shutil.copytree(d, str(tmp_path / scene.name))
+    good = load_index(d, world_clip, progress=False)
+    entry = [e for e in cache_entries(d) if good.encoder_fingerprint[:16] in os.path.basename(e)]
+    assert len(entry) == 1
+    tensors = entry[0][: -len(".json")] + ".safetensors"
+    with open(tensors, "r+b") as f:
+        f.truncate(os.path.getsize(tensors) // 2)
+    with pytest.warns(UserWarning, match="corrupt cache entry"):
+        again = load_index(d, world_clip, progress=False)
+    assert not again.from_cache
+    np.testing.assert_array_equal(again.features, good.features)
+    assert load_index(d, world_clip, progress=False).from_cache      # rewritten whole
