@@ -35,9 +35,8 @@ from ..threed.projection import scale_intrinsic
 from .conventions import OPENGL_TO_OPENCV, UP_TO_Z, WORLD_UP_CHOICES, estimate_world_up, pose_problem, to_opencv_z_up
 from .errors import ScanInputError
 from .fuse import backproject, sample_colors, voxel_downsample
-from .source import DEPTH_UNITS, SourceCapture, decode_color
+from .source import DEPTH_UNITS, FORMATS, SourceCapture, decode_color
 
-FORMATS = ("auto", "nerfstudio", "record3d", "scannetpp")
 DEPTH_SCALE = 1000.0            # uint16 units per metre in OUT/depth (OpenMask3D's depth_scale)
 _MAX_BUFFER = 4_000_000         # back-projected points held before an intermediate voxel pass
 

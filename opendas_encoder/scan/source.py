@@ -16,6 +16,7 @@ from PIL import Image
 from .errors import ScanInputError
 
 DEPTH_UNITS = ("auto", "mm", "m")
+FORMATS = ("auto", "nerfstudio", "record3d", "scannetpp")
 
 
 @dataclass
