@@ -15,18 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("lzfse")
-
-from opendas_encoder.data.ply import read_ply_vertices  # noqa: E402
-from opendas_encoder.generated.capture import (render_capture, write_nerfstudio_capture,  # noqa: E402
-                                               write_record3d_capture)
-from opendas_encoder.generated.scene3d import generate_scene, write_scannetpp_layout  # noqa: E402
-from opendas_encoder.scan.conventions import (OPENGL_TO_OPENCV, UP_TO_Z, estimate_world_up,  # noqa: E402
-                                              to_opencv_z_up)
-from opendas_encoder.scan.errors import ScanInputError  # noqa: E402
-from opendas_encoder.scan.importers import import_scan  # noqa: E402
-from opendas_encoder.threed.processed import read_processed_scene  # noqa: E402
-from opendas_encoder.threed.projection import project_points  # noqa: E402
+from opendas_encoder.data.ply import read_ply_vertices
+from opendas_encoder.generated.capture import render_capture, write_nerfstudio_capture, write_record3d_capture
+from opendas_encoder.generated.scene3d import generate_scene, write_scannetpp_layout
+from opendas_encoder.scan.conventions import OPENGL_TO_OPENCV, UP_TO_Z, estimate_world_up, to_opencv_z_up
+from opendas_encoder.scan.errors import ScanInputError
+from opendas_encoder.scan.importers import import_scan
+from opendas_encoder.threed.processed import read_processed_scene
+from opendas_encoder.threed.projection import project_points
 
 VOXEL = 0.03
 

@@ -104,7 +104,8 @@ def write_nerfstudio_capture(cap: RenderedCapture, out_dir: str) -> str:
         stem = f"frame_{i + 1:05d}"
         with open(os.path.join(out_dir, "images", stem + ".jpg"), "wb") as f:
             f.write(_jpeg(cap.rgb[i]))
-        Image.fromarray(np.round(cap.depth[i] * 1000.0).astype(np.uint16)).save(os.path.join(out_dir, "depth", stem + ".png"))
+        depth_mm = np.round(cap.depth[i] * 1000.0).astype(np.uint16)
+        Image.fromarray(depth_mm).save(os.path.join(out_dir, "depth", stem + ".png"))
         Image.fromarray(cap.confidence[i]).save(os.path.join(out_dir, "confidence", stem + ".png"))
         meta["frames"].append({"file_path": f"images/{stem}.jpg", "depth_file_path": f"depth/{stem}.png",
                                "confidence_path": f"confidence/{stem}.png",
@@ -132,8 +133,10 @@ def write_record3d_capture(cap: RenderedCapture, path: str) -> str:
         zf.writestr("metadata", json.dumps(meta))
         for i in range(len(cap.poses)):
             zf.writestr(f"rgbd/{i}.jpg", _jpeg(cap.rgb[i]))
-            zf.writestr(f"rgbd/{i}.depth", lzfse.compress(np.ascontiguousarray(cap.depth[i], dtype=np.float32).tobytes()))
-            zf.writestr(f"rgbd/{i}.conf", lzfse.compress(np.ascontiguousarray(cap.confidence[i], dtype=np.uint8).tobytes()))
+            depth = np.ascontiguousarray(cap.depth[i], dtype=np.float32)
+            conf = np.ascontiguousarray(cap.confidence[i], dtype=np.uint8)
+            zf.writestr(f"rgbd/{i}.depth", lzfse.compress(depth.tobytes()))
+            zf.writestr(f"rgbd/{i}.conf", lzfse.compress(conf.tobytes()))
     return path
 
 

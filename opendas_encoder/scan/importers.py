@@ -60,13 +60,16 @@ class ImportOptions:
     def validate(self) -> "ImportOptions":
         checks = [
             (self.format in FORMATS, f"format must be one of {FORMATS}, got {self.format!r}"),
-            (isinstance(self.frame_step, int) and self.frame_step >= 1, f"frame_step must be an integer >= 1, got {self.frame_step!r}"),
-            (np.isfinite(self.voxel_size) and self.voxel_size > 0, f"voxel_size must be > 0 metres, got {self.voxel_size!r}"),
+            (isinstance(self.frame_step, int) and self.frame_step >= 1,
+             f"frame_step must be an integer >= 1, got {self.frame_step!r}"),
+            (np.isfinite(self.voxel_size) and self.voxel_size > 0,
+             f"voxel_size must be > 0 metres, got {self.voxel_size!r}"),
             (self.min_confidence in (0, 1, 2), f"min_confidence must be 0, 1 or 2, got {self.min_confidence!r}"),
             (self.depth_unit in DEPTH_UNITS, f"depth_unit must be one of {DEPTH_UNITS}, got {self.depth_unit!r}"),
             (self.max_depth is None or (np.isfinite(self.max_depth) and self.max_depth > 0),
              f"max_depth must be > 0 metres or None, got {self.max_depth!r}"),
-            (self.world_up in ("auto",) + WORLD_UP_CHOICES, f"world_up must be auto or one of {WORLD_UP_CHOICES}, got {self.world_up!r}"),
+            (self.world_up in ("auto",) + WORLD_UP_CHOICES,
+             f"world_up must be auto or one of {WORLD_UP_CHOICES}, got {self.world_up!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -212,8 +215,9 @@ def _write_scan(cap: SourceCapture, frames, opts: ImportOptions, up: str, up_how
         data = f.read_color()
         rgb = decode_color(data, f.color_name)
         if rgb.shape[:2] != tuple(cap.color_hw):
-            raise ScanInputError(f.color_name, f"colour image is {rgb.shape[1]}x{rgb.shape[0]}, the camera's intrinsics "
-                                               f"are for {cap.color_hw[1]}x{cap.color_hw[0]} (images are never stretched)")
+            raise ScanInputError(f.color_name, f"colour image is {rgb.shape[1]}x{rgb.shape[0]}, the camera's "
+                                               f"intrinsics are for {cap.color_hw[1]}x{cap.color_hw[0]} "
+                                               "(images are never stretched)")
         if data[:2] != b"\xff\xd8":  # not a JPEG: re-encode (OpenMask3D reads color/<i>.jpg)
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
@@ -243,7 +247,8 @@ def _write_scan(cap: SourceCapture, frames, opts: ImportOptions, up: str, up_how
         if f.read_mask is not None:
             mask = np.asarray(f.read_mask(), dtype=bool)
             if mask.shape != depth.shape:  # masks come at colour resolution: nearest-neighbour to depth's
-                mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(depth.shape[::-1], Image.NEAREST)) > 0
+                small = Image.fromarray(mask.astype(np.uint8) * 255).resize(depth.shape[::-1], Image.NEAREST)
+                mask = np.asarray(small) > 0
             counts["masked"] += int((valid & ~mask).sum())
             valid &= mask
         if opts.max_depth is not None:
@@ -277,7 +282,8 @@ def _write_scan(cap: SourceCapture, frames, opts: ImportOptions, up: str, up_how
     sx, sy = cap.depth_hw[1] / cap.color_hw[1], cap.depth_hw[0] / cap.color_hw[0]
     conversions = [
         {"name": "camera OpenGL -> OpenCV", "applied": cap.camera_convention == "opengl",
-         "how": "cam_to_world @ M (x right, y up, z back -> x right, y down, z forward)", "M": OPENGL_TO_OPENCV.tolist()},
+         "how": "cam_to_world @ M (x right, y up, z back -> x right, y down, z forward)",
+         "M": OPENGL_TO_OPENCV.tolist()},
         {"name": f"world up {up} -> +z", "applied": up != "+z", "how": "M @ cam_to_world; M @ points",
          "source_up": up, "source_up_from": up_how, "M": UP_TO_Z[up].tolist()},
         {"name": "depth units", "applied": True, "from": cap.depth_unit,

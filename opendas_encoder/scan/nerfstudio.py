@@ -21,6 +21,7 @@ distorted image read as pinhole would misplace every back-projected point.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import List, Optional
@@ -152,14 +153,13 @@ def read_nerfstudio(src: str, depth_unit: str = "auto") -> SourceCapture:
 
 
 def _read_uint8(path: Optional[str], what: str) -> np.ndarray:
-    import io
-
+    """A single-channel 8-bit image (confidence 0/1/2, or a mask: 0 = ignore) as uint8 (H, W)."""
     data = read_file_bytes(path, what)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            arr = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I", "I;16") else img)
+            arr = np.asarray(img.convert("L") if img.mode in ("1", "P", "RGB", "RGBA", "LA") else img)
     except Exception as exc:  # noqa: BLE001
         raise ScanInputError(path, f"unreadable {what} image ({exc})") from None
-    if arr.ndim != 2:
-        raise ScanInputError(path, f"{what} image must be single-channel, got shape {arr.shape}")
-    return arr.astype(np.uint8) if arr.max(initial=0) <= 255 else (arr > 0).astype(np.uint8)
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise ScanInputError(path, f"{what} image must be 8-bit single-channel, got {arr.dtype} shape {arr.shape}")
+    return arr

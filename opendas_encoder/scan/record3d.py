@@ -74,9 +74,11 @@ def read_record3d(src: str) -> SourceCapture:
         poses = np.asarray(meta["poses"], dtype=np.float64)
         color_hw, depth_hw = (int(meta["h"]), int(meta["w"])), (int(meta["dh"]), int(meta["dw"]))
     except (TypeError, ValueError) as exc:
-        raise ScanInputError(f"{src}:metadata", f"K, poses, w, h, dw, dh are not numeric of the right size ({exc})") from None
+        raise ScanInputError(f"{src}:metadata",
+                             f"K, poses, w, h, dw, dh are not numeric of the right size ({exc})") from None
     if poses.ndim != 2 or poses.shape[1] != 7:
-        raise ScanInputError(f"{src}:metadata", f"poses must be N x 7 [qx, qy, qz, qw, tx, ty, tz], got shape {poses.shape}")
+        raise ScanInputError(f"{src}:metadata",
+                             f"poses must be N x 7 [qx, qy, qz, qw, tx, ty, tz], got shape {poses.shape}")
 
     members: Dict[str, List[int]] = {"jpg": [], "depth": [], "conf": []}
     for name in names:

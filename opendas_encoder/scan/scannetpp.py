@@ -40,7 +40,8 @@ def read_scannetpp(src: str) -> SourceCapture:
     frames = []
     for f in scene.frames:
         if not np.allclose(f.intrinsic, f0.intrinsic, rtol=1e-6):
-            raise ScanInputError(src, f"frame {f.name} has other intrinsics than {f0.name}; the layout holds one camera")
+            raise ScanInputError(src, f"frame {f.name} has other intrinsics than {f0.name}; "
+                                      "the layout holds one camera")
 
         def read_depth(f=f):
             if not os.path.isfile(f.depth_path):
