@@ -343,3 +343,21 @@ def test_cli_import_and_one_line_error(captures, tmp_path, capsys):
     assert main(["scan", "import", str(bad), str(tmp_path / "y"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "x.r3d: not a zip archive" in err and not (tmp_path / "y").exists()
+
+
+def test_nerfstudio_masks_remove_depth_at_depth_resolution(rendered, captures, tmp_path):
+    d, meta = _ns_copy(captures, tmp_path)
+    os.makedirs(d / "masks")
+    keep = np.zeros((384, 512), np.uint8)
+    keep[:, 256:] = 255  # nerfstudio masks: 0 = ignore; given at colour resolution
+    for i, fr in enumerate(meta["frames"]):
+        Image.fromarray(keep).save(d / f"masks/{i}.png")
+        fr["mask_path"] = f"masks/{i}.png"
+    (d / "transforms.json").write_text(json.dumps(meta))
+    res = import_scan(str(d), str(tmp_path / "masked"), voxel_size=0.1, progress=False)
+    for i, frame in enumerate(read_processed_scene(res.out).frames):
+        depth = frame.load_depth()
+        assert (depth[:, :128] == 0).all()  # left half of the 256-wide depth map
+        ok = rendered.confidence[i][:, 128:] >= 1
+        assert np.abs(depth[:, 128:][ok] - rendered.depth_true[i][:, 128:][ok]).max() <= 0.0005 + 1e-6
+    assert res.metadata["depth_pixels"]["masked"] > 0
