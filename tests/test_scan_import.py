@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from opendas_encoder.data.ply import read_ply_vertices
-from opendas_encoder.generated.capture import render_capture, write_nerfstudio_capture, write_record3d_capture
+from opendas_encoder.generated.capture import (render_capture, surface_distance, write_nerfstudio_capture,
+                                               write_record3d_capture)
 from opendas_encoder.generated.scene3d import generate_scene, write_scannetpp_layout
 from opendas_encoder.scan.conventions import OPENGL_TO_OPENCV, UP_TO_Z, estimate_world_up, to_opencv_z_up
 from opendas_encoder.scan.errors import ScanInputError
@@ -106,39 +107,22 @@ def test_imported_frames_reproduce_the_generator_cameras_and_depth(fmt, rendered
         assert np.abs(colour - rendered.rgb[i]).mean() < 3.0  # JPEG quality 95
 
 
-def _surface_distance(points, primitives):
-    """Distance (N,) of points to the nearest primitive surface (exact: boxes and closed cylinders)."""
-    best = np.full(len(points), np.inf)
-    for p in primitives:
-        if p.kind == "box":
-            q = np.abs(points - p.center) - p.size / 2
-            outside = np.linalg.norm(np.maximum(q, 0), axis=1)
-            d = np.where((q <= 0).all(axis=1), -q.max(axis=1), outside)
-        else:
-            dr = np.linalg.norm(points[:, :2] - p.center[:2], axis=1) - p.size[0] / 2
-            dz = np.abs(points[:, 2] - p.center[2]) - p.size[2] / 2
-            d = np.where((dr <= 0) & (dz <= 0), -np.maximum(dr, dz),
-                         np.hypot(np.maximum(dr, 0), np.maximum(dz, 0)))
-        best = np.minimum(best, d)
-    return best
-
-
 def test_fused_cloud_lies_on_the_true_surfaces_and_confidence_removes_wrong_depth(rendered, captures, tmp_path):
     out = tmp_path / "fused"
     import_scan(captures["record3d"], str(out), voxel_size=VOXEL, progress=False)
     cloud = read_ply_vertices(str(out / "fused.ply"))
-    dist = _surface_distance(cloud["points"], rendered.scene.primitives)
+    dist = surface_distance(cloud["points"], rendered.scene.primitives)
     assert dist.max() <= VOXEL  # a voxel mean of surface points stays within one voxel of the surface
     # every object was seen and fused: some fused point within one voxel of each object's surface
     for p in rendered.scene.primitives:
         if p.instance >= 0:
-            assert (_surface_distance(cloud["points"], [p]) <= VOXEL).sum() > 20, p.label
+            assert (surface_distance(cloud["points"], [p]) <= VOXEL).sum() > 20, p.label
     meta = json.loads((out / "scan.json").read_text())
     assert meta["depth_pixels"]["low_confidence"] == sum(int(w.sum()) for w in rendered.wrong)
     # without the threshold the wrong depth (50-80 % of the truth) lands in mid-air
     raw = tmp_path / "no_threshold"
     import_scan(captures["record3d"], str(raw), voxel_size=VOXEL, min_confidence=0, progress=False)
-    dist0 = _surface_distance(read_ply_vertices(str(raw / "no_threshold.ply"))["points"], rendered.scene.primitives)
+    dist0 = surface_distance(read_ply_vertices(str(raw / "no_threshold.ply"))["points"], rendered.scene.primitives)
     assert (dist0 > 0.1).sum() > 100
 
 
@@ -187,7 +171,7 @@ def test_scannetpp_iphone_data_through_the_same_path(tmp_path):
     for frame, pose in zip(imported.frames, scene.cam_to_world):
         assert np.allclose(frame.cam_to_world, pose, atol=1e-6)
     pts = read_ply_vertices(str(out / "pp_out.ply"))["points"]
-    assert _surface_distance(pts, scene.primitives).max() <= 0.05
+    assert surface_distance(pts, scene.primitives).max() <= 0.05
 
 
 def test_paths_with_spaces_and_non_ascii_names(captures, tmp_path):
@@ -361,3 +345,30 @@ def test_nerfstudio_masks_remove_depth_at_depth_resolution(rendered, captures, t
         ok = rendered.confidence[i][:, 128:] >= 1
         assert np.abs(depth[:, 128:][ok] - rendered.depth_true[i][:, 128:][ok]).max() <= 0.0005 + 1e-6
     assert res.metadata["depth_pixels"]["masked"] > 0
+
+
+def test_surface_distance_is_exact_for_boxes_and_cylinders():
+    from opendas_encoder.generated.scene3d import Primitive
+
+    box = Primitive("box", np.array([0.0, 0, 0]), np.array([2.0, 4, 6]), (0, 0, 0), "b")
+    cyl = Primitive("cylinder", np.array([10.0, 0, 0]), np.array([2.0, 2, 4]), (0, 0, 0), "c")
+    pts = np.array([[0, 0, 0], [4, 5, 0], [1, 2, 3], [10, 0, 0], [13, 4, 0], [10.5, 0, 3]], dtype=float)
+    expect = [1.0, np.hypot(3, 3), 0.0, 1.0, np.hypot(3, 4) - 1, 1.0]  # centre to the nearest face, corner, ...
+    assert np.allclose(surface_distance(pts, [box, cyl]), expect)
+
+
+def test_imported_scan_gives_the_generators_own_ap_through_run_3d(tmp_path):
+    """eval/scan_ap.py: the world CLIP classifies ground-truth masks of the imported (r3d) scene exactly as it
+    does on the generator's own OpenMask3D layout (same predicted class per mask, same AP)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scan_ap", os.path.join(os.path.dirname(__file__), "..", "eval",
+                                                                          "scan_ap.py"))
+    scan_ap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scan_ap)
+    out = tmp_path / "ap"
+    assert scan_ap.main(["--out", str(out), "--num-scenes", "1", "--num-frames", "4", "--color-hw", "240", "320",
+                         "--json", str(tmp_path / "ap.json")]) == 0
+    res = json.loads((tmp_path / "ap.json").read_text())
+    assert res["same_ap"] and res["class_agreement"][0] == res["class_agreement"][1] > 0
+    assert res["rows"]["own"]["ap"] == pytest.approx(res["rows"]["imported"]["ap"])

@@ -77,6 +77,36 @@ def render_capture(scene: GeneratedScene, color_hw: Tuple[int, int] = (384, 512)
     return cap
 
 
+def surface_distance(points: np.ndarray, primitives: Sequence) -> np.ndarray:
+    """Exact distance (N,) of points (N, 3) to the nearest surface of ``primitives`` (axis-aligned
+    boxes, closed vertical cylinders; :class:`.scene3d.Primitive`), inside or outside."""
+    points = np.asarray(points, dtype=np.float64)
+    best = np.full(len(points), np.inf)
+    for p in primitives:
+        if p.kind == "box":
+            q = np.abs(points - p.center) - p.size / 2
+            d = np.where((q <= 0).all(axis=1), -q.max(axis=1), np.linalg.norm(np.maximum(q, 0), axis=1))
+        else:
+            dr = np.linalg.norm(points[:, :2] - p.center[:2], axis=1) - p.size[0] / 2
+            dz = np.abs(points[:, 2] - p.center[2]) - p.size[2] / 2
+            d = np.where((dr <= 0) & (dz <= 0), -np.maximum(dr, dz), np.hypot(np.maximum(dr, 0), np.maximum(dz, 0)))
+        best = np.minimum(best, d)
+    return best
+
+
+def instance_gt(scene: GeneratedScene, points: np.ndarray) -> np.ndarray:
+    """ScanNet-encoded ground truth (N,) int64 of arbitrary points (e.g. an imported, fused cloud): the
+    id of the primitive whose surface is nearest (``label_id * 1000 + instance + 1``, label ids as in
+    :func:`.scene3d.generate_scene`), 0 for walls, floor and ceiling."""
+    d = np.stack([surface_distance(points, [p]) for p in scene.primitives], axis=1)
+    owner = d.argmin(axis=1)
+    gt = np.zeros(len(points), dtype=np.int64)
+    for pi, p in enumerate(scene.primitives):
+        if p.instance >= 0:
+            gt[owner == pi] = (scene.classes.index(p.label) + 1) * 1000 + p.instance + 1
+    return gt
+
+
 def phone_pose(cam_to_world_opencv_zup: np.ndarray) -> np.ndarray:
     """The pose a phone writes for a camera: OpenGL camera axes (y up, z back: the OpenCV y and z
     columns negated) in a y-up world (phone world (x, y, z) = z-up world (x, z, -y))."""
