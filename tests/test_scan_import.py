@@ -367,7 +367,7 @@ def test_imported_scan_gives_the_generators_own_ap_through_run_3d(tmp_path):
     scan_ap = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scan_ap)
     out = tmp_path / "ap"
-    assert scan_ap.main(["--out", str(out), "--num-scenes", "1", "--num-frames", "4", "--color-hw", "240", "320",
+    assert scan_ap.main(["--out", str(out), "--num-scenes", "1", "--num-frames", "3", "--color-hw", "192", "256",
                          "--json", str(tmp_path / "ap.json")]) == 0
     res = json.loads((tmp_path / "ap.json").read_text())
     assert res["same_ap"] and res["class_agreement"][0] == res["class_agreement"][1] > 0
