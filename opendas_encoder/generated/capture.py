@@ -183,3 +183,29 @@ def generate_captures(out_dir: str, formats: Sequence[str] = ("nerfstudio", "rec
     if "record3d" in formats:
         out["record3d"] = write_record3d_capture(cap, os.path.join(out_dir, "capture.r3d"))
     return out
+
+
+def main(argv=None) -> int:
+    """``python -m opendas_encoder.generated.capture DIR``: a generated capture to try ``opendas scan import`` on."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m opendas_encoder.generated.capture",
+                                description="Write a GENERATED phone capture of a generated office: DIR/capture.r3d "
+                                            "(Record3D) and DIR/nerfstudio/transforms.json (nerfstudio).")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--format", choices=("both", "nerfstudio", "record3d"), default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-objects", type=int, default=8)
+    p.add_argument("--num-frames", type=int, default=6)
+    args = p.parse_args(argv)
+    formats = ("nerfstudio", "record3d") if args.format == "both" else (args.format,)
+    for fmt, path in generate_captures(args.out, formats, seed=args.seed, num_objects=args.num_objects,
+                                       num_frames=args.num_frames).items():
+        print(f"{fmt}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

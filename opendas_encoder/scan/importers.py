@@ -158,6 +158,8 @@ def import_scan(src: str, out: str, options: Optional[ImportOptions] = None, *, 
     ``options`` or keyword arguments of :class:`ImportOptions` (e.g. ``frame_step=2``); ``overwrite``
     replaces an existing ``out``. Returns the output folder, frame and point counts and ``scan.json``.
     """
+    if options is not None and kwargs:
+        raise ValueError(f"give ImportOptions or keyword options, not both (got {sorted(kwargs)})")
     opts = (options or ImportOptions(**kwargs)).validate()
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite and (not os.path.isdir(out) or os.listdir(out)):

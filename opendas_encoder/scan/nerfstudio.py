@@ -126,6 +126,12 @@ def read_nerfstudio(src: str, depth_unit: str = "auto") -> SourceCapture:
     first_depth = resolve(frames[0]["depth_file_path"])
     depth0, unit = decode_depth_image(read_file_bytes(first_depth, "depth"), first_depth, depth_unit)
 
+    for key, what in (("file_path", "colour"), ("depth_file_path", "depth"), ("confidence_path", "confidence"),
+                      ("mask_path", "mask")):
+        missing = [resolve(fr[key]) for fr in frames if key in fr and not os.path.isfile(resolve(fr[key]))]
+        if missing:  # checked before any work: a capture copied in part fails at once, not at frame 900
+            raise ScanInputError(missing[0], f"{what} file not found" + (
+                f" ({len(missing)} of {len(frames)} {what} files of {path} are missing)" if len(missing) > 1 else ""))
     out: List[SourceFrame] = []
     for i, fr in enumerate(frames):
         color_path, depth_path = resolve(fr["file_path"]), resolve(fr["depth_file_path"])

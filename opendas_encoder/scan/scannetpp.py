@@ -57,6 +57,19 @@ def read_scannetpp(src: str) -> SourceCapture:
                                   color_name=f.color_path, depth_name=f.depth_path,
                                   read_color=lambda p=f.color_path: read_file_bytes(p, "colour"),
                                   read_depth=read_depth))
+    notes = {}
+    cameras = os.path.join(src, "iphone", "colmap", "cameras.txt")
+    if os.path.isfile(cameras):
+        from ..data.scannetpp.io import read_colmap_cameras_text
+
+        def extra(c):  # COLMAP parameters after the pinhole ones (f, cx, cy or fx, fy, cx, cy)
+            return c.params[3 if c.model.startswith("SIMPLE") or c.model.startswith("RADIAL") else 4:]
+
+        distorted = {c.camera_id: extra(c) for c in read_colmap_cameras_text(cameras).values()
+                     if any(v != 0 for v in extra(c))}
+        if distorted:  # the package's ScanNet++ reader uses the pinhole part only; the import does the same
+            notes["lens distortion ignored (pinhole part used, as opendas_encoder.data.scannetpp does)"] = {
+                str(k): list(v) for k, v in distorted.items()}
     return SourceCapture(format="scannetpp", path=src, frames=frames, intrinsic=np.asarray(f0.intrinsic)[:3, :3],
                          color_hw=color_hw, depth_hw=depth_hw, camera_convention="opencv", world_up="+z",
-                         depth_unit="millimetres (uint16 PNG)")
+                         depth_unit="millimetres (uint16 PNG)", notes=notes)
