@@ -85,6 +85,7 @@ def test_imported_frames_reproduce_the_generator_cameras_and_depth(fmt, rendered
     scene = read_processed_scene(str(out))                     # the layout OpenMask3D reads
     meta = json.loads((out / "scan.json").read_text())
     assert meta["color_hw"] == [384, 512] and meta["depth_hw"] == [192, 256]
+    assert meta["generated"] and (out / "GENERATED").is_file()  # generated input stays labelled
     names = {c["name"]: c for c in meta["conversions"]}
     assert names["camera OpenGL -> OpenCV"]["applied"] and names["world up +y -> +z"]["applied"]
     assert np.allclose(np.loadtxt(out / "intrinsic" / "intrinsic_depth.txt")[:3, :3], rendered.K_depth)

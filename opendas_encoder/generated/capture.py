@@ -13,7 +13,8 @@ depth (256x192, the iPhone's), then written as
 
 Confidence maps are 2 (high) almost everywhere, 1 on a random ``medium_fraction`` of pixels (depth
 still exact) and 0 on a random ``wrong_fraction`` whose depth is wrong (50-80 % of the truth, flying
-pixels in front of surfaces): a confidence threshold of 1 must remove exactly those.
+pixels in front of surfaces): a confidence threshold of 1 must remove exactly those. A ``GENERATED``
+marker is written beside each capture; the importer carries it into the imported scene.
 The phone conventions are written out here independently of the importer (axis swaps spelled out).
 """
 
@@ -30,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..threed.projection import scale_intrinsic
+from .ovseg import write_generated_marker
 from .scene3d import GeneratedScene, generate_scene, render_frame
 
 
@@ -143,6 +145,7 @@ def write_nerfstudio_capture(cap: RenderedCapture, out_dir: str) -> str:
     path = os.path.join(out_dir, "transforms.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
+    write_generated_marker(out_dir, "nerfstudio capture of a generated office")
     return path
 
 
@@ -167,6 +170,7 @@ def write_record3d_capture(cap: RenderedCapture, path: str) -> str:
             conf = np.ascontiguousarray(cap.confidence[i], dtype=np.uint8)
             zf.writestr(f"rgbd/{i}.depth", lzfse.compress(depth.tobytes()))
             zf.writestr(f"rgbd/{i}.conf", lzfse.compress(conf.tobytes()))
+    write_generated_marker(os.path.dirname(os.path.abspath(path)), "Record3D capture of a generated office")
     return path
 
 

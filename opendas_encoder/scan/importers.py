@@ -11,6 +11,7 @@ The output is OpenMask3D's processed layout (read by :func:`opendas_encoder.thre
     OUT/<OUT name>.ply                 fused cloud (x y z float, red green blue uchar), z-up metres
     OUT/scan.json                      every conversion (name + matrix), units, resolutions, subsampling, counts
     OUT/sanity.png                     frustums over the fused cloud (top and side views)
+    OUT/GENERATED                      only when the source carries the marker of generated data
 
 Conversions, each applied once and recorded: OpenGL -> OpenCV camera (``c2w @ diag(1, -1, -1, 1)``),
 world up -> +z (``R @ c2w``, :data:`.conventions.UP_TO_Z`), depth units -> millimetres, depth
@@ -309,6 +310,12 @@ def _write_scan(cap: SourceCapture, frames, opts: ImportOptions, up: str, up_how
         "num_points": int(len(points)), "ply": f"{name}.ply", "depth_pixels": counts,
         "options": asdict(opts), "source_notes": cap.notes,
     }
+    from ..generated.ovseg import is_generated, write_generated_marker
+
+    source_dir = cap.path if os.path.isdir(cap.path) else os.path.dirname(os.path.abspath(cap.path))
+    meta["generated"] = is_generated(source_dir)
+    if meta["generated"]:  # generated input stays labelled generated downstream
+        write_generated_marker(d, f"imported from generated {cap.format} capture {cap.path}")
     with open(os.path.join(d, "scan.json"), "w", encoding="utf-8") as fh:
         json.dump(meta, fh, indent=1, ensure_ascii=False)
     draw_sanity(os.path.join(d, "sanity.png"), points, colors, poses_out, K_color, tuple(cap.color_hw),
