@@ -373,3 +373,21 @@ def test_imported_scan_gives_the_generators_own_ap_through_run_3d(tmp_path):
     res = json.loads((tmp_path / "ap.json").read_text())
     assert res["same_ap"] and res["class_agreement"][0] == res["class_agreement"][1] > 0
     assert res["rows"]["own"]["ap"] == pytest.approx(res["rows"]["imported"]["ap"])
+
+
+def test_non_finite_depth_is_dropped_and_counted(rendered, captures, tmp_path):
+    import lzfse
+
+    depth = rendered.depth[0].copy()
+    depth[:10] = np.nan  # Record3D marks missing LiDAR depth with NaN or 0
+    depth[10:20] = np.inf
+
+    def edit(members):
+        members["rgbd/0.depth"] = lzfse.compress(depth.tobytes())
+        return None
+
+    path, _ = _rewrite_r3d(edit)(captures, tmp_path)
+    res = import_scan(path, str(tmp_path / "nan"), voxel_size=0.1, progress=False)
+    assert res.metadata["depth_pixels"]["nonfinite"] == 20 * 256
+    written = read_processed_scene(res.out).frames[0].load_depth()
+    assert (written[:20] == 0).all() and (written[20:][rendered.confidence[0][20:] >= 1] > 0).all()
