@@ -226,7 +226,8 @@ def _add_scan_parser(sub) -> None:
                         "OpenMask3D processed layout + fused point cloud + scan.json + sanity.png",
                         description="Convert a capture to OpenCV camera-to-world poses in a z-up world, uint16 mm "
                         "depth, colour and depth intrinsics, and a fused, voxel-downsampled cloud; every conversion "
-                        "is recorded in OUT/scan.json. Written to a temporary folder and renamed to OUT at the end.")
+                        "is recorded in OUT/scan.json. Written to a temporary folder and renamed to OUT at the end. "
+                        "Conventions, auto rules and refusals: docs/scan_import.md.")
     i.add_argument("src", help="capture: a .r3d file, a nerfstudio folder (or its transforms.json), or a ScanNet++ "
                    "scene folder (<root>/data/<scene_id>)")
     i.add_argument("out", help="output scene folder (its name names the .ply)")

@@ -289,7 +289,18 @@ def _not_a_zip(captures, tmp_path):
     return str(path), ("broken.r3d", "not a zip archive")
 
 
+def _unknown_folder(captures, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"")
+    return str(tmp_path / "photos"), ("photos", "unknown scan format")
+
+
+def _no_source(captures, tmp_path):
+    return str(tmp_path / "nowhere.r3d"), ("nowhere.r3d", "scan source not found")
+
+
 BAD_INPUTS = {
+    "unknown format": _unknown_folder, "missing source": _no_source,
     "missing depth": _edit_ns(_missing_depth), "unreadable depth": _edit_ns(_corrupt_depth),
     "depth count mismatch": _edit_ns(_depth_count_mismatch), "singular pose": _edit_ns(_singular_pose),
     "nan pose": _edit_ns(_nan_pose), "unknown camera model": _edit_ns(_unknown_camera),
