@@ -334,6 +334,15 @@ def test_cli_import_and_one_line_error(captures, tmp_path, capsys):
     assert main(["scan", "import", captures["record3d"], str(out), "--quiet"]) == 2  # exists
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "output exists" in err
+    before = (out / "scan.json").stat().st_mtime_ns
+    argv = ["scan", "import", captures["record3d"], str(out), "--voxel-size", "0.2", "--quiet", "--overwrite"]
+    assert main(argv) == 0
+    assert json.loads((out / "scan.json").read_text())["voxel_size"] == 0.2
+    assert (out / "scan.json").stat().st_mtime_ns > before
+    capsys.readouterr()
+    # a depth unit for a format whose unit is fixed is a contradiction, refused before any work
+    assert main(["scan", "import", captures["record3d"], str(tmp_path / "z"), "--depth-unit", "mm", "--quiet"]) == 2
+    assert "applies to nerfstudio depth images only" in capsys.readouterr().err and not (tmp_path / "z").exists()
     bad = tmp_path / "x.r3d"
     bad.write_bytes(b"nope")
     assert main(["scan", "import", str(bad), str(tmp_path / "y"), "--quiet"]) == 2

@@ -140,7 +140,7 @@ def _k4(K: np.ndarray) -> np.ndarray:
 
 def _check_capture(cap: SourceCapture, frames) -> None:
     """Validate everything that needs no pixel before any file is written."""
-    for i, f in enumerate(frames):
+    for f in frames:
         problem = pose_problem(f.cam_to_world)
         if problem:
             raise ScanInputError(cap.path, f"frame {f.name}: {problem}")
@@ -166,6 +166,9 @@ def import_scan(src: str, out: str, options: Optional[ImportOptions] = None, *, 
     if os.path.exists(out) and not overwrite and (not os.path.isdir(out) or os.listdir(out)):
         raise ScanInputError(out, "output exists (pass overwrite=True / --overwrite to replace it)")
     cap = read_source(src, opts.format, opts.depth_unit)
+    if opts.depth_unit != "auto" and cap.format != "nerfstudio":
+        raise ValueError(f"depth_unit={opts.depth_unit!r} applies to nerfstudio depth images only; {cap.format} "
+                         f"depth is {cap.depth_unit} by its format")
     frames = cap.frames[:: opts.frame_step]
     _check_capture(cap, frames)
     up = opts.world_up if opts.world_up != "auto" else cap.world_up
@@ -175,20 +178,26 @@ def import_scan(src: str, out: str, options: Optional[ImportOptions] = None, *, 
         up_how = "estimated: the signed world axis closest to the mean camera up vector"
 
     parent = os.path.dirname(out)
+    made_parent = not os.path.isdir(parent)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out)}.importing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         meta = _write_scan(cap, frames, opts, up, up_how, tmp, os.path.basename(out), progress)
-        if os.path.exists(out):
+        if os.path.exists(out):  # overwrite: the old OUT goes only once the new one is complete
             old = tmp + ".old"
             os.rename(out, old)
             os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            if os.path.isdir(old):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.remove(old)
         else:
             os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent and not os.listdir(parent):
+            os.rmdir(parent)
         raise
     return ImportResult(out=out, num_frames=meta["num_frames"], num_points=meta["num_points"], metadata=meta)
 
