@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,32 @@ def lora_attention(attn: nn.MultiheadAttention, lora_a: torch.Tensor, lora_b: to
     return (out if attn.batch_first else out.transpose(0, 1)), None
 
 
+def low_rank_pairs(n_layers: int, n_targets: int, rank: int, width: int, device) -> Tuple[nn.Parameter, nn.Parameter]:
+    """Fresh pairs of one tower: A (n_layers, n_targets, rank, width) ~ U(-1/sqrt(width), 1/sqrt(width))
+    (``nn.Linear``'s kaiming-uniform init, a = sqrt(5)), B (n_layers, n_targets, width, rank) = 0."""
+    bound = 1.0 / math.sqrt(width)
+    a = torch.empty((n_layers, n_targets, rank, width), device=device, dtype=torch.float32).uniform_(-bound, bound)
+    return nn.Parameter(a), nn.Parameter(torch.zeros((n_layers, n_targets, width, rank), device=device))
+
+
+@contextmanager
+def low_rank_attention(blocks, tower: str, lora_a: torch.Tensor, lora_b: torch.Tensor, slots: List[int],
+                       scaling: float, dropout: float, training: bool) -> Iterator[None]:
+    """While inside, the attention of ``blocks[i]`` runs :func:`lora_attention` with ``lora_a[i]``, ``lora_b[i]``
+    (an instance ``forward`` on each ``nn.MultiheadAttention``, removed on exit: the open_clip model is not
+    changed)."""
+    modules = _attention_modules(blocks, tower)
+    try:
+        for i, attn in enumerate(modules):
+            def forward(*args, _attn=attn, _i=i, **kwargs):
+                return lora_attention(_attn, lora_a[_i], lora_b[_i], slots, scaling, dropout, training, *args, **kwargs)
+            attn.forward = forward  # an instance attribute: nn.Module.__call__ runs it
+        yield
+    finally:
+        for attn in modules:
+            attn.__dict__.pop("forward", None)
+
+
 @register_method
 class CLIPLoRA(AdaptedCLIP):
     """open_clip (frozen) + low-rank q/k/v updates in every layer of the adapted towers; text is ``template``."""
@@ -154,12 +180,9 @@ class CLIPLoRA(AdaptedCLIP):
             blocks = self.vision_view.blocks if tower == "visual" else self.text_view.transformer.resblocks
             _attention_modules(blocks, tower)
             width = self.vision_width if tower == "visual" else self.text_width
-            n, t = len(blocks), len(self._slots)
-            bound = 1.0 / math.sqrt(width)  # nn.Linear's (kaiming uniform, a = sqrt(5)) for A (rank, width)
-            a = torch.empty((n, t, cfg.rank, width), device=ref.device, dtype=torch.float32).uniform_(-bound, bound)
-            self.register_parameter(f"{tower}_lora_A", nn.Parameter(a))
-            self.register_parameter(f"{tower}_lora_B", nn.Parameter(torch.zeros((n, t, width, cfg.rank),
-                                                                                device=ref.device)))
+            a, b = low_rank_pairs(len(blocks), len(self._slots), cfg.rank, width, ref.device)
+            self.register_parameter(f"{tower}_lora_A", a)
+            self.register_parameter(f"{tower}_lora_B", b)
         self.eval()  # dropout only while a trainer says train(): a new encoder encodes deterministically
 
     @contextmanager
@@ -170,18 +193,9 @@ class CLIPLoRA(AdaptedCLIP):
             yield
             return
         blocks = self.vision_view.blocks if tower == "visual" else self.text_view.transformer.resblocks
-        modules = _attention_modules(blocks, tower)
         cfg = self.config
-        try:
-            for i, attn in enumerate(modules):
-                def forward(*args, _attn=attn, _i=i, **kwargs):
-                    return lora_attention(_attn, lora_a[_i], lora_b[_i], self._slots, cfg.scaling, cfg.dropout,
-                                          self.training, *args, **kwargs)
-                attn.forward = forward  # an instance attribute: nn.Module.__call__ runs it
+        with low_rank_attention(blocks, tower, lora_a, lora_b, self._slots, cfg.scaling, cfg.dropout, self.training):
             yield
-        finally:
-            for attn in modules:
-                attn.__dict__.pop("forward", None)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, embed_dim) through the adapted image tower."""
