@@ -51,7 +51,8 @@ def test_merge_coefficient_is_wiseft_of_the_low_rank_delta(c):
         model.config = replace(model.config, lowrank_merge_visual=c, lowrank_merge_text=c)
         ref_clip = copy.deepcopy(clip)
         s = c * LOWRANK_ALPHA / 2 ** 0.5
-        for tower, blocks in (("visual", ref_clip.visual.transformer.resblocks), ("text", ref_clip.transformer.resblocks)):
+        towers = (("visual", ref_clip.visual.transformer.resblocks), ("text", ref_clip.transformer.resblocks))
+        for tower, blocks in towers:
             a, b = getattr(model, f"{tower}_lowrank_A"), getattr(model, f"{tower}_lowrank_B")
             for i, block in enumerate(blocks):
                 w = block.attn.in_proj_weight

@@ -17,7 +17,8 @@ def base(preset="default"):
 
 def test_syntax_parts():
     s = parse_spec("mine=opendas-paper:visual-only@prompts.visual_start=2@consistency.image=10")
-    assert (s.key, s.name, s.method, s.setting, s.preset) == ("mine", "opendas-paper", "opendas", "visual-only", "paper")
+    assert (s.key, s.name, s.method, s.setting, s.preset) == \
+        ("mine", "opendas-paper", "opendas", "visual-only", "paper")
     assert dict(s.overrides) == {"prompts.visual_start": "2", "consistency.image": "10"}
     assert s.section("prompts") == {"visual_start": 2}
     plain = parse_spec("opendas-paper@averaging.mode=ema")
@@ -40,7 +41,8 @@ def test_bad_specs_are_refused_by_name(text, match):
 def test_configs_over_a_base():
     b = base()
     default = parse_spec("opendas").config(b)
-    assert default.preset == "default" and default.consistency.model_dump()["text"] == PRESETS["default"]["consistency"]["text"]
+    assert default.preset == "default"
+    assert default.consistency.model_dump()["text"] == PRESETS["default"]["consistency"]["text"]
     paper = parse_spec("opendas-paper").config(b)
     assert paper.prompt_config() == PromptConfig.paper() and not paper.consistency.active
     assert parse_spec("opendas").config(base("paper")).prompt_config() == PromptConfig.paper()  # the base's preset

@@ -86,8 +86,8 @@ def _attention_modules(blocks, tower: str) -> List[nn.MultiheadAttention]:
     for i, block in enumerate(blocks):
         attn = getattr(block, "attn", None)
         if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
-            raise ValueError(f"cliplora: {tower} block {i} ({type(block).__name__}) has no nn.MultiheadAttention with a "
-                             f"fused in_proj (got {type(attn).__name__}); CLIP-LoRA adapts open_clip's "
+            raise ValueError(f"cliplora: {tower} block {i} ({type(block).__name__}) has no nn.MultiheadAttention "
+                             f"with a fused in_proj (got {type(attn).__name__}); CLIP-LoRA adapts open_clip's "
                              "ResidualAttentionBlock towers only")
         out.append(attn)
     return out
