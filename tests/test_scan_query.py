@@ -234,6 +234,8 @@ def test_query_cli_writes_ranked_instances(small_scene, tmp_path, capsys):
     out = str(tmp_path / "q")
     target = scene.primitives[6]                       # the first object
     assert main(["query", d, target.label, "--top-k", "3", "--out", out, "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "[scan index]" not in quiet.out and "%|" not in quiet.err and "rank" in quiet.out
     doc = json.load(open(os.path.join(out, "result.json")))
     ranked = doc["ranked"]
     assert len(ranked) == 3 and [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
@@ -247,6 +249,13 @@ def test_query_cli_writes_ranked_instances(small_scene, tmp_path, capsys):
         assert r["views"] and all(0 <= f < 3 for f in r["views"])
     assert len(read_ply_vertices(os.path.join(out, "scene.ply"))["points"]) == len(scene.points)
     assert doc["colour_scale"]["vmin"] == 0.1 and doc["texts"] == [target.label]
+    # without --quiet: per-stage timings, the features now come from the cache
+    assert main(["query", d, target.label, "--top-k", "1", "--out", out]) == 0
+    loud = capsys.readouterr().out
+    assert "[scan index] scene hash:" in loud and "[scan index] features (cached):" in loud
+    assert len(json.load(open(os.path.join(out, "result.json")))["ranked"]) == 1     # replaced whole
+    assert sorted(os.listdir(out)) == sorted(["result.json", "scene.ply", "instance_00_mask%d.ply" % ranked[0]["mask_id"]])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 
 
 @pytest.mark.parametrize("argv, message", [
