@@ -301,3 +301,27 @@ def test_corrupt_cache_entry_is_recomputed(small_scene, world_clip, tmp_path):
     assert not again.from_cache
     np.testing.assert_array_equal(again.features, good.features)
     assert load_index(d, world_clip, progress=False).from_cache      # rewritten whole
+
+
+def test_query_cli_with_an_adapted_checkpoint(small_scene, world_clip, tmp_path, capsys):
+    """--checkpoint: the features come from the adapted encoder (its own cache entry), not the zero-shot one."""
+    import opendas_encoder as oe
+    from opendas_encoder.cli import main
+    from opendas_encoder.scan.index import encoder_fingerprint, load_index
+    from opendas_encoder.scan.query import query_scene
+
+    scene, d = small_scene
+    d = shutil.copytree(d, str(tmp_path / scene.name))
+    adapted = oe.wrap_clip("opendas", world_clip.clip, tokenizer=world_clip.tokenizer, preprocess=world_clip.preprocess,
+                           model_name=world_clip.model_name, pretrained=world_clip.pretrained).eval()
+    ckpt = oe.save_checkpoint(adapted, str(tmp_path / "ckpt"))
+    out = str(tmp_path / "q")
+    assert main(["query", d, "blue box", "--checkpoint", ckpt, "--out", out, "--quiet"]) == 0
+    doc = json.load(open(os.path.join(out, "result.json")))
+    loaded = oe.load_encoder(ckpt).eval()
+    assert doc["encoder_fingerprint"] == encoder_fingerprint(loaded) != encoder_fingerprint(world_clip)
+    index = load_index(d, loaded, progress=False)
+    assert index.from_cache                                   # the CLI's entry, keyed by the checkpoint
+    expect = query_scene(index, loaded, ["blue box"])
+    assert [r["mask_id"] for r in doc["ranked"]] == [r.mask_id for r in expect.ranked]
+    np.testing.assert_allclose([r["score"] for r in doc["ranked"]], [r.score for r in expect.ranked], atol=1e-6)
