@@ -254,7 +254,8 @@ def test_query_cli_writes_ranked_instances(small_scene, tmp_path, capsys):
     loud = capsys.readouterr().out
     assert "[scan index] scene hash:" in loud and "[scan index] features (cached):" in loud
     assert len(json.load(open(os.path.join(out, "result.json")))["ranked"]) == 1     # replaced whole
-    assert sorted(os.listdir(out)) == sorted(["result.json", "scene.ply", "instance_00_mask%d.ply" % ranked[0]["mask_id"]])
+    expect = ["result.json", "scene.ply", "instance_00_mask%d.ply" % ranked[0]["mask_id"]]
+    assert sorted(os.listdir(out)) == sorted(expect)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 
 

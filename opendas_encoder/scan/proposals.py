@@ -128,7 +128,8 @@ def _dedup(masks: Sequence[np.ndarray], num_points: int, iou: float) -> list:
     return kept
 
 
-def fallback_proposals(points: np.ndarray, cfg: FallbackConfig = FallbackConfig(), progress: bool = False) -> np.ndarray:
+def fallback_proposals(points: np.ndarray, cfg: FallbackConfig = FallbackConfig(),
+                       progress: bool = False) -> np.ndarray:
     """Class-agnostic proposals bool (N, M) of a point cloud float (N, 3) metres (see the module docstring)."""
     from sklearn.cluster import DBSCAN
     from tqdm import tqdm
