@@ -326,3 +326,18 @@ def test_query_cli_with_an_adapted_checkpoint(small_scene, world_clip, tmp_path,
     expect = query_scene(index, loaded, ["blue box"])
     assert [r["mask_id"] for r in doc["ranked"]] == [r.mask_id for r in expect.ranked]
     np.testing.assert_allclose([r["score"] for r in doc["ranked"]], [r.score for r in expect.ranked], atol=1e-6)
+
+
+def test_fallback_proposals_are_cached_with_the_scene(small_scene, world_clip, tmp_path):
+    pytest.importorskip("open3d")
+    from opendas_encoder.scan.index import load_index
+    from opendas_encoder.scan.proposals import fallback_proposals
+
+    scene, d = small_scene
+    d = shutil.copytree(d, str(tmp_path / scene.name))
+    first = load_index(d, world_clip, proposals="fallback", progress=False)
+    assert first.proposal_source == "fallback:planes+dbscan" and "proposals" in first.timings
+    np.testing.assert_array_equal(first.masks, fallback_proposals(scene.points))
+    second = load_index(d, world_clip, proposals="fallback", progress=False)
+    assert "proposals (cached)" in second.timings and second.from_cache
+    np.testing.assert_array_equal(second.masks, first.masks)
