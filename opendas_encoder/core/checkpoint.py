@@ -195,7 +195,7 @@ def _check_base_model(directory: str, config: dict, model) -> None:
     recorded = config.get("base_fingerprint")
     if not recorded:
         warnings.warn(f"{directory}: the checkpoint records no fingerprint of its base model's weights (written "
-                      "by an older opendas_encoder): only the shape facts were checked", UserWarning, stacklevel=3)
+                      "by an older opendas_encoder): only the shape facts were checked", UserWarning, stacklevel=4)
         return
     version = recorded.get("version", 1)
     if version == 1:
@@ -204,7 +204,7 @@ def _check_base_model(directory: str, config: dict, model) -> None:
             warnings.warn(f"{directory}: the checkpoint records the fingerprint of six tensors of its base model "
                           f"only ({', '.join(sorted(recorded))}; written before format {FORMAT_VERSION}): other "
                           "weights were not checked. Save it again to record every tensor",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=4)
     elif version == FINGERPRINT_VERSION:
         differ = fingerprint_differences(recorded, weights_fingerprint(model.state_dict()))
     else:

@@ -207,10 +207,10 @@ def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> dict:
 
 
 def fingerprint_differences(expected: dict, actual: dict) -> List[str]:
-    """Names of the tensors whose digests differ between two :func:`weights_fingerprint` records,
-    missing or extra ones included, in the expected record's order (empty list: the same weights)."""
+    """Names of the tensors whose digests differ between two :func:`weights_fingerprint` records, in
+    ``actual``'s order (the model's), then those ``actual`` lacks (empty list: the same weights)."""
     want, have = expected.get("sha256", {}), actual.get("sha256", {})
-    return [n for n in want if want[n] != have.get(n)] + [n for n in have if n not in want]
+    return [n for n in have if want.get(n) != have[n]] + [n for n in want if n not in have]
 
 
 def fingerprint_tensor_names(params: Dict[str, torch.Tensor]) -> List[str]:
