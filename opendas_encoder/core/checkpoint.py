@@ -197,13 +197,18 @@ def _check_base_model(directory: str, config: dict, model) -> None:
         warnings.warn(f"{directory}: the checkpoint records no fingerprint of its base model's weights (written "
                       "by an older opendas_encoder): only the shape facts were checked", UserWarning, stacklevel=4)
         return
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{directory}: base_fingerprint must be a JSON object, got {type(recorded).__name__}")
     version = recorded.get("version", 1)
+    covers = "each tensor's bytes, dtype and shape" if version == FINGERPRINT_VERSION else \
+        f"mean, std and a projection of {len(recorded)} tensors, with a tolerance"
     if version == 1:
         differ = fingerprints_match_v1(recorded, weights_fingerprint_v1(dict(model.named_parameters())))
         if not differ:
-            warnings.warn(f"{directory}: the checkpoint records the fingerprint of six tensors of its base model "
-                          f"only ({', '.join(sorted(recorded))}; written before format {FORMAT_VERSION}): other "
-                          "weights were not checked. Save it again to record every tensor",
+            warnings.warn(f"{directory}: the checkpoint records the fingerprint of {len(recorded)} tensors of its base "
+                          f"model only ({', '.join(sorted(recorded))}; written before format {FORMAT_VERSION}): "
+                          "other weights were not checked. Save it again (load_encoder, save_checkpoint) to record "
+                          "every tensor",
                           UserWarning, stacklevel=4)
     elif version == FINGERPRINT_VERSION:
         differ = fingerprint_differences(recorded, weights_fingerprint(model.state_dict()))
@@ -214,7 +219,7 @@ def _check_base_model(directory: str, config: dict, model) -> None:
         shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
         raise ValueError(f"{directory}: the base model's weights differ from the ones the checkpoint was trained on "
                          f"({name!r}, pretrained={config.get('pretrained')!r}); differing tensors: {shown} (the "
-                         "check covers each tensor's bytes, dtype and shape). Load it onto the same base weights "
+                         f"check covers {covers}). Load it onto the same base weights "
                          "(pretrained tag or file, or model=) in the precision it was trained in")
 
 
