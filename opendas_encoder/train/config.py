@@ -364,8 +364,9 @@ class TrainConfig(_Section):
         A tower the setting does not train stays exactly CLIP's: ``visual-only`` sets the deep text
         prompts to ``text_deep_init="carry"`` from the zero-shot template's words (the text side is
         zero-shot CLIP exactly in a causal text tower such as CLIP's; only approximately, warned by name,
-        in a bidirectional one such as SigLIP's or CLIPA's); ``text-only`` has no visual prompt tokens (``visual_tokens=0``, the image
-        tower is open_clip's). A written value that contradicts this is replaced, with a warning.
+        in a bidirectional one such as SigLIP's or CLIPA's); ``text-only`` has no visual prompt tokens
+        (``visual_tokens=0``, the image tower is open_clip's). A written value that contradicts this is
+        replaced, with a warning.
         """
         prompts = dict(self.prompts)
         for key, value in identity_prompts(self.setting).items():
