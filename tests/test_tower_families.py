@@ -230,7 +230,7 @@ def test_visual_only_keeps_text_exactly_zero_shot_only_on_a_causal_tower_and_say
         with torch.no_grad():
             ours = model.encode_text(NAMES)
             truth = model.clip.encode_text(open_clip.get_tokenizer(name)([f"a photo of a {n}." for n in NAMES]))
-        said = [str(w.message) for w in caught if "bidirectional" in str(w.message)]
+        said = [str(w.message) for w in caught if "setting 'visual-only'" in str(w.message)]
         return model, float((ours - truth).abs().max() / truth.abs().max()), said
 
     model, gap, said = built(config)
@@ -238,11 +238,18 @@ def test_visual_only_keeps_text_exactly_zero_shot_only_on_a_causal_tower_and_say
         assert gap <= 1e-5 and not said
         assert identity_towers(config, model) == {"text": "text_deep_init=carry (zero-shot text)"}
     else:
-        assert gap > 1e-3 and len(said) == 1 and f"'{name}'" in said[0] and "text_tokens: 0" in said[0]
+        assert gap > 1e-3 and len(said) == 1 and f"'{name}': its text tower is bidirectional" in said[0]
+        assert "text_depth: 1" in said[0]
         assert identity_towers(config, model) == {
             "text": "text_deep_init=carry (approximately zero-shot text: bidirectional text tower)"}
-        # the way out the warning names: no text prompts, exactly zero-shot text, nothing to warn about
-        config = config.model_copy(update={"prompts": {"text_tokens": 0}})
+        # the way out the warning names: the template's words at layer 0 only, exactly zero-shot, no warning
+        config = config.model_copy(update={"prompts": {"text_depth": 1}})
         model, gap, said = built(config)
         assert gap <= 1e-5 and not said
-        assert identity_towers(config, model) == {"text": "text_tokens=0 (zero-shot text)"}
+        assert identity_towers(config, model) == {"text": "text_deep_init=carry (zero-shot text)"}
+    # without text tokens the text side is the bare class name: the metadata does not call it zero-shot
+    config = config.model_copy(update={"prompts": {"text_tokens": 0}})
+    model, gap, said = built(config)
+    assert len(said) == 1 and "bare class name" in said[0]
+    assert gap > 1e-3 and identity_towers(config, model) == {
+        "text": "text_tokens=0 (the bare class name, not zero-shot text)"}

@@ -48,11 +48,21 @@ def build_model(config: TrainConfig, device=None):
                           **dict(config.method_options))
 
 
+def _carries_deep_text(prompts) -> bool:
+    """True when deep text prompts replace hidden states (layers ``max(text_start, 1) .. text_depth - 1``)."""
+    return prompts.text_tokens > 0 and prompts.text_depth > max(prompts.text_start, 1)
+
+
 def _check_identity_text(model, config: TrainConfig) -> None:
     """visual-only: the carried text context is the template's words only if they fill all K_t slots, and
-    it reproduces zero-shot text exactly only in a causal text tower (warned by name otherwise)."""
+    it reproduces zero-shot text exactly only in a causal text tower (warned by name otherwise); without
+    text tokens the text side is the bare class name (warned)."""
     prompts = model.config
-    if config.setting != "visual-only" or not prompts.text_tokens:
+    if config.setting != "visual-only":
+        return
+    if not prompts.text_tokens:
+        warnings.warn("setting 'visual-only' with prompts.text_tokens: 0 encodes the bare class name ('{}.'), not "
+                      f"zero-shot CLIP's template {ZERO_SHOT_TEMPLATE!r}", UserWarning, stacklevel=3)
         return
     words = phrase_ids(model.tokenizer, prompts.text_init)
     n_words = 0 if words is None else len(words)
@@ -60,11 +70,11 @@ def _check_identity_text(model, config: TrainConfig) -> None:
         raise ValueError(f"setting 'visual-only' keeps the text tower at zero-shot CLIP ({ZERO_SHOT_TEMPLATE!r}), "
                          f"whose words {prompts.text_init!r} are {n_words} tokens: set prompts.text_tokens: "
                          f"{n_words} (got {prompts.text_tokens})")
-    if not model.text_view.causal:
+    if _carries_deep_text(prompts) and not model.text_view.causal:
         warnings.warn(f"setting 'visual-only' on {config.model.name!r}: its text tower is bidirectional (no causal "
-                      "mask), so the carried text prompts see no class name and the text features only approximate "
-                      "zero-shot CLIP's; set prompts.text_tokens: 0 to keep them exactly zero-shot",
-                      UserWarning, stacklevel=3)
+                      "mask), so the carried deep text prompts see no class name and the text features only "
+                      "approximate zero-shot CLIP's; set prompts.text_depth: 1 (the template's words at layer 0 "
+                      "only) to keep them exactly zero-shot", UserWarning, stacklevel=3)
 
 
 def identity_towers(config: TrainConfig, model=None) -> dict:
@@ -74,8 +84,8 @@ def identity_towers(config: TrainConfig, model=None) -> dict:
         return {}
     text = "text_deep_init=carry (zero-shot text)"
     if model is not None and not model.config.text_tokens:
-        text = "text_tokens=0 (zero-shot text)"
-    elif model is not None and not model.text_view.causal:
+        text = "text_tokens=0 (the bare class name, not zero-shot text)"
+    elif model is not None and _carries_deep_text(model.config) and not model.text_view.causal:
         text = "text_deep_init=carry (approximately zero-shot text: bidirectional text tower)"
     return {"visual-only": {"text": text},
             "text-only": {"visual": "visual_tokens=0 (CLIP image tower)"}}.get(config.setting, {})
