@@ -207,6 +207,9 @@ def test_the_vocabulary_json_is_checked_like_the_config(tmp_path):
     path, read = load(base=["chair", "lamp", "chair"], test=["chair"])
     with pytest.raises(ValueError, match=rf"^{path}: vocabulary: duplicate base class 'chair'"):
         read()
+    config = write(tmp_path, yaml.safe_dump({"data": {"train": WORLD_TRAIN, "vocabulary": "vocab.json"}}))
+    with pytest.raises(ValueError, match=rf"{config}: invalid config:\n  data.vocabulary: {path}: vocabulary: dup"):
+        load_config(config)  # refused with the config, before any work
     saved = Vocabulary(base=["chair", "lamp"], test=["chair", "lamp", "desk"], name="office")
     saved.save(str(tmp_path / "saved.json"))
     assert json.loads((tmp_path / "saved.json").read_text())["novel"] == ["desk"]

@@ -138,6 +138,16 @@ class DataConfig(_Section):
                              "relative to that file)")
         return value
 
+    @field_validator("vocabulary")
+    @classmethod
+    def _vocabulary_reads(cls, value):
+        """The vocabulary is read (and refused, naming the file and the problem) before any work."""
+        if value is not None:
+            from ..vocab import Vocabulary
+
+            Vocabulary.load(value)
+        return value
+
 
 class ModelSpec(_Section):
     name: StrictStr = "ViT-L-14"  # open_clip model name (the paper's)
