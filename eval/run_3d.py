@@ -209,11 +209,14 @@ def build_encoders(args, device: str) -> Dict[str, Tuple[object, Optional[str], 
         raise SystemExit("give --checkpoint DIR (its base model is the CLIP baseline) or --model NAME")
     tag = None if pretrained in (None, "none", "None") else pretrained
     if args.checkpoint:
-        # the prompts and the CLIP baseline share one base model (one copy in memory), rebuilt from the
-        # checkpoint's record (or the given weights), so the checkpoint's base-model check applies
+        # the CLIP baseline is the checkpoint's recorded base model (or the given weights), checked like the
+        # encoder's: not enc.clip, which holds interpolated weights for WiSE-FT
+        from opendas_encoder.core.checkpoint import load_base_model
+
         enc = oe.load_encoder(args.checkpoint, device=device, pretrained=tag).eval()
-        clip = oe.wrap_clip("zeroshot", enc.clip, tokenizer=enc.tokenizer, preprocess=enc.preprocess,
-                            model_name=model, pretrained=tag, template=args.template).eval()
+        clip = oe.wrap_clip("zeroshot", load_base_model(args.checkpoint, device=device, pretrained=tag),
+                            tokenizer=enc.tokenizer, preprocess=enc.preprocess, model_name=model, pretrained=tag,
+                            template=args.template).eval()
         tensors = os.path.join(args.checkpoint, oe.read_checkpoint_config(args.checkpoint)["tensors_file"])
         encoders[OPENDAS] = (enc, None, f"{os.path.abspath(args.checkpoint)}|{os.path.getmtime(tensors)}|{tag}")
     else:

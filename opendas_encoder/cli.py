@@ -72,6 +72,7 @@ def cmd_eval(args) -> int:
     from pydantic import ValidationError
 
     from . import load_encoder
+    from .core.checkpoint import load_base_model
     from .plots import format_table, metric_cell
     from .train.config import DataConfig, DatasetSpec, format_validation_error
     from .train.data import prepare_segments
@@ -86,6 +87,9 @@ def cmd_eval(args) -> int:
         raise ValueError(format_validation_error(exc, "--dataset/--root/--split/--option")) from None
     device = resolve_device(args.device)
     encoder = load_encoder(args.checkpoint, device=device, pretrained=args.pretrained)
+    # zero-shot CLIP is the recorded base model, for every method (WiSE-FT's encoder.clip is interpolated)
+    zero_shot = None if args.no_zero_shot else zero_shot_encoder(
+        encoder, clip=load_base_model(args.checkpoint, device=device, pretrained=args.pretrained))
     meta = getattr(encoder, "checkpoint_metadata", {}) or {}
     # how segments are cut: the run's (recorded at training) unless overridden here
     cut = {}
@@ -108,8 +112,7 @@ def cmd_eval(args) -> int:
                                 expand_ratio=cut["expand_ratio"][0], min_pixels=cut["min_pixels"][0],
                                 progress=not args.quiet)
     adapted = evaluate(encoder, prepared, vocab, device, args.batch_size, not args.quiet)
-    zs = None if args.no_zero_shot else evaluate(zero_shot_encoder(encoder), prepared, vocab, device,
-                                                 args.batch_size, not args.quiet)
+    zs = None if zero_shot is None else evaluate(zero_shot, prepared, vocab, device, args.batch_size, not args.quiet)
     rows = []
     if zs is not None:
         rows.append(["zero-shot CLIP"] + [metric_cell(zs.metrics[k]) for k in METRIC_KEYS])
@@ -303,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--option", nargs="*", type=_key_value, metavar="KEY=VALUE",
                    help="dataset options, e.g. n_scenes=50 seed=7")
     e.add_argument("--vocabulary", help="JSON {base: [...], test: [...]}; default: base classes from the checkpoint")
-    e.add_argument("--pretrained", help="override the base model's pretrained tag / weights file")
+    e.add_argument("--pretrained", help="override the base model's pretrained tag / weights file (an open_clip state "
+                   "dict, .safetensors or .pt); required for a checkpoint whose base had random weights")
     e.add_argument("--expand-ratio", type=float, default=None,
                    help="grow each segment's crop box by this fraction (default: the run's, from the checkpoint)")
     e.add_argument("--min-pixels", type=int, default=None,

@@ -32,10 +32,11 @@ class Vocabulary:
         for label, names in (("base", self.base), ("test", self.test)):
             seen = set()
             for n in names:
+                where = f"vocabulary {self.name!r}" if self.name else "vocabulary"
                 if not isinstance(n, str) or not n.strip():
-                    raise ValueError(f"vocabulary {self.name!r}: {label} class names must be non-empty strings, got {n!r}")
+                    raise ValueError(f"{where}: {label} class names must be non-empty strings, got {n!r}")
                 if n in seen:
-                    raise ValueError(f"vocabulary {self.name!r}: duplicate {label} class {n!r}")
+                    raise ValueError(f"{where}: duplicate {label} class {n!r}")
                 seen.add(n)
         self.base = list(self.base)
         self.test = list(self.test)
@@ -66,13 +67,28 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str) -> "Vocabulary":
+        """Read a vocabulary JSON ``{"base": [...], "test": [...]}`` (optional ``name``; ``novel``, as
+        :meth:`save` writes it, only when it equals test - base). Any other key, a duplicate class or a
+        ``novel`` list that is not test - base is refused naming the file."""
         try:
             with open(path) as f:
-                return cls.from_dict(json.load(f))
+                data = json.load(f)
+            unknown = sorted(set(data) - {"base", "test", "name", "novel"}) if isinstance(data, dict) else []
+            if unknown:
+                raise ValueError(f"{path}: unknown vocabulary keys {unknown} (known: base, test, name; novel "
+                                 "classes are derived as test - base)")
+            vocab = cls.from_dict(data)
         except FileNotFoundError:
             raise FileNotFoundError(f"vocabulary file not found: {path}") from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a vocabulary JSON with 'base' and 'test' lists ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
+        novel = data.get("novel", vocab.novel)
+        if not isinstance(novel, list) or sorted(map(str, novel)) != sorted(vocab.novel):
+            raise ValueError(f"{path}: 'novel' {novel!r} is not test - base {vocab.novel!r}; novel classes are "
+                             "derived: list them in 'test' and leave 'novel' out")
+        return vocab
 
 
 def read_class_list(path: str) -> List[str]:

@@ -9,11 +9,25 @@ from opendas_encoder.cli import main
 from opendas_encoder.negatives import APPENDIX_C_INSTRUCTION
 
 
+def tiny_base_weights(tmp_path) -> str:
+    """Random weights of ``opendas-tiny-vit`` (seed 0) in a file: a base ``opendas eval`` can rebuild."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny_base.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_file({k: v.contiguous() for k, v in open_clip.create_model("opendas-tiny-vit").state_dict().items()},
+                  str(path))
+    return str(path)
+
+
 def write_config(tmp_path, **extra):
     """A tiny OpenDAS run on the generated world (1 + 1 epochs, CPU); ``extra`` replaces top-level keys."""
     cfg = {
         "name": "cli-test", "seed": 0,
-        "model": {"name": "opendas-tiny-vit", "pretrained": None},
+        "model": {"name": "opendas-tiny-vit", "pretrained": tiny_base_weights(tmp_path)},
         "prompts": {"visual_tokens": 2, "text_tokens": 4},
         "data": {"train": {"name": "generated-world", "split": "train", "options": {"n_scenes": 6, "seed": 0}},
                  "test": {"name": "generated-world", "split": "test", "options": {"n_scenes": 6, "seed": 1}},
@@ -351,3 +365,95 @@ def test_zero_shot_uses_the_one_template_and_the_report_says_so(tmp_path):
         WiSEFTConfig().template
     assert 'zero-shot CLIP encodes each class name in the template "a photo of a {}."' in \
         (run / "report.md").read_text()
+
+
+def _tiny_wiseft_checkpoint(tmp_path):
+    """A finalized WiSE-FT (visual) checkpoint whose base is opendas-tiny-vit with the weights of a file."""
+    import torch
+
+    import opendas_encoder as oe
+
+    weights = tiny_base_weights(tmp_path)
+    model = oe.create_encoder("wiseft-visual", "opendas-tiny-vit", weights, alpha=0.5)
+    with torch.no_grad():
+        for p in model.learned_parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    model.finalize()
+    return weights, oe.save_checkpoint(model, str(tmp_path / "wiseft"))
+
+
+def test_eval_zero_shot_row_is_the_recorded_base_model_not_the_wiseft_weights(tmp_path, monkeypatch, capsys):
+    """Issue 25.2: the zero-shot row of `opendas eval` on a WiSE-FT checkpoint is the base model it records
+    (truth: open_clip's own model from the same name and weights), not the interpolated encoder."""
+    import importlib
+
+    import open_clip
+    import torch
+
+    from opendas_encoder.generated.datasets import write_generic
+
+    ev = importlib.import_module("opendas_encoder.train.evaluate")  # the module (the package exports the function)
+
+    weights, folder = _tiny_wiseft_checkpoint(tmp_path)
+    write_generic(str(tmp_path / "toy"), "test")
+    seen = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda model, *a, **k: seen.append(model) or real(model, *a, **k))
+    assert main(["eval", "--checkpoint", folder, "--dataset", "generic", "--root", str(tmp_path / "toy"),
+                 "--split", "test", "--quiet"]) == 0
+    adapted, zero_shot = seen
+    truth = open_clip.create_model("opendas-tiny-vit", pretrained=weights).eval()
+    tokenizer = open_clip.get_tokenizer("opendas-tiny-vit")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pairs = [(zero_shot.encode_image(images), truth.encode_image(images)),
+                 (zero_shot.encode_text(["chair"]), truth.encode_text(tokenizer(["a photo of a chair."])))]
+        moved = (adapted.encode_image(images) - truth.encode_image(images)).abs().max()
+    for ours, want in pairs:  # float32 through the engine's path vs open_clip's: rounding only (< 1e-5 relative)
+        assert (ours - want).abs().max() <= 1e-5 * want.abs().max()
+    assert moved > 1e-3 * pairs[0][1].abs().max()  # the WiSE-FT encoder is another model
+    assert "zero-shot CLIP" in capsys.readouterr().out
+
+
+def test_eval_refuses_a_random_base_unless_its_weights_are_given(tmp_path, capsys):
+    """Issue 25.8: a checkpoint trained on random weights (pretrained None) cannot be rebuilt: exit 2 with one
+    line naming the checkpoint; with --pretrained FILE (its weights) the table is printed."""
+    import torch
+    from safetensors.torch import save_file
+
+    import opendas_encoder as oe
+    from opendas_encoder.generated.datasets import write_generic
+
+    model = oe.create_model("opendas-tiny-vit", prompts=oe.PromptConfig(visual_tokens=8, text_tokens=4))
+    folder = oe.save_checkpoint(model, str(tmp_path / "tinyckpt"), dataset="example")
+    write_generic(str(tmp_path / "toy"), "test")
+    args = ["eval", "--checkpoint", folder, "--dataset", "generic", "--root", str(tmp_path / "toy"), "--split",
+            "test", "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"opendas eval: error: {folder}: ") and "random weights" in err and "\n" not in err
+    weights = str(tmp_path / "base.safetensors")
+    save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()}, weights)
+    assert main(args + ["--pretrained", weights]) == 0
+    assert "zero-shot CLIP" in capsys.readouterr().out
+    torch.manual_seed(1)
+    other = oe.create_model("opendas-tiny-vit")
+    save_file({k: v.contiguous() for k, v in other.clip.state_dict().items()}, weights)
+    assert main(args + ["--pretrained", weights]) == 2
+    assert "weights differ" in capsys.readouterr().err
+
+
+def test_eval_names_the_checkpoint_when_its_model_name_was_edited(tmp_path, capsys):
+    """Issue 25.15: an edited model_name (a local tag registered for another model) names the checkpoint."""
+    from opendas_encoder.core.checkpoint import CONFIG_NAME
+
+    _, folder = _tiny_wiseft_checkpoint(tmp_path)
+    path = tmp_path / "wiseft" / CONFIG_NAME
+    config = json.loads(path.read_text())
+    config.update(model_name="opendas-tiny-vit", pretrained="generated-world")
+    path.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", folder, "--dataset", "generated-world", "--split", "test", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"opendas eval: error: {folder}: ") and "'generated-world' is registered for" in err

@@ -175,6 +175,47 @@ def test_overrides_are_validated_too(tmp_path):
         load_config(path, ["schedule.batch_size=0"])
 
 
+def test_a_bad_override_is_blamed_on_the_override_and_a_bad_file_value_on_the_file(tmp_path):
+    """Issue 25.15: a ``--set`` typo used to be reported as a problem of the YAML file."""
+    path = write(tmp_path, yaml.safe_dump({"data": {"train": WORLD_TRAIN}, "schedule": {"lr": "fast"}}))
+    with pytest.raises(ValueError) as err:
+        load_config(path, ["schedule.lrr=0.01", "runtime.amp=off"])
+    on_file, on_set = str(err.value).split("\n--set ")
+    assert on_file.startswith(f"{path}: invalid config:\n  schedule.lr: ") and on_file.endswith("got 'fast'")
+    assert on_set.startswith("schedule.lrr=0.01: invalid config:\n  schedule: unknown keys ['lrr']")
+    good = write(tmp_path, yaml.safe_dump({"data": {"train": WORLD_TRAIN}}), "good.yaml")
+    with pytest.raises(ValueError, match=r"^--set schedule=3: invalid config"):
+        load_config(good, ["schedule=3"])
+
+
+def test_the_vocabulary_json_is_checked_like_the_config(tmp_path):
+    """Issue 25.15: unknown keys and a wrong ``novel`` list are refused naming the file and key; a duplicate
+    class names the file; what :meth:`Vocabulary.save` writes loads back."""
+    from opendas_encoder import Vocabulary
+
+    def load(**data):
+        path = tmp_path / "vocab.json"
+        path.write_text(json.dumps(data))
+        return str(path), lambda: Vocabulary.load(str(path))
+
+    path, read = load(base=["chair", "lamp"], test=["chair", "lamp", "desk"], novl=["desk"])
+    with pytest.raises(ValueError, match=rf"^{path}: unknown vocabulary keys \['novl'\]"):
+        read()
+    path, read = load(base=["chair", "lamp"], test=["chair", "lamp", "desk"], novel=["desk", "chair"])
+    with pytest.raises(ValueError, match=rf"^{path}: 'novel' .*'chair'.* is not test - base"):
+        read()
+    path, read = load(base=["chair", "lamp", "chair"], test=["chair"])
+    with pytest.raises(ValueError, match=rf"^{path}: vocabulary: duplicate base class 'chair'"):
+        read()
+    config = write(tmp_path, yaml.safe_dump({"data": {"train": WORLD_TRAIN, "vocabulary": "vocab.json"}}))
+    with pytest.raises(ValueError, match=rf"{config}: invalid config:\n  data.vocabulary: {path}: vocabulary: dup"):
+        load_config(config)  # refused with the config, before any work
+    saved = Vocabulary(base=["chair", "lamp"], test=["chair", "lamp", "desk"], name="office")
+    saved.save(str(tmp_path / "saved.json"))
+    assert json.loads((tmp_path / "saved.json").read_text())["novel"] == ["desk"]
+    assert Vocabulary.load(str(tmp_path / "saved.json")).to_dict() == saved.to_dict()
+
+
 def test_the_saved_run_config_loads_back(tmp_path):
     cfg = config_from_dict({"data": {"train": WORLD_TRAIN}, "setting": "visual-only", "output_dir": "x"})
     cfg.save(str(tmp_path / "config.json"))

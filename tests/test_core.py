@@ -242,12 +242,18 @@ def test_save_load_roundtrip_is_bit_identical(tmp_path):
 
 
 def test_load_rebuilds_base_model_from_metadata(tmp_path):
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
-    model = oe.create_model(TINY)
+    weights = str(tmp_path / "base.safetensors")
+    save_file({k: v.contiguous() for k, v in oe.create_model(TINY).clip.state_dict().items()}, weights)
+    model = oe.create_model(TINY, pretrained=weights)  # recorded as the weights file (a random base is refused)
     oe.save_checkpoint(model, str(tmp_path / "c"))
     loaded = oe.load_encoder(str(tmp_path / "c"))
-    assert loaded.model_name == TINY
+    assert loaded.model_name == TINY and loaded.pretrained == weights
     assert torch.equal(loaded.visual_prompts, model.visual_prompts)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(IMAGES), model.encode_image(IMAGES))
 
 
 def test_load_into_other_base_model_is_refused(tmp_path):

@@ -30,17 +30,21 @@ run_3d = _load_run_3d()
 def tiny_checkpoint(tmp_path_factory):
     import opendas_encoder as oe
 
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
-    enc = oe.create_model("opendas-tiny-vit", None)
     d = str(tmp_path_factory.mktemp("ckpt"))
-    oe.save_checkpoint(enc, d)
+    weights = os.path.join(d, "..", "base.safetensors")  # a base the checkpoint can name (a random one is refused)
+    save_file({k: v.contiguous() for k, v in oe.create_model("opendas-tiny-vit", None).clip.state_dict().items()},
+              weights)
+    oe.save_checkpoint(oe.create_model("opendas-tiny-vit", os.path.abspath(weights)), d)
     return d
 
 
 def test_end_to_end_clip_and_opendas_with_resume(tmp_path, tiny_checkpoint, monkeypatch):
     out = tmp_path / "res"
     argv = ["--generate", str(tmp_path / "gen"), "--num-scenes", "1", "--checkpoint", tiny_checkpoint,
-            "--pretrained", "none", "--out", str(out), "--json", str(tmp_path / "r.json")]
+            "--out", str(out), "--json", str(tmp_path / "r.json")]
     assert run_3d.main(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report["results"]) == {"clip", "opendas"}
@@ -60,8 +64,7 @@ def test_end_to_end_clip_and_opendas_with_resume(tmp_path, tiny_checkpoint, monk
         raise AssertionError("recomputed a cached scene")
 
     monkeypatch.setattr(run_3d, "compute_mask_features", boom)
-    argv_rerun = ["--scenes", str(tmp_path / "gen"), "--checkpoint", tiny_checkpoint, "--pretrained", "none",
-                  "--out", str(out)]
+    argv_rerun = ["--scenes", str(tmp_path / "gen"), "--checkpoint", tiny_checkpoint, "--out", str(out)]
     assert run_3d.main(argv_rerun) == 0
     # ... but a changed setting invalidates the cache
     with pytest.raises(AssertionError, match="recomputed"):

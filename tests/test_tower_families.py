@@ -202,3 +202,54 @@ def test_rpo_refuses_towers_it_cannot_read():
     clip, tok = siglip_like(2)
     with pytest.raises(oe.UnsupportedModelError, match="RPO reads its prompts at CLIP's end-of-text token"):
         oe.wrap_clip("rpo", clip, tokenizer=tok)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_visual_only_keeps_text_exactly_zero_shot_only_on_a_causal_tower_and_says_which(tmp_path, causal):
+    """Issue 25.4: ``setting: visual-only`` carries the zero-shot text context; that is zero-shot CLIP exactly in a
+    causal text tower and not in a bidirectional one (CLIPA / SigLIP style), where it warns by name and the
+    checkpoint metadata says "approximately". Truth: open_clip's own encode_text of "a photo of a {name}."."""
+    import json
+    import os
+    import warnings
+
+    from opendas_encoder.train.config import TrainConfig
+    from opendas_encoder.train.pipeline import build_model, identity_towers
+
+    name = f"opendas-tiny-{'causal' if causal else 'bidir'}-25"
+    cfg = json.loads(open(os.path.join(os.path.dirname(oe.__file__), "model_configs", "opendas-tiny-vit.json")).read())
+    cfg["text_cfg"]["no_causal_mask"] = not causal
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(tmp_path / f"{name}.json"))
+    config = TrainConfig(setting="visual-only", model={"name": name, "pretrained": None}, output_dir=str(tmp_path))
+
+    def built(config):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = build_model(config)
+        with torch.no_grad():
+            ours = model.encode_text(NAMES)
+            truth = model.clip.encode_text(open_clip.get_tokenizer(name)([f"a photo of a {n}." for n in NAMES]))
+        said = [str(w.message) for w in caught if "setting 'visual-only'" in str(w.message)]
+        return model, float((ours - truth).abs().max() / truth.abs().max()), said
+
+    model, gap, said = built(config)
+    if causal:  # float32: the same blocks over the same states, summed in another order (< 1e-5 relative)
+        assert gap <= 1e-5 and not said
+        assert identity_towers(config, model) == {"text": "text_deep_init=carry (zero-shot text)"}
+    else:
+        assert gap > 1e-3 and len(said) == 1 and f"'{name}': its text tower is bidirectional" in said[0]
+        assert "text_depth: 1" in said[0]
+        assert identity_towers(config, model) == {
+            "text": "text_deep_init=carry (approximately zero-shot text: bidirectional text tower)"}
+        # the way out the warning names: the template's words at layer 0 only, exactly zero-shot, no warning
+        config = config.model_copy(update={"prompts": {"text_depth": 1}})
+        model, gap, said = built(config)
+        assert gap <= 1e-5 and not said
+        assert identity_towers(config, model) == {"text": "text_deep_init=carry (zero-shot text)"}
+    # without text tokens the text side is the bare class name: the metadata does not call it zero-shot
+    config = config.model_copy(update={"prompts": {"text_tokens": 0}})
+    model, gap, said = built(config)
+    assert len(said) == 1 and "bare class name" in said[0]
+    assert gap > 1e-3 and identity_towers(config, model) == {
+        "text": "text_tokens=0 (the bare class name, not zero-shot text)"}

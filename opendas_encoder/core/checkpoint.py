@@ -2,15 +2,19 @@
 
 The JSON (sorted keys) records the open_clip model name and pretrained tag, the method and its
 ``method_config``, the base model's shape facts (widths, depths, patch size, grid, context length)
-and a fingerprint of its frozen weights, the tensor file name and shapes, the package version and
-free-form training metadata. Nothing is ever unpickled. Loading is strict: another base model
-(shape or weights), a missing file, a corrupt or non-finite tensor file, or mismatched tensors are
-refused with a message naming the folder and both sides; unknown JSON keys only warn. Folders can
-live on the Hugging Face Hub (``hf-hub:ORG/REPO``, see :mod:`.hub`).
+and a fingerprint of its weights (a sha256 digest of every tensor of its state dict: name, dtype,
+shape and bytes), the tensor file name (a plain file name in the folder) and shapes, the package
+version and free-form training metadata. Nothing is ever unpickled. Loading is strict: another base
+model (shape, or any bit of any tensor), a base recorded with random weights and not handed over, a
+missing file, a corrupt or non-finite tensor file, or mismatched tensors are refused with a message
+naming the folder and both sides; unknown JSON keys only warn. Folders can live on the Hugging Face
+Hub (``hf-hub:ORG/REPO``, see :mod:`.hub`).
 
 Format 1 (before opendas_encoder 0.2) kept OpenDAS's config under ``prompts`` and used two older
 conventions (layer-0 visual prompts after ``ln_pre``, no closing period); such checkpoints load with
-``legacy_conventions=True`` and give the features they gave then.
+``legacy_conventions=True`` and give the features they gave then. Formats 1 and 2 recorded a weaker
+fingerprint (none, or six tensors: :func:`~.towers.weights_fingerprint_v1`): they load with that
+check and a warning saying what was not checked.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import json
 import os
 import tempfile
 import warnings
-from typing import Dict, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
@@ -30,11 +35,13 @@ from ..version import __version__
 from .encoder import tokenizer_for
 from .hub import CARD_NAME, HUB_PREFIX, download_checkpoint, model_card, push_checkpoint
 from .registry import get_method
-from .towers import VisionTowerView, base_signature, fingerprints_match, weights_fingerprint
+from .towers import (FINGERPRINT_VERSION, UnsupportedModelError, VisionTowerView, base_signature,
+                     fingerprint_differences, fingerprints_match_v1, weights_fingerprint, weights_fingerprint_v1)
 
 CONFIG_NAME = "opendas_config.json"
 LEGACY_TENSORS_FILE = "prompts.safetensors"
-FORMAT_VERSION = 2
+#: 3: the base fingerprint covers every tensor (versions 1 and 2 load, with the check they recorded)
+FORMAT_VERSION = 3
 _KNOWN_KEYS = {"base_fingerprint", "base_model", "format", "format_version", "method", "method_config", "metadata",
                "model_name", "opendas_encoder_version", "pretrained", "prompts", "tensors", "tensors_file"}
 
@@ -145,6 +152,11 @@ def read_checkpoint_config(directory: str) -> dict:
             method_config["legacy_conventions"] = True
         config["method_config"] = method_config
         config.setdefault("tensors_file", LEGACY_TENSORS_FILE)
+    name = config.get("tensors_file", LEGACY_TENSORS_FILE)
+    if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name \
+            or "/" in name or "\\" in name or os.path.isabs(name):
+        raise ValueError(f"{path}: tensors_file must be a plain file name inside the checkpoint folder, "
+                         f"got {name!r}")
     return config
 
 
@@ -159,7 +171,19 @@ def read_checkpoint_tensors(directory: str, file_name: str = LEGACY_TENSORS_FILE
         raise ValueError(f"{path}: corrupt safetensors file ({exc})") from None
 
 
-def _check_base_model(directory: str, config: dict, model, rebuilt_random: bool) -> None:
+@contextmanager
+def _named(directory: str) -> Iterator[None]:
+    """Prefix ``directory`` to a load error that does not name it (every load error names the checkpoint)."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as exc:
+        if directory in str(exc):
+            raise
+        kind = type(exc) if type(exc) in (FileNotFoundError, ValueError, UnsupportedModelError) else ValueError
+        raise kind(f"{directory}: {exc}") from exc
+
+
+def _check_base_model(directory: str, config: dict, model) -> None:
     """Refuse a base model whose shape facts or weights differ from the checkpoint's, naming both."""
     expected, actual = config["base_model"], base_signature(model)
     diffs = [f"{k}: checkpoint {expected[k]} vs model {actual.get(k)}" for k in sorted(expected)
@@ -169,13 +193,78 @@ def _check_base_model(directory: str, config: dict, model, rebuilt_random: bool)
         raise ValueError(f"{directory}: checkpoint was trained on base model {name!r} {expected}, "
                          f"but the given model is {actual} ({', '.join(diffs)})")
     recorded = config.get("base_fingerprint")
-    if not recorded or rebuilt_random:
+    if not recorded:
+        warnings.warn(f"{directory}: the checkpoint records no fingerprint of its base model's weights (written "
+                      "by an older opendas_encoder): only the shape facts were checked", UserWarning, stacklevel=4)
         return
-    differ = fingerprints_match(recorded, weights_fingerprint(dict(model.named_parameters())))
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{directory}: base_fingerprint must be a JSON object, got {type(recorded).__name__}")
+    version = recorded.get("version", 1)
+    covers = "each tensor's bytes, dtype and shape" if version == FINGERPRINT_VERSION else \
+        f"mean, std and a projection of {len(recorded)} tensors, with a tolerance"
+    if version == 1:
+        differ = fingerprints_match_v1(recorded, weights_fingerprint_v1(dict(model.named_parameters())))
+        if not differ:
+            warnings.warn(f"{directory}: the checkpoint records the fingerprint of {len(recorded)} tensors of its base "
+                          f"model only ({', '.join(sorted(recorded))}; written before format {FORMAT_VERSION}): "
+                          "other weights were not checked. Save it again (load_encoder, save_checkpoint) to record "
+                          "every tensor",
+                          UserWarning, stacklevel=4)
+    elif version == FINGERPRINT_VERSION:
+        differ = fingerprint_differences(recorded, weights_fingerprint(model.state_dict()))
+    else:
+        raise ValueError(f"{directory}: base_fingerprint version {version!r} is not known to this package "
+                         f"(it knows 1 and {FINGERPRINT_VERSION}); upgrade opendas_encoder")
     if differ:
+        shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
         raise ValueError(f"{directory}: the base model's weights differ from the ones the checkpoint was trained on "
-                         f"({name!r}, pretrained={config.get('pretrained')!r}); differing tensors: {differ}. "
-                         "Load it onto the same base weights (pretrained tag or file, or model=)")
+                         f"({name!r}, pretrained={config.get('pretrained')!r}); differing tensors: {shown} (the "
+                         f"check covers {covers}). Load it onto the same base weights "
+                         "(pretrained tag or file, or model=) in the precision it was trained in")
+
+
+def _recorded_random(model_name: str, tag: Optional[str]) -> bool:
+    """True when (model_name, tag) builds random weights (no tag, and no hf-hub: / local-dir: weights)."""
+    return not tag and not str(model_name).startswith(("hf-hub:", "local-dir:"))
+
+
+def _base_model(directory: str, config: dict, device, pretrained: Optional[str], model) -> Tuple[object, object, str]:
+    """(open_clip model, its preprocess or None, pretrained tag) of a checkpoint, checked against its record."""
+    from .factory import create_base_model_and_transforms
+
+    model_name = config["model_name"]
+    tag = pretrained if pretrained is not None else config.get("pretrained")
+    preprocess = None
+    if model is None:
+        if not model_name:
+            raise ValueError(f"{directory}: no model_name recorded; pass model= (an open_clip model)")
+        if _recorded_random(model_name, tag):
+            raise ValueError(f"{directory}: the checkpoint was trained on {model_name!r} with random weights "
+                             "(pretrained: null), which cannot be rebuilt; hand over that base model: model= (an "
+                             "open_clip model) or pretrained= a file of its weights (opendas eval --pretrained FILE)")
+        try:
+            model, _, preprocess = create_base_model_and_transforms(model_name, tag, device)
+        except RuntimeError as exc:  # open_clip: unknown tag, weights that do not fit the architecture
+            raise ValueError(f"{directory}: cannot build its base model {model_name!r} (pretrained={tag!r}): "
+                             f"{exc}") from exc
+    VisionTowerView.of(model.visual)
+    _check_base_model(directory, config, model)
+    return model, preprocess, tag
+
+
+def load_base_model(directory: str, device=None, pretrained: Optional[str] = None):
+    """The open_clip model a checkpoint was trained on (recorded name and pretrained tag; ``pretrained``
+    overrides the tag), checked against the checkpoint's shape facts and weight fingerprint, in eval mode.
+
+    This is zero-shot CLIP of the checkpoint for every method (WiSE-FT's own ``clip`` holds its
+    interpolated weights).
+    """
+    if directory.startswith(HUB_PREFIX):
+        directory = download_checkpoint(directory)
+    with _named(directory):
+        config = read_checkpoint_config(directory)
+        model, _, _ = _base_model(directory, config, device, pretrained, None)
+    return model.eval()
 
 
 def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, model=None):
@@ -183,35 +272,25 @@ def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, 
 
     The base model is built from the recorded open_clip name and pretrained tag (``pretrained``
     overrides the tag, e.g. a local copy of the same weights), or ``model`` is used: an open_clip
-    model the caller already has. Returns the encoder (``encode_image``, ``encode_text``,
-    ``preprocess``, ``tokenizer``) in eval mode on ``device``, with ``checkpoint_metadata``.
+    model the caller already has. It must be the one the checkpoint was trained on (every tensor is
+    compared with the recorded fingerprint); a base recorded with random weights (pretrained None)
+    cannot be rebuilt and must be handed over (``model`` or ``pretrained`` = its weights file).
+    Returns the encoder (``encode_image``, ``encode_text``, ``preprocess``, ``tokenizer``) in eval
+    mode on ``device``, with ``checkpoint_metadata``. Every error names the checkpoint.
     """
-    from .factory import create_base_model_and_transforms
-
     if directory.startswith(HUB_PREFIX):
         directory = download_checkpoint(directory)
-    config = read_checkpoint_config(directory)
-    cls = get_method(config["method"])
-    method_config = cls.config_class.from_dict(config["method_config"], source=f"{directory}: method_config")
-    tensors_file = config.get("tensors_file", LEGACY_TENSORS_FILE)
-    tensors = read_checkpoint_tensors(directory, tensors_file)
-    model_name = config["model_name"]
-    tag = pretrained if pretrained is not None else config.get("pretrained")
-    preprocess = None
-    rebuilt_random = False
-    if model is None:
-        if not model_name:
-            raise ValueError(f"{directory}: no model_name recorded; pass model= (an open_clip model)")
-        if tag is None:
-            warnings.warn(f"{directory}: the base model was recorded without pretrained weights; rebuilding it "
-                          "gives new random weights (pass model= to reuse the original)", stacklevel=2)
-            rebuilt_random = True
-        model, _, preprocess = create_base_model_and_transforms(model_name, tag, device)
-    VisionTowerView.of(model.visual)
-    _check_base_model(directory, config, model, rebuilt_random)
-    encoder = cls(model, method_config, tokenizer=tokenizer_for(model_name, model), preprocess=preprocess,
-                  model_name=model_name, pretrained=tag)
-    encoder.load_learned_state_dict(tensors, source=os.path.join(directory, tensors_file))
+    with _named(directory):
+        config = read_checkpoint_config(directory)
+        cls = get_method(config["method"])
+        method_config = cls.config_class.from_dict(config["method_config"], source=f"{directory}: method_config")
+        tensors_file = config.get("tensors_file", LEGACY_TENSORS_FILE)
+        tensors = read_checkpoint_tensors(directory, tensors_file)
+        model_name = config["model_name"]
+        model, preprocess, tag = _base_model(directory, config, device, pretrained, model)
+        encoder = cls(model, method_config, tokenizer=tokenizer_for(model_name, model), preprocess=preprocess,
+                      model_name=model_name, pretrained=tag)
+        encoder.load_learned_state_dict(tensors, source=os.path.join(directory, tensors_file))
     if device is not None:
         encoder.to(device)
     encoder.eval()

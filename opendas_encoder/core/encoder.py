@@ -207,11 +207,11 @@ class AdaptedCLIP(nn.Module):
         return base_signature(self.clip)
 
     def base_fingerprint(self) -> dict:
-        """Numbers that identify the base model's weights (see :func:`weights_fingerprint`).
+        """Digests of every tensor of the base model's state dict (see :func:`weights_fingerprint`).
 
         Computed on the weights the method started from: WiSE-FT overrides it with its zero-shot copy.
         """
-        return weights_fingerprint(dict(self.clip.named_parameters()))
+        return weights_fingerprint(self.clip.state_dict())
 
     # ------------------------------------------------------------------ encoders
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:  # pragma: no cover

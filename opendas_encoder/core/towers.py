@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -185,10 +185,37 @@ def base_signature(clip_model: nn.Module) -> dict:
     }
 
 
+#: Version of :func:`weights_fingerprint` recorded in checkpoints (1: :func:`weights_fingerprint_v1`).
+FINGERPRINT_VERSION = 2
+_DIGEST_CHARS = 16  # 64 bits of sha256 per tensor: a collision by chance is out of reach
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> dict:
+    """Identity of every tensor of a base model (``clip.state_dict()``): ``{"version": 2, "sha256":
+    {name: the first 16 hex digits of sha256(name, dtype, shape, bytes)}}`` in the state dict's order.
+
+    Exact: one changed bit of any tensor, another dtype (the same weights in fp16) or another shape
+    gives another digest. Streamed tensor by tensor (one CPU copy at a time).
+    """
+    digests = {}
+    for name, tensor in state.items():
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h = hashlib.sha256(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(tensor.shape)}|".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy()))
+        digests[name] = h.hexdigest()[:_DIGEST_CHARS]
+    return {"version": FINGERPRINT_VERSION, "sha256": digests}
+
+
+def fingerprint_differences(expected: dict, actual: dict) -> List[str]:
+    """Names of the tensors whose digests differ between two :func:`weights_fingerprint` records, in
+    ``actual``'s order (the model's), then those ``actual`` lacks (empty list: the same weights)."""
+    want, have = expected.get("sha256", {}), actual.get("sha256", {})
+    return [n for n in have if want.get(n) != have[n]] + [n for n in want if n not in have]
+
+
 def fingerprint_tensor_names(params: Dict[str, torch.Tensor]) -> List[str]:
-    """The identifying tensors of a CLIP: for the image tower and for the rest (text tower, logit
-    scale), the first two parameters in registration order and the largest one (patch embedding,
-    token embedding)."""
+    """The six tensors fingerprint version 1 looked at: for the image tower and for the rest (text tower,
+    logit scale), the first two parameters in registration order and the largest one."""
     names = list(params)
     picked = []
     for group in ([n for n in names if n.startswith("visual.")], [n for n in names if not n.startswith("visual.")]):
@@ -198,12 +225,10 @@ def fingerprint_tensor_names(params: Dict[str, torch.Tensor]) -> List[str]:
     return picked
 
 
-def weights_fingerprint(params: Dict[str, torch.Tensor]) -> Dict[str, List[float]]:
-    """A few numbers per identifying tensor of ``params`` (``dict(clip.named_parameters())``):
-    name -> [mean, std, a fixed random projection].
-
-    Numbers rather than a byte hash, so the same weights in fp16/bf16 or on another device still
-    match (:func:`fingerprints_match` compares with a tolerance); different weights do not.
+def weights_fingerprint_v1(params: Dict[str, torch.Tensor]) -> Dict[str, List[float]]:
+    """Fingerprint version 1 (checkpoints before format 3; kept to check them): a few numbers per tensor of
+    :func:`fingerprint_tensor_names` of ``dict(clip.named_parameters())``: name -> [mean, std, a fixed
+    random projection], compared with a tolerance by :func:`fingerprints_match_v1`. Other tensors are not seen.
     """
     out = {}
     for name in fingerprint_tensor_names(params):
@@ -215,9 +240,9 @@ def weights_fingerprint(params: Dict[str, torch.Tensor]) -> Dict[str, List[float
     return out
 
 
-def fingerprints_match(expected: Dict[str, List[float]], actual: Dict[str, List[float]],
-                       rtol: float = 1e-2, atol: float = 1e-3) -> List[str]:
-    """Names of the tensors whose fingerprints differ (empty list: the same base weights)."""
+def fingerprints_match_v1(expected: Dict[str, List[float]], actual: Dict[str, List[float]],
+                          rtol: float = 1e-2, atol: float = 1e-3) -> List[str]:
+    """Names of the tensors whose version-1 fingerprints differ (empty list: those tensors match)."""
     differ = sorted(set(expected) ^ set(actual))
     for name in sorted(set(expected) & set(actual)):
         for e, a in zip(expected[name], actual[name]):

@@ -120,9 +120,9 @@ class WiSEFT(AdaptedCLIP):
 
     def base_fingerprint(self) -> dict:
         """Fingerprint of the zero-shot weights this encoder started from (the live ones are fine-tuned)."""
-        params = {n: p for n, p in self.clip.named_parameters()}
-        params.update(zip(self._names, self.zero_shot.tensors()))
-        return weights_fingerprint(params)
+        state = self.clip.state_dict()
+        state.update(zip(self._names, self.zero_shot.tensors()))
+        return weights_fingerprint(state)
 
     def named_learned_parameters(self) -> Dict[str, nn.Parameter]:
         params = dict(self.clip.named_parameters())

@@ -138,6 +138,16 @@ class DataConfig(_Section):
                              "relative to that file)")
         return value
 
+    @field_validator("vocabulary")
+    @classmethod
+    def _vocabulary_reads(cls, value):
+        """The vocabulary is read (and refused, naming the file and the problem) before any work."""
+        if value is not None:
+            from ..vocab import Vocabulary
+
+            Vocabulary.load(value)
+        return value
+
 
 class ModelSpec(_Section):
     name: StrictStr = "ViT-L-14"  # open_clip model name (the paper's)
@@ -368,8 +378,10 @@ class TrainConfig(_Section):
 
         A tower the setting does not train stays exactly CLIP's: ``visual-only`` sets the deep text
         prompts to ``text_deep_init="carry"`` from the zero-shot template's words (the text side is
-        zero-shot CLIP); ``text-only`` has no visual prompt tokens (``visual_tokens=0``, the image
-        tower is open_clip's). A written value that contradicts this is replaced, with a warning.
+        zero-shot CLIP exactly in a causal text tower such as CLIP's; only approximately, warned by name,
+        in a bidirectional one such as SigLIP's or CLIPA's); ``text-only`` has no visual prompt tokens
+        (``visual_tokens=0``, the image tower is open_clip's). A written value that contradicts this is
+        replaced, with a warning.
         """
         prompts = dict(self.prompts)
         for key, value in identity_prompts(self.setting).items():
@@ -513,18 +525,29 @@ def _describe(error: dict) -> str:
     return f"{loc}: {msg}, got {given!r}"
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """``source: invalid config`` and one line per problem; unknown keys grouped per section."""
-    unknown: Dict[str, List[str]] = {}
-    lines = []
+def format_validation_error(exc: ValidationError, source: str, overrides: Optional[List[str]] = None) -> str:
+    """``source: invalid config`` and one line per problem; unknown keys grouped per section. A problem at
+    (or inside) a key set by one of ``overrides`` (``key=value``, ``--set``) is blamed on that override."""
+    keys = [(item.split("=", 1)[0], item) for item in overrides or []]
+    groups: Dict[str, list] = {}
     for e in exc.errors():
-        if e["type"] == "extra_forbidden":
-            unknown.setdefault(".".join(str(p) for p in e["loc"][:-1]), []).append(str(e["loc"][-1]))
-        else:
-            lines.append(_describe(e))
-    for where, keys in unknown.items():
-        lines.append(f"{where or '(top level)'}: unknown keys {sorted(keys)} (known: {_known_keys(where)})")
-    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+        dotted = ".".join(str(p) for p in e["loc"])
+        blamed = [item for key, item in keys if dotted == key or dotted.startswith(key + ".")
+                  or key.startswith(dotted + ".")]
+        groups.setdefault(f"--set {blamed[-1]}" if blamed else source, []).append(e)
+    out = []
+    for where, errors in groups.items():
+        unknown: Dict[str, List[str]] = {}
+        lines = []
+        for e in errors:
+            if e["type"] == "extra_forbidden":
+                unknown.setdefault(".".join(str(p) for p in e["loc"][:-1]), []).append(str(e["loc"][-1]))
+            else:
+                lines.append(_describe(e))
+        for section, names in unknown.items():
+            lines.append(f"{section or '(top level)'}: unknown keys {sorted(names)} (known: {_known_keys(section)})")
+        out.append(f"{where}: invalid config:\n  " + "\n  ".join(lines))
+    return "\n".join(out)
 
 
 def _known_keys(where: str) -> List[str]:
@@ -538,14 +561,15 @@ def _known_keys(where: str) -> List[str]:
     return sorted(model.model_fields)
 
 
-def config_from_dict(data: dict, source: str = "config") -> TrainConfig:
-    """A :class:`TrainConfig` from a parsed config file; every problem in one ``ValueError`` naming ``source``."""
+def config_from_dict(data: dict, source: str = "config", overrides: Optional[List[str]] = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a parsed config file; every problem in one ``ValueError`` naming ``source``
+    (or the ``--set`` override in ``overrides`` that wrote the key)."""
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
     try:
         return TrainConfig.model_validate(data, context={"require_data": True})
     except ValidationError as exc:
-        raise ValueError(format_validation_error(exc, source)) from None
+        raise ValueError(format_validation_error(exc, source, overrides)) from None
 
 
 def set_dotted(data: dict, key: str, value) -> None:
@@ -595,7 +619,7 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
             set_dotted(data, key, yaml.safe_load(value))
         except ValueError as exc:
             raise ValueError(f"override {item!r}: {exc}") from None
-    return config_from_dict(data, source=path)
+    return config_from_dict(data, source=path, overrides=overrides)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ __all__ = ["ZERO_SHOT_TEMPLATE", "EvalResult", "class_scores", "evaluate", "temp
            "zero_shot_encoder"]
 
 
-def zero_shot_encoder(model) -> ZeroShotCLIP:
-    """Zero-shot CLIP ("a photo of a {}.") over the same open_clip model, tokenizer and preprocess."""
-    return ZeroShotCLIP(model.clip, tokenizer=model.tokenizer, preprocess=model.preprocess,
+def zero_shot_encoder(model, clip=None) -> ZeroShotCLIP:
+    """Zero-shot CLIP ("a photo of a {}.") with ``model``'s tokenizer and preprocess over ``clip`` (default:
+    ``model``'s own open_clip model; for a loaded checkpoint give :func:`~opendas_encoder.core.checkpoint.
+    load_base_model`, since WiSE-FT's own holds interpolated weights)."""
+    return ZeroShotCLIP(model.clip if clip is None else clip, tokenizer=model.tokenizer, preprocess=model.preprocess,
                         model_name=model.model_name, pretrained=model.pretrained, freeze_base=False)
 
 

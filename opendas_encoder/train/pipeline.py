@@ -48,10 +48,21 @@ def build_model(config: TrainConfig, device=None):
                           **dict(config.method_options))
 
 
+def _carries_deep_text(prompts) -> bool:
+    """True when deep text prompts replace hidden states (layers ``max(text_start, 1) .. text_depth - 1``)."""
+    return prompts.text_tokens > 0 and prompts.text_depth > max(prompts.text_start, 1)
+
+
 def _check_identity_text(model, config: TrainConfig) -> None:
-    """visual-only: the carried text context is the template's words only if they fill all K_t slots."""
+    """visual-only: the carried text context is the template's words only if they fill all K_t slots, and
+    it reproduces zero-shot text exactly only in a causal text tower (warned by name otherwise); without
+    text tokens the text side is the bare class name (warned)."""
     prompts = model.config
-    if config.setting != "visual-only" or not prompts.text_tokens:
+    if config.setting != "visual-only":
+        return
+    if not prompts.text_tokens:
+        warnings.warn("setting 'visual-only' with prompts.text_tokens: 0 encodes the bare class name ('{}.'), not "
+                      f"zero-shot CLIP's template {ZERO_SHOT_TEMPLATE!r}", UserWarning, stacklevel=3)
         return
     words = phrase_ids(model.tokenizer, prompts.text_init)
     n_words = 0 if words is None else len(words)
@@ -59,13 +70,24 @@ def _check_identity_text(model, config: TrainConfig) -> None:
         raise ValueError(f"setting 'visual-only' keeps the text tower at zero-shot CLIP ({ZERO_SHOT_TEMPLATE!r}), "
                          f"whose words {prompts.text_init!r} are {n_words} tokens: set prompts.text_tokens: "
                          f"{n_words} (got {prompts.text_tokens})")
+    if _carries_deep_text(prompts) and not model.text_view.causal:
+        warnings.warn(f"setting 'visual-only' on {config.model.name!r}: its text tower is bidirectional (no causal "
+                      "mask), so the carried deep text prompts see no class name and the text features only "
+                      "approximate zero-shot CLIP's; set prompts.text_depth: 1 (the template's words at layer 0 "
+                      "only) to keep them exactly zero-shot", UserWarning, stacklevel=3)
 
 
-def identity_towers(config: TrainConfig) -> dict:
-    """{tower: how it is kept CLIP's} for the towers the run's setting does not train (checkpoint metadata)."""
+def identity_towers(config: TrainConfig, model=None) -> dict:
+    """{tower: how it is kept CLIP's} for the towers the run's setting does not train (checkpoint metadata);
+    ``model`` (the run's encoder) tells whether carried text is exact (causal text tower) or approximate."""
     if config.method != "opendas":
         return {}
-    return {"visual-only": {"text": "text_deep_init=carry (zero-shot text)"},
+    text = "text_deep_init=carry (zero-shot text)"
+    if model is not None and not model.config.text_tokens:
+        text = "text_tokens=0 (the bare class name, not zero-shot text)"
+    elif model is not None and _carries_deep_text(model.config) and not model.text_view.causal:
+        text = "text_deep_init=carry (approximately zero-shot text: bidirectional text tower)"
+    return {"visual-only": {"text": text},
             "text-only": {"visual": "visual_tokens=0 (CLIP image tower)"}}.get(config.setting, {})
 
 
@@ -185,7 +207,7 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
         results["zero_shot"] = _summary(zs)
         model.to(device)
     fit_result = fit(model, data.train, data.label_space, config, run_dir, resume=resume, progress=progress,
-                     extra_metadata=run_metadata(config, data))
+                     extra_metadata=run_metadata(config, data, model))
     results["seconds_per_iter"] = fit_result.seconds_per_iter
     results["checkpoint"] = fit_result.final_dir
     if config.method == "opendas" and model.config.lowrank_rank:
@@ -233,14 +255,14 @@ def run_title(config: TrainConfig) -> str:
     return f"{config.name} (data: {config.data.train.name})"
 
 
-def run_metadata(config: TrainConfig, data: ExperimentData) -> dict:
+def run_metadata(config: TrainConfig, data: ExperimentData, model=None) -> dict:
     """What the checkpoint records about the run beyond the encoder: vocabulary, how segments were cut
     (``opendas eval`` reuses ``expand_ratio`` / ``min_pixels``), towers kept CLIP's, the zero-shot template."""
     return {"base_classes": list(data.vocab.base), "negative_queries": data.negatives.queries,
             "dataset": config.data.train.name if config.data is not None else None, "method": config.method,
             "expand_ratio": config.data.expand_ratio if config.data is not None else 0.0,
             "min_pixels": config.data.min_pixels if config.data is not None else None,
-            "identity_towers": identity_towers(config), "zero_shot_template": ZERO_SHOT_TEMPLATE}
+            "identity_towers": identity_towers(config, model), "zero_shot_template": ZERO_SHOT_TEMPLATE}
 
 
 def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot: Optional[EvalResult],
