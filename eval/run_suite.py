@@ -221,7 +221,9 @@ def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
 
 
 def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes: Sizes, out_dir: str,
-              device: str = "auto", progress: bool = False, quick: bool = False) -> dict:
+              device: str = "auto", progress: bool = False, quick: bool = False, first_seed: int = 0) -> dict:
+    """``seeds`` seeds from ``first_seed`` (train seed s, test seed 1000 + s); docs/selection.md's held-out check
+    uses seeds 3-5."""
     runs = [resolve_method(m) for m in methods]  # every name checked before any work
     for d in domains:
         get_domain(d)
@@ -232,7 +234,7 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     t0 = time.perf_counter()
     per_seed: Dict[str, Dict[str, List[dict]]] = {d: {k: [] for k in keys} for d in domains}
     for domain in domains:
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             res = run_domain_seed(domain, runs, seed, sizes, out_dir, device, progress)
             for k in keys:
                 per_seed[domain][k].append(res[k])
@@ -240,7 +242,7 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
-            "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
+            "first_seed": first_seed, "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
             "runs": {r.key: {"method": r.method, "setting": r.setting, "preset": r.preset,
                              "overrides": {k: json.loads(v) for k, v in r.overrides}} for r in runs},
             "seconds": time.perf_counter() - t0}
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="method keys, KEY:SETTING allowed")
     p.add_argument("--domains", nargs="+", default=None, help=f"default: every domain ({', '.join(domain_names())})")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+SEEDS-1 (held-out check: 3)")
     p.add_argument("--quick", action="store_true", help=f"small sizes: {QUICK}")
     p.add_argument("--scenes", nargs=2, type=int, default=None, metavar=("TRAIN", "TEST"))
     p.add_argument("--epochs", nargs=2, type=int, default=None, metavar=("STAGE1", "STAGE2"))
@@ -269,6 +272,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
+    if args.first_seed < 0:
+        raise SystemExit("--first-seed must be >= 0")
     try:
         for m in args.methods:
             resolve_method(m)
@@ -283,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         sizes = replace(sizes, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1])
     torch.set_flush_denormal(True)  # entry point: denormals slow CPU training of the tiny CLIP
     result = run_suite(args.methods, args.domains or domain_names(), args.seeds, sizes, args.out, args.device,
-                       progress=args.progress, quick=args.quick)
+                       progress=args.progress, quick=args.quick, first_seed=args.first_seed)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "suite.json"), "w") as f:
         json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1, sort_keys=True, default=float)
