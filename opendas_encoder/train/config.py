@@ -115,6 +115,9 @@ class DataConfig(_Section):
     test: Optional[DatasetSpec] = None  # evaluated before and after training; None = no evaluation
     vocabulary: Optional[StrictStr] = None  # JSON {"base": [...], "test": [...]}; None: the datasets' labels
     negatives: Optional[StrictStr] = None  # JSON {class: [five negatives]}; None = no negative queries
+    # JSON {class: [descriptions]}: the phrasing anchor's targets (consistency.text_target: descriptions); None: the
+    # generated world's own (DomainSpec.describe), any other dataset must give the file
+    descriptions: Optional[StrictStr] = None
     drop_novel_negatives: StrictBool = True  # drop negatives equal to a novel test class
     expand_ratio: NonNegFloat = 0.0  # grow each segment's crop box by this fraction
     min_pixels: PositiveInt = 16  # segments with fewer pixels are skipped
@@ -130,7 +133,7 @@ class DataConfig(_Section):
             return value
         raise ValueError(f"must be a positive integer (segments per base class) or 'all', got {value!r}")
 
-    @field_validator("vocabulary", "negatives")
+    @field_validator("vocabulary", "negatives", "descriptions")
     @classmethod
     def _file_exists(cls, value):
         if value is not None and not os.path.isfile(value):
@@ -189,7 +192,10 @@ class ConsistencyConfig(_Section):
     kl_reduction: Literal["batchmean", "per-logit"] = "batchmean"
     # the frozen text side: zero-shot CLIP's "a photo of a {}." ("template") or the normalised mean of its features
     # over OpenAI's ImageNet templates ("ensemble": PromptSRC's textual diversity; the frozen logits use it too)
-    text_target: Literal["template", "ensemble"] = "template"
+    # "descriptions": the phrasing anchor (issue 24 2c): the normalised mean of its normalised features of each class's
+    # descriptions (data.descriptions), so a name CLIP never read is pulled toward what the class is, not toward
+    # its own zero-shot embedding; a negative query without descriptions keeps "template"
+    text_target: Literal["template", "ensemble", "descriptions"] = "template"
 
     @property
     def active(self) -> bool:
@@ -348,6 +354,10 @@ class TrainConfig(_Section):
         if setting not in allowed:
             raise ValueError(f"method {self.method!r} cannot train with setting {setting!r}: "
                              f"{self.method} trains with {' or '.join(repr(s) for s in allowed)}")
+        if self.consistency.active and self.consistency.text_target == "descriptions" and self.data is not None \
+                and self.data.descriptions is None and self.data.train.name != "generated-world":
+            raise ValueError("consistency.text_target: descriptions needs data.descriptions (JSON {class: "
+                             "[descriptions]}); only the generated world describes its classes itself")
         if self.method == "opendas":
             if self.method_options:
                 raise ValueError(f"method_options {sorted(self.method_options)}: OpenDAS takes its options "
@@ -564,8 +574,8 @@ def set_dotted(data: dict, key: str, value) -> None:
 def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig:
     """Read and validate a YAML/JSON training config.
 
-    ``overrides``: ``dotted.key=value`` strings (values parsed as YAML). Relative ``data.negatives`` and
-    ``data.vocabulary`` paths written in the file are relative to the file; given as overrides, they
+    ``overrides``: ``dotted.key=value`` strings (values parsed as YAML). Relative ``data.negatives``,
+    ``data.descriptions`` and ``data.vocabulary`` paths written in the file are relative to the file; given as overrides, they
     are relative to the working directory, like any command-line path.
     """
     import yaml
@@ -583,7 +593,7 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
     base_dir = os.path.dirname(os.path.abspath(path))
     section = data.get("data")
     if isinstance(section, dict):
-        for key in ("negatives", "vocabulary"):
+        for key in ("negatives", "vocabulary", "descriptions"):
             value = section.get(key)
             if isinstance(value, str) and value and not os.path.isabs(value):
                 section[key] = os.path.normpath(os.path.join(base_dir, value))

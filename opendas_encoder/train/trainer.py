@@ -494,6 +494,23 @@ class Trainer:
         return StageRun(si, stage, optimizer, scheduler, objective, sampler, batches, loader, features,
                         first_epoch=start.epoch, averager=averager)
 
+    def class_descriptions(self) -> Dict[str, List[str]]:
+        """``{label: [descriptions]}`` of the phrasing anchor: ``data.descriptions`` (every class with training
+        segments must have an entry; a negative query may not, then it keeps its template target), else the
+        generated world's own (``DomainSpec.describe`` of every label of the label space)."""
+        data = self.config.data
+        trained = [self.label_space[i] for i in sorted(set(self.train.labels.tolist()))]
+        if data is not None and data.descriptions:
+            from ..vocab import load_descriptions
+
+            return load_descriptions(data.descriptions, classes=trained)
+        if data is not None and data.train.name == "generated-world":
+            from ..generated.world.domains import get_domain
+
+            spec = get_domain(data.train.options.get("domain", "cast"))
+            return {label: spec.describe(label) for label in self.label_space}
+        raise ValueError("consistency.text_target: descriptions needs data.descriptions (JSON {class: [descriptions]})")
+
     def zero_shot_features(self) -> tuple:
         """(zero-shot encoder, its normalised text features of the label space (Q, D), its image features of
         every training segment (N, D), or None: when no consistency term uses images, or with
@@ -505,7 +522,7 @@ class Trainer:
         first call (consistency option).
         """
         if self._zero_shot is None:
-            from .evaluate import template_ensemble_features, zero_shot_encoder
+            from .evaluate import description_features, template_ensemble_features, zero_shot_encoder
 
             rt = self.config.runtime
             encoder = zero_shot_encoder(self.model)
@@ -514,6 +531,8 @@ class Trainer:
                     text = template_ensemble_features(encoder, self.label_space).float()
                 else:
                     text = encoder.encode_text(self.text_input, normalize=True).float()
+                if self.consistency.text_target == "descriptions":
+                    text = description_features(encoder, self.label_space, self.class_descriptions(), text)
             image = None
             if self.consistency.uses_images and not rt.augment:
                 with self.autocast():

@@ -64,8 +64,13 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from ...core.registry import Registry
-from .attributes import COLOURS, STYLES, ObjectKind
+from .attributes import COLOURS, STYLES, ObjectKind, all_kinds
 from .target import BASE_CLASSES, NOVEL_CLASSES, TargetDomain, TargetRendering, one_attribute_negatives
+
+#: Description sentences of a class (``DomainSpec.describe``): source-caption templates and size words around the
+#: captions' name of its kind.
+DESCRIPTION_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a rendering of a {}.", "there is a {} in the picture.",
+                         "a photo of a small {}.", "a photo of a large {}.", "a {} on a gray background.")
 
 #: Every number measured on these domains is on generated data; reports say so with this label.
 GENERATED_LABEL = "generated"
@@ -176,6 +181,21 @@ class DomainSpec:
         """Five negative queries per base class (never a base or novel class of the domain)."""
         found = one_attribute_negatives(self.base, list(self.base) + list(self.novel))
         return {self.label(k): [self.label(n) for n in negs] for k, negs in zip(self.base, found)}
+
+    def describe(self, label: str) -> List[str]:
+        """Class-agnostic descriptions of what the label ``label`` (any label the phrasing can produce, classes
+        and negative queries alike) is, in the source captions' own words and templates: what a frozen CLIP
+        reads well whatever the domain calls it (the phrasing anchor's targets, ``consistency.text_target:
+        descriptions``)."""
+        kinds = {self.phrasing.name(k): k for k in all_kinds()}
+        if label not in kinds:
+            raise ValueError(f"{label!r} is no label of the generated domain {self.name!r}'s phrasing")
+        name = kinds[label].name
+        return [t.format(name) for t in DESCRIPTION_TEMPLATES]
+
+    def descriptions(self, labels: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
+        """``{label: describe(label)}`` for ``labels`` (default: the domain's base + novel classes)."""
+        return {label: self.describe(label) for label in (labels if labels is not None else self.vocabulary()["test"])}
 
     def canonical_names(self) -> Dict[str, str]:
         """label -> the source captions' name of its kind (what zero-shot CLIP reads best)."""
