@@ -211,6 +211,36 @@ class ConsistencyConfig(_Section):
         return (self.text, self.image, self.logits)
 
 
+class DistillConfig(_Section):
+    """Distillation on unlabelled target images (issue 24 2b; weight 0 = off, the paper's and the default's).
+
+    In the last training stage, a frozen copy of the model as the earlier stages left it (``teacher:
+    previous-stage``; with a one-stage setting, the untrained model) gives soft labels over ``classes`` on
+    crops of ``unlabelled`` (only images and masks are read, never labels); the student adds ``weight *
+    T^2 KL(teacher || student)`` at temperature ``temperature`` (``losses.distillation_loss``). With
+    ``classes: test`` (the run's test vocabulary: base + novel names) the run is **transductive**: its
+    results are marked so (``results.json`` ``transductive``) and never reported beside inductive numbers.
+    """
+
+    weight: NonNegFloat = 0.0
+    temperature: PositiveFloat = 2.0
+    teacher: Literal["previous-stage"] = "previous-stage"
+    classes: Literal["test", "label-space"] = "test"  # the soft labels' classes: test vocabulary or training labels
+    batch_size: PositiveInt = 32  # unlabelled crops per step
+    unlabelled: Optional[DatasetSpec] = None  # required when weight > 0
+
+    @model_validator(mode="after")
+    def _needs_images(self):
+        if self.weight and self.unlabelled is None:
+            raise ValueError("distill.weight > 0 needs distill.unlabelled (name, root, split of the unlabelled "
+                             "target images)")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.weight)
+
+
 class AveragingConfig(_Section):
     """Prompt averaging over each stage (off = the paper's: the last iterate is kept).
 
@@ -318,8 +348,15 @@ class TrainConfig(_Section):
     triplet: TripletConfig = Field(default_factory=TripletConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     averaging: AveragingConfig = Field(default_factory=AveragingConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)  # off unless distill.weight > 0 (transductive)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: StrictStr = "runs/opendas"
+
+    @property
+    def transductive(self) -> bool:
+        """Whether training sees target images of the test label space (distillation over the test vocabulary):
+        such results are reported in their own rows, never beside inductive ones."""
+        return self.distill.active and self.distill.classes == "test"
 
     @model_validator(mode="before")
     @classmethod
@@ -358,6 +395,8 @@ class TrainConfig(_Section):
                 and self.data.descriptions is None and self.data.train.name != "generated-world":
             raise ValueError("consistency.text_target: descriptions needs data.descriptions (JSON {class: "
                              "[descriptions]}); only the generated world describes its classes itself")
+        if self.distill.active and self.method != "opendas":
+            raise ValueError(f"distill: an OpenDAS option; {self.method} trains without it")
         if self.method == "opendas":
             if self.method_options:
                 raise ValueError(f"method_options {sorted(self.method_options)}: OpenDAS takes its options "
