@@ -150,3 +150,44 @@ def test_config_validated_off_in_both_presets_and_refused_without_a_distiller(tm
                            "distill": {"weight": 1.0, "unlabelled": {"name": "generated-world", "split": "test"}}})
     with pytest.raises(ValueError, match="disagree"):
         fit(model, train, BASE, on, str(tmp_path / "run"), progress=False)
+
+
+def test_experiment_marks_the_run_transductive_and_never_reads_the_unlabelled_labels(tmp_path, monkeypatch):
+    """run_experiment with the option: the unlabelled split is read through a labels-raise spy (the same
+    generated scenes as the test split, which the evaluation reads with labels); results.json and report.md
+    carry the transductive mark; the unlabelled crops are those of every test segment."""
+    from opendas_encoder.train import pipeline
+    from opendas_encoder.train.config import DataConfig, DatasetSpec, ModelSpec
+
+    unlabelled = DatasetSpec(name="generated-world", split="test", options={"n_scenes": 3, "seed": 1, "domain": "cast"})
+    real = pipeline.dataset_from_spec
+    spies = []
+
+    def spy(spec, progress=True):
+        ds = real(spec, progress)
+        if spec == unlabelled:
+            spies.append(LabelsRaise(ds))
+            return spies[-1]
+        return ds
+
+    monkeypatch.setattr(pipeline, "dataset_from_spec", spy)
+    cfg = TrainConfig(name="distill", preset="paper", model=ModelSpec(name="opendas-tiny-vit", pretrained=None),
+                      data=DataConfig(train=DatasetSpec(name="generated-world", split="train",
+                                                        options={"n_scenes": 6, "seed": 0}),
+                                      test=DatasetSpec(name="generated-world", split="test",
+                                                       options={"n_scenes": 3, "seed": 1})),
+                      schedule=ScheduleConfig(batch_size=16, stage1_epochs=1, stage2_epochs=1),
+                      distill={"weight": 0.5, "temperature": 2.0, "unlabelled": unlabelled},
+                      runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path))
+    res = pipeline.run_experiment(cfg, progress=False, plots=False)
+    assert len(spies) == 1 and spies[0].loads == len(spies[0].real) > 0
+    assert res["transductive"] is True
+    with open(os.path.join(str(tmp_path), "results.json")) as f:
+        assert json.load(f)["transductive"] is True
+    with open(os.path.join(str(tmp_path), "report.md")) as f:
+        assert "TRANSDUCTIVE" in f.readline()
+    log = read_log(str(tmp_path))
+    assert any("distill" in r for r in log)
+    plain = pipeline.run_experiment(cfg.updated(distill={"weight": 0.0}, output_dir=str(tmp_path / "plain")),
+                                    progress=False, plots=False)
+    assert plain["transductive"] is False
