@@ -106,6 +106,9 @@ def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str) 
         data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
                                 stage2_epochs=sizes.stage2_epochs),
+        # the distillation option's unlabelled images (used only with @distill.weight>0, a transductive run): the
+        # test split's scenes, read without labels
+        distill={"unlabelled": split("test", sizes.test_scenes, 1000 + seed)},
         runtime=RuntimeConfig(device=device), output_dir=os.path.join(out_dir, domain, "base", f"seed{seed}"))
 
 
@@ -202,10 +205,17 @@ def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
             f"{meta['sizes']['stage2_epochs']} epochs{' (quick mode)' if meta['quick'] else ''}. Brackets: paired "
             "difference to zero-shot CLIP (same seeds and test scenes) and its 95 % bootstrap interval over seeds.")
     parts = [head]
+    runs = meta.get("runs", {})
     for domain, rows in summary.items():
         table = []
-        for key, r in rows.items():
-            cells = [DISPLAY.get(key, key)]
+        # transductive runs (distillation over the test vocabulary) go in their own rows, after a marker row
+        ordered = [k for k in rows if not runs.get(k, {}).get("transductive")]
+        marked = [k for k in rows if runs.get(k, {}).get("transductive")]
+        for key in ordered + marked:
+            r = rows[key]
+            if marked and key == marked[0]:
+                table.append(["**transductive** (unlabelled test images)"] + [""] * len(METRIC_KEYS))
+            cells = [DISPLAY.get(key, key) + (" (transductive)" if key in marked else "")]
             for k in METRIC_KEYS:
                 cell = f"{r[k]:.1f} ± {r[k + '_std']:.1f}"
                 if "diff" in r:
@@ -227,9 +237,10 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     runs = [resolve_method(m) for m in methods]  # every name checked before any work
     for d in domains:
         get_domain(d)
+    transductive = {"zeroshot": False}
     for run in runs:  # every override validated against a real config before any work
         if run.trained:
-            suite_config(domains[0], run, 0, sizes, out_dir, device)
+            transductive[run.key] = suite_config(domains[0], run, 0, sizes, out_dir, device).transductive
     keys = ["zeroshot"] + [r.key for r in runs if r.key != "zeroshot"]
     t0 = time.perf_counter()
     per_seed: Dict[str, Dict[str, List[dict]]] = {d: {k: [] for k in keys} for d in domains}
@@ -244,6 +255,7 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
             "first_seed": first_seed, "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
             "runs": {r.key: {"method": r.method, "setting": r.setting, "preset": r.preset,
+                             "transductive": transductive.get(r.key, False),
                              "overrides": {k: json.loads(v) for k, v in r.overrides}} for r in runs},
             "seconds": time.perf_counter() - t0}
     summary = aggregate(per_seed, keys)

@@ -72,3 +72,24 @@ def test_tiny_suite_end_to_end(tmp_path):
     table = out["table"]
     assert "generated" in table and "`frames`" in table and "OpenDAS (paper)" in table and "VPT" in table
     assert os.path.isfile(os.path.join(tmp_path, "frames", "vpt", "seed1", "results.json"))
+
+
+def test_distillation_runs_are_transductive_and_get_their_own_rows():
+    """A run with @distill.weight>0 distils on the domain's test scenes (read without labels): its config is
+    transductive, its unlabelled split is the test split, and the table puts it after a marker row, never
+    among the inductive rows."""
+    s = run_suite
+    run = s.resolve_method("opendas-default@distill.weight=1.0")
+    cfg = s.suite_config("frames", run, 2, s.QUICK, "/tmp/unused", "cpu")
+    assert cfg.transductive and cfg.distill.unlabelled == cfg.data.test
+    assert not s.suite_config("frames", s.resolve_method("opendas-default"), 2, s.QUICK, "/tmp/unused", "cpu").transductive
+    row = {k: 50.0 for k in s.METRIC_KEYS} | {k + "_std": 1.0 for k in s.METRIC_KEYS}
+    keys = ["zeroshot", run.key, "vpt"]
+    summary = {"frames": {k: dict(row) for k in keys}}
+    meta = {"model": "m", "seeds": 1, "sizes": s.QUICK.__dict__, "quick": True, "seconds": 1.0,
+            "runs": {run.key: {"transductive": True}, "vpt": {"transductive": False}}}
+    lines = [ln for ln in s.format_suite(summary, meta).splitlines() if ln.startswith("|")]
+    names = [ln.split("|")[1].strip() for ln in lines[2:]]
+    marker = next(i for i, n in enumerate(names) if "transductive" in n and "unlabelled" in n)
+    assert names[marker + 1].endswith("(transductive)") and marker == len(names) - 2
+    assert not any("transductive" in n for n in names[:marker])
