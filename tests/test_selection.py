@@ -58,3 +58,24 @@ def test_cli_never_chooses_on_held_out_domains(tmp_path, capsys):
     assert all("synonyms" not in row["per_domain"] for row in choice["rows"])
     out = capsys.readouterr().out
     assert "chosen: B" in out and "not chosen on: ['synonyms']" in out and "generated" in out
+
+
+def test_every_candidate_written_in_the_rule_is_a_valid_suite_run():
+    """docs/selection.md's candidates parse in the one run syntax and give valid suite configs with their options
+    on; with @distill.weight the run is transductive, without it inductive."""
+    import os
+    import re
+
+    from eval import run_suite
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "selection.md"), encoding="utf-8") as f:
+        text = f.read()
+    keys = re.findall(r"^\| `([^`]+)` \|", text, re.M)
+    assert len(keys) == 5 and keys[0] == "opendas-default"
+    for key in keys:
+        for k in (key, key + "@distill.weight=1.0"):
+            cfg = run_suite.suite_config("synonyms", run_suite.resolve_method(k), 0, run_suite.QUICK, "/tmp/unused", "cpu")
+            assert cfg.transductive == ("distill" in k)
+            assert (cfg.consistency.text_target == "descriptions") == ("descriptions" in key)
+            assert (cfg.prompts.get("lowrank_rank") == 2) == ("lowrank_rank" in key)

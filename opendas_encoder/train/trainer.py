@@ -521,7 +521,14 @@ class Trainer:
             from ..generated.world.domains import get_domain
 
             spec = get_domain(data.train.options.get("domain", "cast"))
-            return {label: spec.describe(label) for label in self.label_space}
+            out = {label: spec.describe(label) for label in trained}  # a class it cannot describe: ValueError
+            for label in self.label_space:  # a negative query outside the phrasing keeps its template target
+                if label not in out:
+                    try:
+                        out[label] = spec.describe(label)
+                    except ValueError:
+                        pass
+            return out
         raise ValueError("consistency.text_target: descriptions needs data.descriptions (JSON {class: [descriptions]})")
 
     def zero_shot_features(self) -> tuple:
