@@ -34,6 +34,7 @@ if ROOT not in sys.path:
 
 from eval import run_suite  # noqa: E402
 from eval.runspec import parse_spec  # noqa: E402
+from opendas_encoder.generated.world.domains import held_out_domain_names, selection_domain_names  # noqa: E402
 
 
 P = "opendas-paper"
@@ -188,7 +189,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     r = sub.add_parser("run", help="train variants over the suite (writes OUT/suite.json)")
     r.add_argument("--variants", nargs="+", default=None, help=f"names (default: the group); known: {list(VARIANTS)}")
     r.add_argument("--group", default="sweep", choices=sorted(GROUPS))
-    r.add_argument("--domains", nargs="+", default=None)
+    r.add_argument("--domains", nargs="+", default=None,
+                   help="default: the selection domains (never the held-out ones, docs/selection.md)")
     r.add_argument("--seeds", type=int, default=3)
     r.add_argument("--quick", action="store_true")
     r.add_argument("--out", required=True)
@@ -204,14 +206,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         names = args.variants or GROUPS[args.group]
         argv_suite = ["--methods", "zeroshot", *variant_keys(names), "--seeds", str(args.seeds), "--out", args.out,
                       "--device", args.device] + (["--quick"] if args.quick else []) + \
-            (["--domains", *args.domains] if args.domains else [])
+            ["--domains", *(args.domains or selection_domain_names())]
         run_suite.main(argv_suite)
         return
     data = load_results(args.files)
     results = data["results"]
     keys = list(dict.fromkeys(k for rows in results.values() for k in rows if k != "zeroshot"))
     candidates = variant_keys(args.candidates) if args.candidates else [k for k in keys if k.startswith("opendas")]
-    choice = choose_default(results, candidates, args.b_tolerance)
+    # the default is chosen on the selection domains only; held-out domains in the files are shown, never chosen on
+    chosen_on = {d: rows for d, rows in results.items() if d not in held_out_domain_names()}
+    choice = choose_default(chosen_on, candidates, args.b_tolerance)
     text = format_ablation_table(results, keys) + "\n\n" + format_choice(choice)
     print(text)
     if args.out:

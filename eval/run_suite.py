@@ -106,6 +106,9 @@ def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str) 
         data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
                                 stage2_epochs=sizes.stage2_epochs),
+        # the distillation option's unlabelled images (used only with @distill.weight>0, a transductive run): the
+        # test split's scenes, read without labels
+        distill={"unlabelled": split("test", sizes.test_scenes, 1000 + seed)},
         runtime=RuntimeConfig(device=device), output_dir=os.path.join(out_dir, domain, "base", f"seed{seed}"))
 
 
@@ -202,10 +205,17 @@ def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
             f"{meta['sizes']['stage2_epochs']} epochs{' (quick mode)' if meta['quick'] else ''}. Brackets: paired "
             "difference to zero-shot CLIP (same seeds and test scenes) and its 95 % bootstrap interval over seeds.")
     parts = [head]
+    runs = meta.get("runs", {})
     for domain, rows in summary.items():
         table = []
-        for key, r in rows.items():
-            cells = [DISPLAY.get(key, key)]
+        # transductive runs (distillation over the test vocabulary) go in their own rows, after a marker row
+        ordered = [k for k in rows if not runs.get(k, {}).get("transductive")]
+        marked = [k for k in rows if runs.get(k, {}).get("transductive")]
+        for key in ordered + marked:
+            r = rows[key]
+            if marked and key == marked[0]:
+                table.append(["**transductive** (unlabelled test images)"] + [""] * len(METRIC_KEYS))
+            cells = [DISPLAY.get(key, key) + (" (transductive)" if key in marked else "")]
             for k in METRIC_KEYS:
                 cell = f"{r[k]:.1f} ± {r[k + '_std']:.1f}"
                 if "diff" in r:
@@ -221,18 +231,21 @@ def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
 
 
 def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes: Sizes, out_dir: str,
-              device: str = "auto", progress: bool = False, quick: bool = False) -> dict:
+              device: str = "auto", progress: bool = False, quick: bool = False, first_seed: int = 0) -> dict:
+    """``seeds`` seeds from ``first_seed`` (train seed s, test seed 1000 + s); docs/selection.md's held-out check
+    uses seeds 3-5."""
     runs = [resolve_method(m) for m in methods]  # every name checked before any work
     for d in domains:
         get_domain(d)
+    transductive = {"zeroshot": False}
     for run in runs:  # every override validated against a real config before any work
         if run.trained:
-            suite_config(domains[0], run, 0, sizes, out_dir, device)
+            transductive[run.key] = suite_config(domains[0], run, 0, sizes, out_dir, device).transductive
     keys = ["zeroshot"] + [r.key for r in runs if r.key != "zeroshot"]
     t0 = time.perf_counter()
     per_seed: Dict[str, Dict[str, List[dict]]] = {d: {k: [] for k in keys} for d in domains}
     for domain in domains:
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             res = run_domain_seed(domain, runs, seed, sizes, out_dir, device, progress)
             for k in keys:
                 per_seed[domain][k].append(res[k])
@@ -240,8 +253,9 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
-            "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
+            "first_seed": first_seed, "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
             "runs": {r.key: {"method": r.method, "setting": r.setting, "preset": r.preset,
+                             "transductive": transductive.get(r.key, False),
                              "overrides": {k: json.loads(v) for k, v in r.overrides}} for r in runs},
             "seconds": time.perf_counter() - t0}
     summary = aggregate(per_seed, keys)
@@ -254,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="method keys, KEY:SETTING allowed")
     p.add_argument("--domains", nargs="+", default=None, help=f"default: every domain ({', '.join(domain_names())})")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+SEEDS-1 (held-out check: 3)")
     p.add_argument("--quick", action="store_true", help=f"small sizes: {QUICK}")
     p.add_argument("--scenes", nargs=2, type=int, default=None, metavar=("TRAIN", "TEST"))
     p.add_argument("--epochs", nargs=2, type=int, default=None, metavar=("STAGE1", "STAGE2"))
@@ -269,6 +284,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
+    if args.first_seed < 0:
+        raise SystemExit("--first-seed must be >= 0")
     try:
         for m in args.methods:
             resolve_method(m)
@@ -283,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         sizes = replace(sizes, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1])
     torch.set_flush_denormal(True)  # entry point: denormals slow CPU training of the tiny CLIP
     result = run_suite(args.methods, args.domains or domain_names(), args.seeds, sizes, args.out, args.device,
-                       progress=args.progress, quick=args.quick)
+                       progress=args.progress, quick=args.quick, first_seed=args.first_seed)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "suite.json"), "w") as f:
         json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1, sort_keys=True, default=float)

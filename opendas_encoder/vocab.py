@@ -187,3 +187,43 @@ def select_negative_queries(negatives: Dict[str, Sequence[str]], base: Sequence[
                 seen.add(key)
                 out.append(neg)
     return NegativeQueries(queries=out, dropped=dropped)
+
+
+def validate_descriptions(descriptions, classes: Iterable[str] = None) -> List[str]:
+    """Problems of a class-description mapping ``{class: [descriptions]}`` (empty list = valid).
+
+    Rules: a JSON object; each value a non-empty list of distinct, non-empty strings; every class of
+    ``classes`` (when given) has an entry. Extra classes are allowed (one file can serve many label spaces).
+    """
+    if not isinstance(descriptions, dict):
+        return [f"expected a JSON object {{class: [descriptions]}}, got {type(descriptions).__name__}"]
+    problems = []
+    for cls, texts in descriptions.items():
+        if not isinstance(texts, list) or not texts:
+            problems.append(f"{cls!r}: descriptions must be a non-empty list of strings")
+            continue
+        if not all(isinstance(t, str) and t.strip() for t in texts):
+            problems.append(f"{cls!r}: every description must be a non-empty string")
+        elif len({t.strip() for t in texts}) != len(texts):
+            problems.append(f"{cls!r}: duplicate descriptions")
+    if classes is not None:
+        missing = [c for c in classes if c not in descriptions]
+        if missing:
+            problems.append(f"no descriptions for {len(missing)} classes: {missing[:10]}")
+    return problems
+
+
+def load_descriptions(path: str, classes: Iterable[str] = None) -> Dict[str, List[str]]:
+    """Read and validate a class-description JSON file ``{class: [descriptions]}``; errors name the file and
+    every problem (the phrasing anchor, ``consistency.text_target: descriptions``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"class-description file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    problems = validate_descriptions(data, classes=classes)
+    if problems:
+        raise ValueError(f"{path}: invalid class descriptions:\n  " + "\n  ".join(problems[:20]))
+    return {k: [t.strip() for t in v] for k, v in data.items()}

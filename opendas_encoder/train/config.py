@@ -115,6 +115,9 @@ class DataConfig(_Section):
     test: Optional[DatasetSpec] = None  # evaluated before and after training; None = no evaluation
     vocabulary: Optional[StrictStr] = None  # JSON {"base": [...], "test": [...]}; None: the datasets' labels
     negatives: Optional[StrictStr] = None  # JSON {class: [five negatives]}; None = no negative queries
+    # JSON {class: [descriptions]}: the phrasing anchor's targets (consistency.text_target: descriptions); None: the
+    # generated world's own (DomainSpec.describe), any other dataset must give the file
+    descriptions: Optional[StrictStr] = None
     drop_novel_negatives: StrictBool = True  # drop negatives equal to a novel test class
     expand_ratio: NonNegFloat = 0.0  # grow each segment's crop box by this fraction
     min_pixels: PositiveInt = 16  # segments with fewer pixels are skipped
@@ -130,7 +133,7 @@ class DataConfig(_Section):
             return value
         raise ValueError(f"must be a positive integer (segments per base class) or 'all', got {value!r}")
 
-    @field_validator("vocabulary", "negatives")
+    @field_validator("vocabulary", "negatives", "descriptions")
     @classmethod
     def _file_exists(cls, value):
         if value is not None and not os.path.isfile(value):
@@ -199,7 +202,10 @@ class ConsistencyConfig(_Section):
     kl_reduction: Literal["batchmean", "per-logit"] = "batchmean"
     # the frozen text side: zero-shot CLIP's "a photo of a {}." ("template") or the normalised mean of its features
     # over OpenAI's ImageNet templates ("ensemble": PromptSRC's textual diversity; the frozen logits use it too)
-    text_target: Literal["template", "ensemble"] = "template"
+    # "descriptions": the phrasing anchor (issue 24 2c): the normalised mean of its normalised features of each class's
+    # descriptions (data.descriptions), so a name CLIP never read is pulled toward what the class is, not toward
+    # its own zero-shot embedding; a negative query without descriptions keeps "template"
+    text_target: Literal["template", "ensemble", "descriptions"] = "template"
 
     @property
     def active(self) -> bool:
@@ -213,6 +219,36 @@ class ConsistencyConfig(_Section):
 
     def weights(self) -> tuple:
         return (self.text, self.image, self.logits)
+
+
+class DistillConfig(_Section):
+    """Distillation on unlabelled target images (issue 24 2b; weight 0 = off, the paper's and the default's).
+
+    In the last training stage, a frozen copy of the model as the earlier stages left it (``teacher:
+    previous-stage``; with a one-stage setting, the untrained model) gives soft labels over ``classes`` on
+    crops of ``unlabelled`` (only images and masks are read, never labels); the student adds ``weight *
+    T^2 KL(teacher || student)`` at temperature ``temperature`` (``losses.distillation_loss``). With
+    ``classes: test`` (the run's test vocabulary: base + novel names) the run is **transductive**: its
+    results are marked so (``results.json`` ``transductive``) and never reported beside inductive numbers.
+    """
+
+    weight: NonNegFloat = 0.0
+    temperature: PositiveFloat = 2.0
+    teacher: Literal["previous-stage"] = "previous-stage"
+    classes: Literal["test", "label-space"] = "test"  # the soft labels' classes: test vocabulary or training labels
+    batch_size: PositiveInt = 32  # unlabelled crops per step
+    unlabelled: Optional[DatasetSpec] = None  # required when weight > 0
+
+    @model_validator(mode="after")
+    def _needs_images(self):
+        if self.weight and self.unlabelled is None:
+            raise ValueError("distill.weight > 0 needs distill.unlabelled (name, root, split of the unlabelled "
+                             "target images)")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.weight)
 
 
 class AveragingConfig(_Section):
@@ -322,8 +358,15 @@ class TrainConfig(_Section):
     triplet: TripletConfig = Field(default_factory=TripletConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     averaging: AveragingConfig = Field(default_factory=AveragingConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)  # off unless distill.weight > 0 (transductive)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: StrictStr = "runs/opendas"
+
+    @property
+    def transductive(self) -> bool:
+        """Whether training sees target images of the test label space (distillation over the test vocabulary):
+        such results are reported in their own rows, never beside inductive ones."""
+        return self.distill.active and self.distill.classes == "test"
 
     @model_validator(mode="before")
     @classmethod
@@ -358,6 +401,12 @@ class TrainConfig(_Section):
         if setting not in allowed:
             raise ValueError(f"method {self.method!r} cannot train with setting {setting!r}: "
                              f"{self.method} trains with {' or '.join(repr(s) for s in allowed)}")
+        if self.consistency.active and self.consistency.text_target == "descriptions" and self.data is not None \
+                and self.data.descriptions is None and self.data.train.name != "generated-world":
+            raise ValueError("consistency.text_target: descriptions needs data.descriptions (JSON {class: "
+                             "[descriptions]}); only the generated world describes its classes itself")
+        if self.distill.active and self.method != "opendas":
+            raise ValueError(f"distill: an OpenDAS option; {self.method} trains without it")
         if self.method == "opendas":
             if self.method_options:
                 raise ValueError(f"method_options {sorted(self.method_options)}: OpenDAS takes its options "
@@ -588,8 +637,8 @@ def set_dotted(data: dict, key: str, value) -> None:
 def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig:
     """Read and validate a YAML/JSON training config.
 
-    ``overrides``: ``dotted.key=value`` strings (values parsed as YAML). Relative ``data.negatives`` and
-    ``data.vocabulary`` paths written in the file are relative to the file; given as overrides, they
+    ``overrides``: ``dotted.key=value`` strings (values parsed as YAML). Relative ``data.negatives``,
+    ``data.descriptions`` and ``data.vocabulary`` paths written in the file are relative to the file; given as overrides, they
     are relative to the working directory, like any command-line path.
     """
     import yaml
@@ -607,7 +656,7 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
     base_dir = os.path.dirname(os.path.abspath(path))
     section = data.get("data")
     if isinstance(section, dict):
-        for key in ("negatives", "vocabulary"):
+        for key in ("negatives", "vocabulary", "descriptions"):
             value = section.get(key)
             if isinstance(value, str) and value and not os.path.isabs(value):
                 section[key] = os.path.normpath(os.path.join(base_dir, value))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import Dict, List
 
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +45,26 @@ def template_ensemble_features(encoder, names: List[str], templates=None) -> tor
         features = view.encode_text(list(names)).float()
         total = features if total is None else total + features
     return torch.nn.functional.normalize(total / len(templates), dim=-1)
+
+
+def description_features(encoder, names: List[str], descriptions: Dict[str, List[str]],
+                         fallback: torch.Tensor) -> torch.Tensor:
+    """Zero-shot text features (C, D), normalised: for each name with descriptions, the normalised mean of the
+    normalised features of its description sentences (read verbatim, no template); a name without any keeps its
+    row of ``fallback`` (C, D) (the phrasing anchor, ``consistency.text_target: descriptions``).
+
+    ``encoder``: a zero-shot encoder (its open_clip model and tokenizer are reused).
+    """
+    verbatim = ZeroShotCLIP(encoder.clip, ZeroShotConfig(template="{}"), tokenizer=encoder.tokenizer,
+                            preprocess=encoder.preprocess, freeze_base=False)
+    rows: List[torch.Tensor] = []
+    for name in names:
+        if descriptions.get(name):
+            feats = verbatim.encode_text(list(descriptions[name]), normalize=True).float()
+            rows.append(torch.nn.functional.normalize(feats.mean(0), dim=-1))
+        else:
+            rows.append(fallback[len(rows)].float())
+    return torch.stack(rows)
 
 
 @dataclass

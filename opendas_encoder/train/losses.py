@@ -134,3 +134,15 @@ def consistency_loss(weights: Tuple[float, float, float], distance: str, image_f
         total = total + w_logits * logit_consistency(logit_scale * image_features @ text_features.T,
                                                      logit_scale * frozen_image @ frozen_text.T, kl_reduction)
     return total
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge distillation on soft labels: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, mean over
+    the batch; logits (B, C). The T^2 factor keeps the gradient scale independent of T (Hinton et al. 2015;
+    PromptKD's term). The teacher side carries no gradient."""
+    if temperature <= 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    t = float(temperature)
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits.detach() / t, dim=-1),
+                  reduction="batchmean", log_target=True)
+    return kl * (t * t)

@@ -126,7 +126,9 @@ def select_lowrank_merge(config, data, device, run_dir: str, progress: bool = Fa
                          f"({len(base_val)} base, {len(novel_val)} held-out-class segments)")
     sub_dir = os.path.join(run_dir, "lowrank_selection")
     model = build_model(config)
-    fit(model, train, trained + queries, config.updated(output_dir=sub_dir), sub_dir, progress=progress)
+    # the selection run trains without distillation (its unlabelled images are of the real label space)
+    fit(model, train, trained + queries, config.updated(output_dir=sub_dir, distill={"weight": 0.0}), sub_dir,
+        progress=progress)
     rows = merge_scores(model, base_val, novel_val, present, device, config.runtime.eval_batch_size)
     best = max(rows, key=lambda r: (r["hm"], -r["visual"] - r["text"]))
     return {"visual": best["visual"], "text": best["text"], "held_out": held, "trained": trained,

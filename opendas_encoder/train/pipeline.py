@@ -206,8 +206,10 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
                       progress)
         results["zero_shot"] = _summary(zs)
         model.to(device)
+    results["transductive"] = config.transductive  # distillation over the test vocabulary: never beside inductive rows
+    distiller = prepare_distiller(config, data, model, progress) if config.distill.active else None
     fit_result = fit(model, data.train, data.label_space, config, run_dir, resume=resume, progress=progress,
-                     extra_metadata=run_metadata(config, data, model))
+                     extra_metadata=run_metadata(config, data, model), distiller=distiller)
     results["seconds_per_iter"] = fit_result.seconds_per_iter
     results["checkpoint"] = fit_result.final_dir
     if config.method == "opendas" and model.config.lowrank_rank:
@@ -229,6 +231,22 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     with open(os.path.join(run_dir, "report.md"), "w") as f:
         f.write(format_report(results, data))
     return results
+
+
+def prepare_distiller(config: TrainConfig, data: ExperimentData, model, progress: bool = True):
+    """The distillation option's :class:`~.distill.Distiller`: crops of ``distill.unlabelled`` (images and masks
+    only) and the text of its classes (``test``: the run's test vocabulary, transductive; ``label-space``: the
+    training label space)."""
+    from .distill import Distiller, unlabelled_crops
+
+    d = config.distill
+    images = unlabelled_crops(dataset_from_spec(d.unlabelled, progress), model.preprocess, config.data.expand_ratio,
+                              config.data.min_pixels, progress)
+    classes = list(data.vocab.test) if d.classes == "test" else list(data.label_space)
+    tokenizer = getattr(model, "tokenizer", None)
+    return Distiller(images=images, text_input=tokenizer(classes) if tokenizer else classes, classes=classes,
+                     weight=d.weight, temperature=d.temperature, batch_size=d.batch_size,
+                     logit_scale=model.logit_scale.exp().detach().float())
 
 
 def choose_lowrank_merge(config: TrainConfig, data: ExperimentData, model, device, final_dir: str, run_dir: str,
@@ -292,7 +310,9 @@ def write_plots(run_dir: str, vocab: Vocabulary, adapted: EvalResult, zero_shot:
 def format_report(results: dict, data: ExperimentData) -> str:
     from ..plots import format_table, metric_cell
 
-    lines = [f"# {results['run']} ({results['method']}, {results['setting']}, seed {results['seed']})", ""]
+    mark = ", TRANSDUCTIVE: trained on unlabelled target images over the test vocabulary" \
+        if results.get("transductive") else ""
+    lines = [f"# {results['run']} ({results['method']}, {results['setting']}, seed {results['seed']}{mark})", ""]
     if "adapted" in results:
         zs = results.get("zero_shot", {})
         rows = []

@@ -358,7 +358,7 @@ class Trainer:
 
     def __init__(self, model, train: PreparedSegments, label_space: List[str], config: TrainConfig, run_dir: str,
                  progress: bool = True, on_epoch_end: Optional[Callable[[int, int], None]] = None,
-                 extra_metadata: Optional[dict] = None):
+                 extra_metadata: Optional[dict] = None, distiller=None):
         self.model, self.train, self.config, self.run_dir = model, train, config, run_dir
         self.label_space = list(label_space)
         self.on_epoch_end = on_epoch_end
@@ -390,6 +390,14 @@ class Trainer:
         self.forwards: Optional[_CompiledForwards] = None
         self.consistency = config.consistency if config.consistency.active else None
         self._zero_shot = None  # (encoder, text features (Q, D), image features (N, D) or None), once per run
+        # distillation option (train.distill.Distiller): its term acts in the last stage that trains
+        self.distiller = distiller
+        self.distill_stage = max((i for i, s in enumerate(self.stages) if s.epochs > 0), default=-1)
+        if distiller is not None and self.world > 1:
+            raise ValueError("distill: single-process training only (its term is outside the DDP objective)")
+        if (distiller is None) != (not config.distill.active):
+            raise ValueError("distill: the config's distill.weight and the distiller given to fit disagree "
+                             "(run_experiment builds the distiller from the config)")
 
     # -------------------------------------------------------------- run
     def run(self, resume: bool) -> FitResult:
@@ -404,6 +412,11 @@ class Trainer:
                 if si < start.stage:
                     continue
                 sr = self.setup_stage(si, stage, start if si == start.stage else ResumePoint(stage=si))
+                if self.distiller is not None and si == self.distill_stage:
+                    if sr.first_epoch > 0:
+                        raise ValueError(f"{self.run_dir}: cannot resume inside the distillation stage (its teacher "
+                                         "is the model as the earlier stages left it); rerun that stage")
+                    self.distiller.freeze_teacher(self.model)
                 for epoch in range(sr.first_epoch, stage.epochs):
                     self.train_epoch(sr, epoch)
                     self.end_epoch(sr, epoch)
@@ -494,6 +507,30 @@ class Trainer:
         return StageRun(si, stage, optimizer, scheduler, objective, sampler, batches, loader, features,
                         first_epoch=start.epoch, averager=averager)
 
+    def class_descriptions(self) -> Dict[str, List[str]]:
+        """``{label: [descriptions]}`` of the phrasing anchor: ``data.descriptions`` (every class with training
+        segments must have an entry; a negative query may not, then it keeps its template target), else the
+        generated world's own (``DomainSpec.describe`` of every label of the label space)."""
+        data = self.config.data
+        trained = [self.label_space[i] for i in sorted(set(self.train.labels.tolist()))]
+        if data is not None and data.descriptions:
+            from ..vocab import load_descriptions
+
+            return load_descriptions(data.descriptions, classes=trained)
+        if data is not None and data.train.name == "generated-world":
+            from ..generated.world.domains import get_domain
+
+            spec = get_domain(data.train.options.get("domain", "cast"))
+            out = {label: spec.describe(label) for label in trained}  # a class it cannot describe: ValueError
+            for label in self.label_space:  # a negative query outside the phrasing keeps its template target
+                if label not in out:
+                    try:
+                        out[label] = spec.describe(label)
+                    except ValueError:
+                        pass
+            return out
+        raise ValueError("consistency.text_target: descriptions needs data.descriptions (JSON {class: [descriptions]})")
+
     def zero_shot_features(self) -> tuple:
         """(zero-shot encoder, its normalised text features of the label space (Q, D), its image features of
         every training segment (N, D), or None: when no consistency term uses images, or with
@@ -505,7 +542,7 @@ class Trainer:
         first call (consistency option).
         """
         if self._zero_shot is None:
-            from .evaluate import template_ensemble_features, zero_shot_encoder
+            from .evaluate import description_features, template_ensemble_features, zero_shot_encoder
 
             rt = self.config.runtime
             encoder = zero_shot_encoder(self.model)
@@ -514,6 +551,8 @@ class Trainer:
                     text = template_ensemble_features(encoder, self.label_space).float()
                 else:
                     text = encoder.encode_text(self.text_input, normalize=True).float()
+                if self.consistency.text_target == "descriptions":
+                    text = description_features(encoder, self.label_space, self.class_descriptions(), text)
             image = None
             if self.consistency.uses_images and not rt.augment:
                 with self.autocast():
@@ -579,8 +618,15 @@ class Trainer:
             if sr.stage.triplet else 0.0
         lr = sr.optimizer.param_groups[0]["lr"]
         self.forwards.begin_step()
-        with self.autocast():
-            loss, ce, trip, cons = sr.objective(labels, images, features, lam, zs_image)
+        distilling = self.distiller is not None and sr.index == self.distill_stage and labels is not None
+
+        def total():
+            with self.autocast():
+                out = sr.objective(labels, images, features, lam, zs_image)
+                term = self.distiller.loss(self.model, self.global_step, self.device) if distilling else None
+            return (out[0] + term if term is not None else out[0]), out[1], out[2], out[3], term
+
+        loss, ce, trip, cons, distill_term = total()
         sr.optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks: weighting each rank's mean by world * share gives the
         # gradient of the global batch mean (one process: weight 1).
@@ -592,8 +638,7 @@ class Trainer:
                 raise
             self.forwards.disable(exc)
             sr.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss, ce, trip, cons = sr.objective(labels, images, features, lam, zs_image)
+            loss, ce, trip, cons, distill_term = total()
             _backward(loss * weight, self.scaler)
         # the loss reaches the host once the backward is queued (on a GPU: one wait for forward + backward,
         # no idle gap between them); a non-finite loss stops the run before the optimizer touches the prompts
@@ -615,6 +660,8 @@ class Trainer:
                   "ce": ce_value, "triplet": trip_value}  # one transfer for the three terms
         if self.consistency is not None:
             record["consistency"] = cons_value
+        if distill_term is not None:
+            record["distill"] = float(distill_term.detach())
         return record
 
     # -------------------------------------------------------------- step 4: end of an epoch
@@ -653,7 +700,8 @@ class Trainer:
 
 def fit(model, train: PreparedSegments, label_space: List[str], config: TrainConfig, run_dir: str,
         resume: bool = False, progress: bool = True,
-        on_epoch_end: Optional[Callable[[int, int], None]] = None, extra_metadata: Optional[dict] = None) -> FitResult:
+        on_epoch_end: Optional[Callable[[int, int], None]] = None, extra_metadata: Optional[dict] = None,
+        distiller=None) -> FitResult:
     """Train ``model`` on ``train`` (labels index the first entries of ``label_space``).
 
     label_space: base classes followed by negative queries; logits are computed over all of it.
@@ -666,14 +714,17 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
         raise ValueError(f"fit: the model is a {method!r} encoder but the config's method is {config.method!r}; "
                          f"build the config with method: {method} (its setting, options and preset depend on it)")
     with flush_denormal():
-        trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata)
+        trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata, distiller)
         return trainer.run(resume)
 
 
 def training_options(config: TrainConfig) -> dict:
     """The training options beyond the schedule that a checkpoint records (with its ``preset``)."""
-    return {"triplet": config.triplet.model_dump(), "consistency": config.consistency.model_dump(),
-            "averaging": config.averaging.model_dump()}
+    options = {"triplet": config.triplet.model_dump(), "consistency": config.consistency.model_dump(),
+               "averaging": config.averaging.model_dump()}
+    if config.distill.active:  # recorded only when on: checkpoints of runs without it are unchanged
+        options["distill"] = dict(config.distill.model_dump(), transductive=config.transductive)
+    return options
 
 
 def _backward(loss: torch.Tensor, scaler) -> None:

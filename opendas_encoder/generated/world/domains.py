@@ -37,6 +37,25 @@ measured zero-shot accuracy of the world CLIP on each):
   a dim, green-tinted, blurry and noisy low-light sensor with lens vignetting (a surveillance or
   night-time driving camera, KITTI-360 at dusk). Zero-shot CLIP is weak because the images are
   far from the source images, not because of the names.
+
+Two held-out domains (``HELD_OUT_DOMAINS``), committed before any training variant ran on them: the
+default of the library is chosen on the four above (docs/selection.md) and only checked on these.
+
+* ``distant`` - a visual shift of another kind than light: geometry and resolution. A far, overhead,
+  low-resolution camera: objects are small (radius 8-12 px instead of 10-17), at any rotation, and the
+  sensor has one pixel per 4 x 4 scene pixels (a 24 x 24 sensor, block means after noise), under an
+  almost neutral light; cast's vocabulary and source-caption names. It models a ceiling or drone camera
+  that sees the annotated objects from far away (a warehouse or a lab filmed from above). Zero-shot
+  CLIP is weak because the shapes are small, turned and blocky, not because of the light or the names.
+
+* ``synonyms`` - a text-side shift other than a head noun: the domain's annotators name four of the
+  eight colours with their own words ("crimson" for red, "navy" for blue, "olive" for green, "violet"
+  for purple), words the source captions never use (their token embeddings never received a gradient),
+  in base and novel classes alike; the other colours keep the captions' words. Rendered almost
+  neutrally. It models a vocabulary written by a domain's own annotators (a catalogue's names, a trade's
+  jargon) where zero-shot CLIP cannot read an attribute it sees well: "crimson star" and "navy star"
+  nearly coincide as text. What a renamed colour means can be learnt on the base classes and carries to
+  the novel classes that use the same word.
 """
 
 from __future__ import annotations
@@ -45,8 +64,13 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from ...core.registry import Registry
-from .attributes import STYLES, ObjectKind
+from .attributes import COLOURS, STYLES, ObjectKind, all_kinds
 from .target import BASE_CLASSES, NOVEL_CLASSES, TargetDomain, TargetRendering, one_attribute_negatives
+
+#: Description sentences of a class (``DomainSpec.describe``): source-caption templates and size words around the
+#: captions' name of its kind.
+DESCRIPTION_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a rendering of a {}.", "there is a {} in the picture.",
+                         "a photo of a small {}.", "a photo of a large {}.", "a {} on a gray background.")
 
 #: Every number measured on these domains is on generated data; reports say so with this label.
 GENERATED_LABEL = "generated"
@@ -58,11 +82,13 @@ class Phrasing:
 
     ``style_words``: the word for each style ("" = unsaid); ``trailing``: styles whose word follows
     the shape as a head noun ("blue square frame") instead of preceding the colour ("outlined blue
-    square", the source captions' order).
+    square", the source captions' order); ``colour_words``: colours the domain names with another
+    word ("crimson" for red; a colour not listed keeps its own word).
     """
 
     style_words: Tuple[Tuple[str, str], ...] = tuple((s, "" if s == "plain" else s) for s in STYLES)
     trailing: FrozenSet[str] = frozenset()
+    colour_words: Tuple[Tuple[str, str], ...] = ()
 
     def __post_init__(self):
         words = dict(self.style_words)
@@ -71,14 +97,19 @@ class Phrasing:
         unknown = set(self.trailing) - set(STYLES)
         if unknown:
             raise ValueError(f"Phrasing.trailing: unknown styles {sorted(unknown)}")
+        colours = dict(self.colour_words)
+        if set(colours) - set(COLOURS) or len(set(colours.values())) != len(colours) \
+                or set(colours.values()) & (set(COLOURS) - set(colours)):
+            raise ValueError(f"Phrasing.colour_words must rename known colours to distinct new words, got {colours}")
 
     def name(self, kind: ObjectKind) -> str:
         word = dict(self.style_words)[kind.style]
+        colour = dict(self.colour_words).get(kind.colour, kind.colour)
         if not word:
-            return f"{kind.colour} {kind.shape}"
+            return f"{colour} {kind.shape}"
         if kind.style in self.trailing:
-            return f"{kind.colour} {kind.shape} {word}"
-        return f"{word} {kind.colour} {kind.shape}"
+            return f"{colour} {kind.shape} {word}"
+        return f"{word} {colour} {kind.shape}"
 
 
 #: The source captions' phrasing: ``ObjectKind.name``.
@@ -103,6 +134,7 @@ class DomainSpec:
     rendering: TargetRendering = field(default_factory=TargetRendering)
     phrasing: Phrasing = CANONICAL
     scene_salt: Optional[int] = None
+    held_out: bool = False  # a held-out domain: never used to choose the library's default (docs/selection.md)
 
     def __post_init__(self):
         where = f"domain {self.name!r}"
@@ -150,6 +182,21 @@ class DomainSpec:
         found = one_attribute_negatives(self.base, list(self.base) + list(self.novel))
         return {self.label(k): [self.label(n) for n in negs] for k, negs in zip(self.base, found)}
 
+    def describe(self, label: str) -> List[str]:
+        """Class-agnostic descriptions of what the label ``label`` (any label the phrasing can produce, classes
+        and negative queries alike) is, in the source captions' own words and templates: what a frozen CLIP
+        reads well whatever the domain calls it (the phrasing anchor's targets, ``consistency.text_target:
+        descriptions``)."""
+        kinds = {self.phrasing.name(k): k for k in all_kinds()}
+        if label not in kinds:
+            raise ValueError(f"{label!r} is no label of the generated domain {self.name!r}'s phrasing")
+        name = kinds[label].name
+        return [t.format(name) for t in DESCRIPTION_TEMPLATES]
+
+    def descriptions(self, labels: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
+        """``{label: describe(label)}`` for ``labels`` (default: the domain's base + novel classes)."""
+        return {label: self.describe(label) for label in (labels if labels is not None else self.vocabulary()["test"])}
+
     def canonical_names(self) -> Dict[str, str]:
         """label -> the source captions' name of its kind (what zero-shot CLIP reads best)."""
         return {label: kind.name for label, kind in self.kinds().items()}
@@ -175,6 +222,16 @@ def get_domain(name: Union[str, DomainSpec]) -> DomainSpec:
 def domain_names() -> List[str]:
     """Names of the generated domains, ``cast`` first."""
     return sorted(DOMAINS.names(), key=lambda n: (n != "cast", n))
+
+
+def held_out_domain_names() -> List[str]:
+    """Names of the held-out domains (the default is chosen on the others, only checked on these)."""
+    return [n for n in domain_names() if get_domain(n).held_out]
+
+
+def selection_domain_names() -> List[str]:
+    """Names of the domains the library's default is chosen on (every domain that is not held out)."""
+    return [n for n in domain_names() if not get_domain(n).held_out]
 
 
 def build_domain(name: Union[str, DomainSpec], n_scenes: int, seed: int, split: str = "train",
@@ -261,7 +318,51 @@ NIGHT = register_domain(DomainSpec(
     scene_salt=0x919E,
 ))
 
+#: An almost neutral, bright camera (as ``frames``'): the shift of a domain rendered so is elsewhere.
+NEUTRAL_LIGHT = dict(cast=(1.0, 0.97, 0.92), cast_jitter=0.04, brightness=(0.8, 1.0), light_gradient=0.15,
+                     blur_sigma=(0.4, 0.6), noise_sigma=(3.0, 6.0))
+
+# The held-out domains: specs committed before any training variant ran on them (docs/selection.md).
+DISTANT = register_domain(DomainSpec(
+    name="distant",
+    summary="held out; visual shift of geometry and resolution: small, turned objects seen by a 24 x 24 px sensor",
+    rationale=_doc_paragraph("distant"),
+    base=CAST.base,
+    novel=CAST.novel,
+    rendering=TargetRendering(radius=(8.0, 12.0), rotation_deg=180.0, pixelate=4, **NEUTRAL_LIGHT),
+    scene_salt=0xD157,
+    held_out=True,
+))
+
+#: ``synonyms``: four colours named with words the source captions never use.
+SYNONYM_PHRASING = Phrasing(colour_words=(("red", "crimson"), ("blue", "navy"), ("green", "olive"),
+                                          ("purple", "violet")))
+
+SYNONYMS = register_domain(DomainSpec(
+    name="synonyms",
+    summary="held out; text-side shift: four colours have the annotators' own words (crimson, navy, olive, violet)",
+    rationale=_doc_paragraph("synonyms"),
+    base=_kinds([
+        "red circle", "striped red square", "blue star", "outlined blue circle", "green square",
+        "dotted green hexagon", "purple triangle", "striped purple circle", "yellow star", "orange circle",
+        "pink square", "brown hexagon", "outlined yellow triangle", "dotted pink cross",
+    ]),
+    novel=_kinds([
+        "red star", "outlined red hexagon", "blue square", "striped blue triangle", "green circle",
+        "outlined green star", "purple square", "dotted purple hexagon", "yellow circle", "orange square",
+        "brown star", "striped orange cross",
+    ]),
+    rendering=TargetRendering(**NEUTRAL_LIGHT),
+    phrasing=SYNONYM_PHRASING,
+    scene_salt=0x5E7,
+    held_out=True,
+))
+
+HELD_OUT_DOMAINS = ("distant", "synonyms")
+
 __all__ = [
     "GENERATED_LABEL", "Phrasing", "CANONICAL", "FRAME_PHRASING", "DomainSpec", "DOMAINS", "register_domain",
     "get_domain", "domain_names", "build_domain", "CAST", "FRAMES", "SIBLINGS", "NIGHT",
+    "held_out_domain_names", "selection_domain_names", "HELD_OUT_DOMAINS", "DISTANT", "SYNONYMS", "SYNONYM_PHRASING",
+    "NEUTRAL_LIGHT",
 ]

@@ -115,6 +115,7 @@ class TargetRendering:
     blur_sigma: Tuple[float, float] = (0.5, 0.8)  # lens blur (pixels)
     noise_sigma: Tuple[float, float] = (6.0, 12.0)  # sensor noise (0-255 units)
     vignette: float = 0.0  # relative light loss at the scene corners (lens vignetting; 0 = none)
+    pixelate: int = 1  # sensor pixel = this many scene pixels square (block mean, a low-resolution camera; 1 = none)
     clutter: Tuple[int, int] = (4, 10)  # unlabelled pebbles and sticks
     frame_fill_prob: float = 0.6  # an outlined object frames its filled twin (if in the split)
     focus_classes: int = 3  # classes a scene concentrates on (co-occurrence of confusable classes)
@@ -202,6 +203,15 @@ def _place(rng: np.random.Generator, placed: List[Tuple[float, float, float]], r
     return None
 
 
+def pixelate(image: np.ndarray, factor: int) -> np.ndarray:
+    """Each ``factor`` x ``factor`` block of ``image`` (H, W, C) float replaced by its mean (H, W divisible)."""
+    h, w, c = image.shape
+    if h % factor or w % factor:
+        raise ValueError(f"pixelate: scene side {h}x{w} is not a multiple of the factor {factor}")
+    blocks = image.reshape(h // factor, factor, w // factor, factor, c).mean(axis=(1, 3))
+    return np.repeat(np.repeat(blocks, factor, axis=0), factor, axis=1)
+
+
 def render_scene(rng: np.random.Generator, classes: Sequence[str], style: TargetRendering,
                  kinds: Optional[Mapping[str, ObjectKind]] = None) -> TargetScene:
     """Render one target scene whose labelled objects are drawn from ``classes``.
@@ -265,6 +275,8 @@ def render_scene(rng: np.random.Generator, classes: Sequence[str], style: Target
     sigma = rng.uniform(*style.blur_sigma)
     image = gaussian_filter(image, sigma=(sigma, sigma, 0))
     image = image + rng.normal(0, rng.uniform(*style.noise_sigma), image.shape)
+    if style.pixelate > 1:  # after every random draw: the same scene as without it, seen by a coarser sensor
+        image = pixelate(image, style.pixelate)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     instances = []
