@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Sequence, Tuple
 
+from .errors import InputError, read_json
+
 NEGATIVES_PER_CLASS = 5
 
 
@@ -66,23 +68,27 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str) -> "Vocabulary":
+        data = read_json(path, "vocabulary file")
+        if not (isinstance(data, dict) and isinstance(data.get("base"), list) and isinstance(data.get("test"), list)
+                and isinstance(data.get("name", ""), str)):
+            raise InputError(path, "not a vocabulary JSON with 'base' and 'test' lists (and an optional 'name' string)")
         try:
-            with open(path) as f:
-                return cls.from_dict(json.load(f))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"vocabulary file not found: {path}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a vocabulary JSON with 'base' and 'test' lists ({exc})") from None
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from None
 
 
 def read_class_list(path: str) -> List[str]:
     """One class name per line; blank lines and lines starting with '#' ignored."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class list not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not names:
-        raise ValueError(f"{path}: class list is empty")
+        raise InputError(path, "class list is empty")
     return names
 
 
@@ -122,16 +128,10 @@ def validate_negatives(negatives: Dict[str, Sequence[str]], classes: Iterable[st
 
 def load_negatives(path: str, classes: Iterable[str] = None, per_class: int = NEGATIVES_PER_CLASS) -> Dict[str, List[str]]:
     """Read and validate a negative-query JSON file; errors name the file and every problem."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"negative-query file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    data = read_json(path, "negative-query file")
     problems = validate_negatives(data, classes=classes, per_class=per_class)
     if problems:
-        raise ValueError(f"{path}: invalid negative queries:\n  " + "\n  ".join(problems[:20]))
+        raise InputError(path, "invalid negative queries:\n  " + "\n  ".join(problems[:20]))
     return {k: list(v) for k, v in data.items()}
 
 
