@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from ..errors import InputError, read_json
 from ..version import __version__
 from .encoder import tokenizer_for
 from .hub import CARD_NAME, HUB_PREFIX, download_checkpoint, model_card, push_checkpoint
@@ -122,23 +123,20 @@ def read_checkpoint_config(directory: str) -> dict:
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory}: missing {CONFIG_NAME} (not an opendas_encoder checkpoint?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: corrupt JSON ({exc})") from None
+    config = read_json(path, CONFIG_NAME)
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise InputError(path, "expected a JSON object")
     unknown = sorted(set(config) - _KNOWN_KEYS)
     if unknown:
         warnings.warn(f"{path}: ignoring unknown keys {unknown}", stacklevel=2)
     for key in ("model_name", "base_model", "method"):
         if key not in config:
-            raise ValueError(f"{path}: missing required key {key!r}")
+            raise InputError(path, f"missing required key {key!r}")
+    _check_types(path, config)
     version = config.get("format_version", 1)
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version} is newer than this package supports "
-                         f"({FORMAT_VERSION}); upgrade opendas_encoder")
+        raise InputError(path, f"format_version {version} is newer than this package supports "
+                               f"({FORMAT_VERSION}); upgrade opendas_encoder")
     if version < 2:
         method_config = dict(config.pop("prompts", None) or config.get("method_config") or {})
         if config["method"] == "opendas":
@@ -148,6 +146,20 @@ def read_checkpoint_config(directory: str) -> dict:
     return config
 
 
+#: Types of the checkpoint record's keys (None allowed where the key may be null).
+_KEY_TYPES = {"model_name": (str,), "method": (str,), "base_model": (dict,), "pretrained": (str, type(None)),
+              "method_config": (dict,), "prompts": (dict, type(None)), "metadata": (dict,), "tensors_file": (str,),
+              "format_version": (int,), "base_fingerprint": (dict, str, type(None))}
+
+
+def _check_types(path: str, config: dict) -> None:
+    for key, types in _KEY_TYPES.items():
+        if key in config and (not isinstance(config[key], types) or isinstance(config[key], bool)):
+            names = " or ".join("null" if t is type(None) else {"dict": "object", "str": "string"}.get(
+                t.__name__, t.__name__) for t in types)
+            raise InputError(path, f"{key!r} must be {names}, got {type(config[key]).__name__}")
+
+
 def read_checkpoint_tensors(directory: str, file_name: str = LEGACY_TENSORS_FILE) -> Dict[str, torch.Tensor]:
     """The tensors of ``directory/file_name`` (safetensors only, never pickle)."""
     path = os.path.join(directory, file_name)
@@ -155,8 +167,8 @@ def read_checkpoint_tensors(directory: str, file_name: str = LEGACY_TENSORS_FILE
         raise FileNotFoundError(f"{directory}: missing {file_name}")
     try:
         return load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: corrupt safetensors file ({exc})") from None
+    except (SafetensorError, OSError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        raise InputError(path, f"corrupt safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 def _check_base_model(directory: str, config: dict, model, rebuilt_random: bool) -> None:
@@ -192,7 +204,10 @@ def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, 
         directory = download_checkpoint(directory)
     config = read_checkpoint_config(directory)
     cls = get_method(config["method"])
-    method_config = cls.config_class.from_dict(config["method_config"], source=f"{directory}: method_config")
+    try:
+        method_config = cls.config_class.from_dict(config["method_config"], source=f"{directory}: method_config")
+    except (ValueError, TypeError) as exc:
+        raise InputError.of(directory, exc) from None
     tensors_file = config.get("tensors_file", LEGACY_TENSORS_FILE)
     tensors = read_checkpoint_tensors(directory, tensors_file)
     model_name = config["model_name"]
@@ -208,10 +223,13 @@ def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, 
             rebuilt_random = True
         model, _, preprocess = create_base_model_and_transforms(model_name, tag, device)
     VisionTowerView.of(model.visual)
-    _check_base_model(directory, config, model, rebuilt_random)
-    encoder = cls(model, method_config, tokenizer=tokenizer_for(model_name, model), preprocess=preprocess,
-                  model_name=model_name, pretrained=tag)
-    encoder.load_learned_state_dict(tensors, source=os.path.join(directory, tensors_file))
+    try:  # the record's values reach the base-model check and the method's constructor
+        _check_base_model(directory, config, model, rebuilt_random)
+        encoder = cls(model, method_config, tokenizer=tokenizer_for(model_name, model), preprocess=preprocess,
+                      model_name=model_name, pretrained=tag)
+        encoder.load_learned_state_dict(tensors, source=os.path.join(directory, tensors_file))
+    except (ValueError, TypeError) as exc:
+        raise InputError.of(directory, exc) from None
     if device is not None:
         encoder.to(device)
     encoder.eval()
