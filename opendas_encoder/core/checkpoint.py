@@ -203,7 +203,10 @@ def load_encoder(directory: str, device=None, pretrained: Optional[str] = None, 
     if directory.startswith(HUB_PREFIX):
         directory = download_checkpoint(directory)
     config = read_checkpoint_config(directory)
-    cls = get_method(config["method"])
+    try:
+        cls = get_method(config["method"])
+    except ValueError as exc:
+        raise InputError(os.path.join(directory, CONFIG_NAME), str(exc)) from None
     try:
         method_config = cls.config_class.from_dict(config["method_config"], source=f"{directory}: method_config")
     except (ValueError, TypeError) as exc:
