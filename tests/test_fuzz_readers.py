@@ -9,7 +9,7 @@ message names the file, within a few seconds. Anything else (a raw numpy/PIL/tor
 a huge allocation) fails the test with hypothesis's shrunk example.
 
 Deterministic (``derandomize=True``, no example database). ``OPENDAS_FUZZ_EXAMPLES=N`` sets the
-examples per reader (default 25; ``OPENDAS_FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz_readers.py``
+examples per reader (default 300; ``OPENDAS_FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz_readers.py``
 for a long run).
 """
 
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from opendas_encoder.data.segments import SegmentError
 from opendas_encoder.errors import InputError
 
-EXAMPLES = int(os.environ.get("OPENDAS_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("OPENDAS_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
