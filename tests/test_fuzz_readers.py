@@ -132,13 +132,6 @@ def write(path, data: bytes) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def seeds(tmp_path_factory):
-    """Valid files written by the project's own writers (one folder, read-only for the tests)."""
-    root = tmp_path_factory.mktemp("fuzz-seeds")
-    return str(root)
-
-
 # ---------------------------------------------------------------- vocabularies, class lists, negatives
 def _vocab_bytes():
     from opendas_encoder.generated.world import world_negatives
