@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Sequence, Tuple
 
+from .errors import InputError, read_json
+
 NEGATIVES_PER_CLASS = 5
 
 
@@ -69,25 +71,23 @@ class Vocabulary:
     def load(cls, path: str) -> "Vocabulary":
         """Read a vocabulary JSON ``{"base": [...], "test": [...]}`` (optional ``name``; ``novel``, as
         :meth:`save` writes it, only when it equals test - base). Any other key, a duplicate class or a
-        ``novel`` list that is not test - base is refused naming the file."""
+        ``novel`` list that is not test - base is refused naming the file (:class:`InputError`)."""
+        data = read_json(path, "vocabulary file")
+        if not (isinstance(data, dict) and isinstance(data.get("base"), list) and isinstance(data.get("test"), list)
+                and isinstance(data.get("name", ""), str)):
+            raise InputError(path, "not a vocabulary JSON with 'base' and 'test' lists (and an optional 'name' string)")
+        unknown = sorted(set(data) - {"base", "test", "name", "novel"})
+        if unknown:
+            raise InputError(path, f"unknown vocabulary keys {unknown} (known: base, test, name; novel classes are "
+                                   "derived as test - base)")
         try:
-            with open(path) as f:
-                data = json.load(f)
-            unknown = sorted(set(data) - {"base", "test", "name", "novel"}) if isinstance(data, dict) else []
-            if unknown:
-                raise ValueError(f"{path}: unknown vocabulary keys {unknown} (known: base, test, name; novel "
-                                 "classes are derived as test - base)")
             vocab = cls.from_dict(data)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"vocabulary file not found: {path}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a vocabulary JSON with 'base' and 'test' lists ({exc})") from None
-        except ValueError as exc:
-            raise ValueError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise InputError.of(path, exc) from None
         novel = data.get("novel", vocab.novel)
         if not isinstance(novel, list) or sorted(map(str, novel)) != sorted(vocab.novel):
-            raise ValueError(f"{path}: 'novel' {novel!r} is not test - base {vocab.novel!r}; novel classes are "
-                             "derived: list them in 'test' and leave 'novel' out")
+            raise InputError(path, f"'novel' {novel!r} is not test - base {vocab.novel!r}; novel classes are "
+                                   "derived: list them in 'test' and leave 'novel' out")
         return vocab
 
 
@@ -95,10 +95,13 @@ def read_class_list(path: str) -> List[str]:
     """One class name per line; blank lines and lines starting with '#' ignored."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class list not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not names:
-        raise ValueError(f"{path}: class list is empty")
+        raise InputError(path, "class list is empty")
     return names
 
 
@@ -138,16 +141,10 @@ def validate_negatives(negatives: Dict[str, Sequence[str]], classes: Iterable[st
 
 def load_negatives(path: str, classes: Iterable[str] = None, per_class: int = NEGATIVES_PER_CLASS) -> Dict[str, List[str]]:
     """Read and validate a negative-query JSON file; errors name the file and every problem."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"negative-query file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    data = read_json(path, "negative-query file")
     problems = validate_negatives(data, classes=classes, per_class=per_class)
     if problems:
-        raise ValueError(f"{path}: invalid negative queries:\n  " + "\n  ".join(problems[:20]))
+        raise InputError(path, "invalid negative queries:\n  " + "\n  ".join(problems[:20]))
     return {k: list(v) for k, v in data.items()}
 
 

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from ..errors import InputError, read_json
 from ..version import __version__
 from .encoder import tokenizer_for
 from .hub import CARD_NAME, HUB_PREFIX, download_checkpoint, model_card, push_checkpoint
@@ -129,23 +130,20 @@ def read_checkpoint_config(directory: str) -> dict:
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory}: missing {CONFIG_NAME} (not an opendas_encoder checkpoint?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: corrupt JSON ({exc})") from None
+    config = read_json(path, CONFIG_NAME)
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise InputError(path, "expected a JSON object")
     unknown = sorted(set(config) - _KNOWN_KEYS)
     if unknown:
         warnings.warn(f"{path}: ignoring unknown keys {unknown}", stacklevel=2)
     for key in ("model_name", "base_model", "method"):
         if key not in config:
-            raise ValueError(f"{path}: missing required key {key!r}")
+            raise InputError(path, f"missing required key {key!r}")
+    _check_types(path, config)
     version = config.get("format_version", 1)
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version} is newer than this package supports "
-                         f"({FORMAT_VERSION}); upgrade opendas_encoder")
+        raise InputError(path, f"format_version {version} is newer than this package supports "
+                               f"({FORMAT_VERSION}); upgrade opendas_encoder")
     if version < 2:
         method_config = dict(config.pop("prompts", None) or config.get("method_config") or {})
         if config["method"] == "opendas":
@@ -160,6 +158,20 @@ def read_checkpoint_config(directory: str) -> dict:
     return config
 
 
+#: Types of the checkpoint record's keys (None allowed where the key may be null).
+_KEY_TYPES = {"model_name": (str,), "method": (str,), "base_model": (dict,), "pretrained": (str, type(None)),
+              "method_config": (dict,), "prompts": (dict, type(None)), "metadata": (dict,), "tensors_file": (str,),
+              "format_version": (int,), "base_fingerprint": (dict, str, type(None))}
+
+
+def _check_types(path: str, config: dict) -> None:
+    for key, types in _KEY_TYPES.items():
+        if key in config and (not isinstance(config[key], types) or isinstance(config[key], bool)):
+            names = " or ".join("null" if t is type(None) else {"dict": "object", "str": "string"}.get(
+                t.__name__, t.__name__) for t in types)
+            raise InputError(path, f"{key!r} must be {names}, got {type(config[key]).__name__}")
+
+
 def read_checkpoint_tensors(directory: str, file_name: str = LEGACY_TENSORS_FILE) -> Dict[str, torch.Tensor]:
     """The tensors of ``directory/file_name`` (safetensors only, never pickle)."""
     path = os.path.join(directory, file_name)
@@ -167,20 +179,27 @@ def read_checkpoint_tensors(directory: str, file_name: str = LEGACY_TENSORS_FILE
         raise FileNotFoundError(f"{directory}: missing {file_name}")
     try:
         return load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: corrupt safetensors file ({exc})") from None
+    except (SafetensorError, OSError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        raise InputError(path, f"corrupt safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 @contextmanager
 def _named(directory: str) -> Iterator[None]:
-    """Prefix ``directory`` to a load error that does not name it (every load error names the checkpoint)."""
+    """Every load error names the checkpoint: a bad record or base model is :class:`InputError` about the
+    checkpoint folder (the fuzz suite holds every reader to that); a missing file and an unsupported
+    model keep their types, prefixed with the folder when they do not name it."""
     try:
         yield
-    except (FileNotFoundError, ValueError) as exc:
+    except TypeError as exc:  # a record's value of the wrong type reaching a constructor (fuzzing found these)
+        raise InputError.of(directory, exc) from None
+    except (FileNotFoundError, UnsupportedModelError) as exc:
         if directory in str(exc):
             raise
-        kind = type(exc) if type(exc) in (FileNotFoundError, ValueError, UnsupportedModelError) else ValueError
-        raise kind(f"{directory}: {exc}") from exc
+        raise type(exc)(f"{directory}: {exc}") from exc
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError.of(directory, exc) from exc
 
 
 def _check_base_model(directory: str, config: dict, model) -> None:
@@ -203,6 +222,9 @@ def _check_base_model(directory: str, config: dict, model) -> None:
     covers = "each tensor's bytes, dtype and shape" if version == FINGERPRINT_VERSION else \
         f"mean, std and a projection of {len(recorded)} tensors, with a tolerance"
     if version == 1:
+        if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+                   for k, v in recorded.items() if k != "version"):
+            raise ValueError(f"{directory}: base_fingerprint (version 1) must map tensor names to 3 numbers")
         differ = fingerprints_match_v1(recorded, weights_fingerprint_v1(dict(model.named_parameters())))
         if not differ:
             warnings.warn(f"{directory}: the checkpoint records the fingerprint of {len(recorded)} tensors of its base "
@@ -211,6 +233,9 @@ def _check_base_model(directory: str, config: dict, model) -> None:
                           "every tensor",
                           UserWarning, stacklevel=4)
     elif version == FINGERPRINT_VERSION:
+        digests = recorded.get("sha256")
+        if not (isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())):
+            raise ValueError(f"{directory}: base_fingerprint.sha256 must map tensor names to hex digests")
         differ = fingerprint_differences(recorded, weights_fingerprint(model.state_dict()))
     else:
         raise ValueError(f"{directory}: base_fingerprint version {version!r} is not known to this package "

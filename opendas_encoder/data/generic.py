@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import InputError, read_json
 from ..vocab import read_class_list
 from .registry import register_dataset
 from .segments import (DEFAULT_MIN_PIXELS, Segment, SegmentDataset, SegmentError, SkipReport,
@@ -226,23 +227,19 @@ def find_image(folder: str, stem: str) -> Optional[str]:
 
 def read_instance_json(path: str) -> Dict[int, str]:
     """``{"<instance id>": "<class name>"}`` -> {int id: name}; errors name the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    data = read_json(path, "instance JSON")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object {{instance id: class name}}")
+        raise InputError(path, "expected an object {instance id: class name}")
     out = {}
     for k, v in data.items():
         try:
             iid = int(k)
         except ValueError:
-            raise ValueError(f"{path}: instance id {k!r} is not an integer") from None
+            raise InputError(path, f"instance id {k!r} is not an integer") from None
         if iid <= 0:
-            raise ValueError(f"{path}: instance id {iid} must be >= 1 (0 means no instance)")
+            raise InputError(path, f"instance id {iid} must be >= 1 (0 means no instance)")
         if not isinstance(v, str) or not v.strip():
-            raise ValueError(f"{path}: instance {k} has no class name")
+            raise InputError(path, f"instance {k} has no class name")
         out[iid] = v.strip()
     return out
 
@@ -261,7 +258,7 @@ class GenericSegmentDataset(LabelMapSegmentDataset):
         classes = read_class_list(os.path.join(root, class_file))
         if len(set(classes)) != len(classes):
             dup = sorted({c for c in classes if classes.count(c) > 1})
-            raise ValueError(f"{os.path.join(root, class_file)}: duplicate class names {dup}")
+            raise InputError(os.path.join(root, class_file), f"duplicate class names {dup}")
         super().__init__(f"generic:{os.path.basename(os.path.normpath(root))}" + (f"/{split}" if split else ""),
                          classes, min_pixels)
         self.root = root
@@ -286,7 +283,7 @@ class GenericSegmentDataset(LabelMapSegmentDataset):
                 mapping = read_instance_json(inst_json)
                 unknown = sorted(set(mapping.values()) - known)
                 if unknown:
-                    raise ValueError(f"{inst_json}: class names not in {class_file}: {unknown}")
+                    raise InputError(inst_json, f"class names not in {class_file}: {unknown}")
                 frames.append(LabelFrame(image, inst_png, mapping, expected=sorted(mapping)))
             elif os.path.isfile(sem_png):
                 frames.append(LabelFrame(image, sem_png, by_id))

@@ -18,7 +18,6 @@ Only numpy, PIL and torch are used (no open3d).
 from __future__ import annotations
 
 import glob
-import json
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -26,6 +25,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..data.ply import read_ply_vertices
+from ..errors import InputError, read_json
 from .scene import PosedFrame, Scene3D
 
 
@@ -50,13 +50,13 @@ def read_matrix(path: str, shape: Tuple[int, ...]) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"matrix file not found: {path}")
     try:
-        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not a numeric matrix ({exc})") from None
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a numeric matrix ({exc})") from None
     if m.shape[0] < shape[0] or m.shape[1] < shape[1]:
-        raise ValueError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, got {m.shape}")
+        raise InputError(path, f"expected a {shape[0]}x{shape[1]} matrix, got {m.shape}")
     if not np.isfinite(m).all():
-        raise ValueError(f"{path}: matrix contains inf/nan (invalid pose?)")
+        raise InputError(path, "matrix contains inf/nan (invalid pose?)")
     return m[: shape[0], : shape[1]]
 
 
@@ -137,13 +137,40 @@ def _load_torch_proposals(path: str) -> np.ndarray:
         with torch.serialization.safe_globals(numpy_array_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad (or unsafe) file
-        raise ValueError(f"{path}: cannot read mask proposals with torch.load(weights_only=True) and only "
-                         f"NumPy arrays allowed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        first = (str(exc).splitlines() or [""])[0]
+        raise InputError(path, f"cannot read mask proposals with torch.load(weights_only=True) and only "
+                               f"NumPy arrays allowed ({type(exc).__name__}: {first})") from None
     if isinstance(obj, torch.Tensor):
         return obj.numpy()
     if isinstance(obj, np.ndarray):
         return obj
-    raise ValueError(f"{path}: expected a tensor or NumPy array (num_points, num_masks), got {type(obj).__name__}")
+    raise InputError(path, f"expected a tensor or NumPy array (num_points, num_masks), got {type(obj).__name__}")
+
+
+def read_npy(path: str) -> np.ndarray:
+    """A ``.npy`` file (no pickled objects); the header is checked against the file size before anything is
+    allocated (a header claiming 10^11 rows is refused, not allocated). Errors: :class:`InputError`."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:  # (3, 0) (UTF-8 field names) is rare; np.save writes it only when needed
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _, dtype = read_header(f)
+            data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header with ast and lets its errors through
+        raise InputError(path, f"not a NumPy array file ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject:
+        raise InputError(path, "holds Python objects (a pickle), which are never loaded")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > data_bytes:
+        raise InputError(path, f"truncated or corrupt: header declares shape {shape} {dtype} ({need} bytes), "
+                               f"the file holds {data_bytes}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(path, f"not a NumPy array file ({exc})") from None
 
 
 def read_mask_proposals(path: str, num_points: Optional[int] = None) -> np.ndarray:
@@ -153,18 +180,20 @@ def read_mask_proposals(path: str, num_points: Optional[int] = None) -> np.ndarr
     if not os.path.isfile(path):
         raise FileNotFoundError(f"mask proposals not found: {path}")
     if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
+        arr = read_npy(path)
     elif path.endswith((".pt", ".pth")):
         arr = _load_torch_proposals(path)
     else:
-        raise ValueError(f"{path}: mask proposals must be .pt or .npy")
+        raise InputError(path, "mask proposals must be .pt or .npy")
     if arr.ndim != 2:
-        raise ValueError(f"{path}: proposals must be 2-D (num_points, num_masks), got shape {arr.shape}")
+        raise InputError(path, f"proposals must be 2-D (num_points, num_masks), got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise InputError(path, f"proposals must be numbers (bool, int or float), got {arr.dtype}")
     if num_points is not None and arr.shape[0] != num_points:
         if arr.shape[1] == num_points:
-            raise ValueError(f"{path}: proposals are (num_masks, num_points) = {arr.shape}; expected "
-                             f"(num_points={num_points}, num_masks) - transpose the file")
-        raise ValueError(f"{path}: proposals have {arr.shape[0]} points, the scene has {num_points}")
+            raise InputError(path, f"proposals are (num_masks, num_points) = {arr.shape}; expected "
+                                   f"(num_points={num_points}, num_masks) - transpose the file")
+        raise InputError(path, f"proposals have {arr.shape[0]} points, the scene has {num_points}")
     return arr > 0
 
 
@@ -230,17 +259,16 @@ def read_openmask3d_features(path: str, num_masks: Optional[int] = None) -> np.n
     """OpenMask3D's per-mask features float32 (num_masks, D); all-zero rows are masks no view saw."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"feature file not found: {path}")
-    try:
-        feats = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path}: not a NumPy array file ({exc})") from None
+    feats = read_npy(path)
     if feats.ndim != 2:
-        raise ValueError(f"{path}: features must be 2-D (num_masks, D), got shape {feats.shape}")
+        raise InputError(path, f"features must be 2-D (num_masks, D), got shape {feats.shape}")
+    if feats.dtype.kind not in "iuf":
+        raise InputError(path, f"features must be numbers, got {feats.dtype}")
     if num_masks is not None and feats.shape[0] != num_masks:
-        raise ValueError(f"{path}: {feats.shape[0]} feature rows but the proposal file has {num_masks} masks "
-                         "(features computed on other proposals?)")
+        raise InputError(path, f"{feats.shape[0]} feature rows but the proposal file has {num_masks} masks "
+                               "(features computed on other proposals?)")
     if not np.isfinite(feats).all():
-        raise ValueError(f"{path}: features contain inf/nan")
+        raise InputError(path, "features contain inf/nan")
     return feats.astype(np.float32)
 
 
@@ -249,11 +277,13 @@ def read_scannet_gt(path: str, num_points: Optional[int] = None) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ground truth file not found: {path}")
     try:
-        ids = np.loadtxt(path, dtype=np.int64, ndmin=1)
-    except ValueError as exc:
-        raise ValueError(f"{path}: expected one integer per line ({exc})") from None
+        ids = np.loadtxt(path, dtype=np.int64, ndmin=1, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise InputError(path, f"expected one integer per line ({exc})") from None
+    if ids.ndim != 1:
+        raise InputError(path, f"expected one integer per line, got rows of {ids.shape[1]}")
     if num_points is not None and len(ids) != num_points:
-        raise ValueError(f"{path}: {len(ids)} ground-truth ids but the scene has {num_points} points")
+        raise InputError(path, f"{len(ids)} ground-truth ids but the scene has {num_points} points")
     return ids
 
 
@@ -261,11 +291,15 @@ def read_classes_json(path: str) -> dict:
     """``{"class_ids": [...], "class_names": [...], "base": [...]}`` (see opendas_encoder.generated.scene3d)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class list not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: corrupt JSON ({exc})") from None
-    if not isinstance(d, dict) or len(d.get("class_ids", [])) != len(d.get("class_names", [None])):
-        raise ValueError(f"{path}: needs 'class_ids' and 'class_names' lists of equal length")
+    d = read_json(path, "class list")
+    ok = (isinstance(d, dict) and isinstance(d.get("class_ids"), list) and isinstance(d.get("class_names"), list)
+          and len(d["class_ids"]) == len(d["class_names"]))
+    if not ok:
+        raise InputError(path, "needs 'class_ids' and 'class_names' lists of equal length")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in d["class_ids"]):
+        raise InputError(path, "'class_ids' must be integers")
+    if not all(isinstance(n, str) and n.strip() for n in d["class_names"]):
+        raise InputError(path, "'class_names' must be non-empty strings")
+    if not isinstance(d.get("base", []), list) or not all(isinstance(n, str) for n in d.get("base", [])):
+        raise InputError(path, "'base' must be a list of class names")
     return d

@@ -43,6 +43,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError,
                       field_validator, model_validator)
 
+from ..errors import InputError
 from ..methods.opendas import PromptConfig
 
 #: Training settings (paper Tab. 5 and the baselines' single stage). Each names what it does:
@@ -648,11 +649,13 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
     with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f) if not path.endswith(".json") else json.load(f)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot parse ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
+            raise InputError(path, f"cannot parse ({exc})") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        raise InputError(path, f"expected a mapping of config keys, got {type(data).__name__}")
     base_dir = os.path.dirname(os.path.abspath(path))
     section = data.get("data")
     if isinstance(section, dict):
@@ -668,7 +671,12 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
             set_dotted(data, key, yaml.safe_load(value))
         except ValueError as exc:
             raise ValueError(f"override {item!r}: {exc}") from None
-    return config_from_dict(data, source=path, overrides=overrides)
+    try:
+        return config_from_dict(data, source=path, overrides=overrides)
+    except ValueError as exc:
+        if str(exc).startswith("--set "):  # blamed on an override, not on the file
+            raise
+        raise InputError.of(path, exc) from None
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
-from ..core.checkpoint import save_checkpoint
+from ..core.checkpoint import atomic_write_bytes, save_checkpoint
 from .averaging import PromptAverager
 from .config import Stage, TrainConfig, stages_for
 from .data import EpochShardSampler, PreparedSegments
@@ -743,10 +743,16 @@ def _truncate_log(path: str, global_step: int) -> None:
     """Drop log lines written after the state we resume from (the interrupted epoch)."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= global_step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+    lines = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for ln in f:
+            try:
+                record = json.loads(ln)
+            except ValueError:
+                continue  # a line torn by a kill mid-write
+            if isinstance(record, dict) and record.get("step", 0) <= global_step:
+                lines.append(ln if ln.endswith("\n") else ln + "\n")
+    atomic_write_bytes(path, "".join(lines).encode("utf-8"))  # a kill now leaves the old log or the new one
 
 
 def read_log(run_dir: str) -> List[dict]:

@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from ...errors import InputError
 from ..ply import Mesh, read_ply_mesh
 
 __all__ = ["qvec_to_rotmat", "rotmat_to_qvec", "ColmapCamera", "ColmapImage", "read_colmap_cameras_text",
@@ -63,12 +64,15 @@ class ColmapCamera:
         return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
-def _data_lines(path: str):
+def _data_lines(path: str) -> List[Tuple[int, str]]:
+    """(line number, line) of a text file; errors (:class:`InputError`) name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"COLMAP file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            yield n, line.rstrip("\n")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [(n, line.rstrip("\n")) for n, line in enumerate(f, 1)]
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def read_colmap_cameras_text(path: str) -> Dict[int, ColmapCamera]:
@@ -81,12 +85,22 @@ def read_colmap_cameras_text(path: str) -> Dict[int, ColmapCamera]:
         try:
             cam = ColmapCamera(int(parts[0]), parts[1], int(parts[2]), int(parts[3]), tuple(float(v) for v in parts[4:]))
         except (IndexError, ValueError):
-            raise ValueError(f"{path}:{n}: bad camera line {line!r}") from None
+            raise InputError(path, f"line {n}: bad camera line {line!r}") from None
         if cam.model not in _PINHOLE_PARAMS:
-            raise ValueError(f"{path}:{n}: unsupported camera model {cam.model!r}")
+            raise InputError(path, f"line {n}: unsupported camera model {cam.model!r}")
+        if cam.width <= 0 or cam.height <= 0:
+            raise InputError(path, f"line {n}: camera size {cam.width}x{cam.height} must be positive")
+        try:
+            fx, fy, cx, cy = _PINHOLE_PARAMS[cam.model](cam.params)
+        except IndexError:
+            raise InputError(path, f"line {n}: too few parameters for a {cam.model} camera: {line!r}") from None
+        if not (np.isfinite(cam.params).all() and fx > 0 and fy > 0):
+            raise InputError(path, f"line {n}: camera parameters must be finite with positive focal lengths: {line!r}")
+        if cam.camera_id in cams:
+            raise InputError(path, f"line {n}: camera id {cam.camera_id} defined twice")
         cams[cam.camera_id] = cam
     if not cams:
-        raise ValueError(f"{path}: no cameras")
+        raise InputError(path, "no cameras")
     return cams
 
 
@@ -117,20 +131,22 @@ class ColmapImage:
 def read_colmap_images_text(path: str) -> List[ColmapImage]:
     """COLMAP ``images.txt`` (two lines per image; the 2D-point line may be empty), sorted by id."""
     images = []
-    lines = _data_lines(path)
+    lines = iter(_data_lines(path))
     for n, line in lines:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split()
         try:
+            if len(parts) < 10:
+                raise ValueError
             qvec = np.array([float(v) for v in parts[1:5]])
             images.append(ColmapImage(int(parts[0]), qvec, np.array([float(v) for v in parts[5:8]]), int(parts[8]),
                                       " ".join(parts[9:])))
-        except (IndexError, ValueError):
-            raise ValueError(f"{path}:{n}: bad image line {line!r}") from None
-        if not images[-1].name:
-            raise ValueError(f"{path}:{n}: image line without a name")
+        except ValueError:
+            raise InputError(path, f"line {n}: bad image line {line!r}") from None
+        if not (np.isfinite(qvec).all() and np.isfinite(images[-1].tvec).all()):
+            raise InputError(path, f"line {n}: non-finite pose in image line {line!r}")
         if not np.linalg.norm(qvec) > 0:
-            raise ValueError(f"{path}:{n}: zero quaternion in image line {line!r}")
+            raise InputError(path, f"line {n}: zero quaternion in image line {line!r}")
         next(lines, None)  # the POINTS2D line
     return sorted(images, key=lambda im: im.image_id)

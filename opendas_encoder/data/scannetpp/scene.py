@@ -16,7 +16,6 @@ segment dataset (:mod:`.dataset`) both read scenes through :class:`ScanNetPPScen
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -24,6 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ...errors import InputError, read_json
 from ...vocab import normalize_name
 from .io import Mesh, read_colmap_cameras_text, read_colmap_images_text, read_ply_mesh
 
@@ -130,7 +130,9 @@ class ScanNetPPScene:
         out = []
         for im in read_colmap_images_text(os.path.join(self.colmap_dir, "images.txt")):
             if im.camera_id not in cams:
-                raise ValueError(f"{os.path.join(self.colmap_dir, 'images.txt')}: image {im.name} uses unknown camera {im.camera_id}")
+                raise InputError(os.path.join(self.colmap_dir, "images.txt"),
+                                 f"image {im.name} uses camera {im.camera_id}, which "
+                                 f"{os.path.join(self.colmap_dir, 'cameras.txt')} does not define")
             cam = cams[im.camera_id]
             stem, rgb, depth = self._frame_paths(im.name)
             out.append(ScanNetPPFrame(stem, rgb, depth, im.cam_to_world, cam.K, cam.width, cam.height))
@@ -140,25 +142,34 @@ class ScanNetPPScene:
         path = self.pose_json_path
         if not os.path.isfile(path):
             raise FileNotFoundError(f"scene {self.scene_id}: no camera poses (neither {os.path.join(self.colmap_dir, 'images.txt')} nor {path})")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path, "pose file")
+        if not isinstance(data, dict):
+            raise InputError(path, "expected an object {frame name: {intrinsic, aligned_pose, ...}}")
         out = []
         for key in sorted(data):
             entry = data[key]
+            if not isinstance(entry, dict):
+                raise InputError(path, f"frame {key} is not an object")
             if "intrinsic" not in entry:
-                raise ValueError(f"{path}: frame {key} lacks 'intrinsic'")
+                raise InputError(path, f"frame {key} lacks 'intrinsic'")
             pose = entry.get("aligned_pose")
             if pose is None:
                 if "pose" not in entry or not allow_unaligned_poses:
-                    raise ValueError(
-                        f"{path}: frame {key} has no 'aligned_pose'" + (
+                    raise InputError(path,
+                        f"frame {key} has no 'aligned_pose'" + (
                             " (only the unaligned ARKit 'pose', which is not in the mesh's frame; pass "
                             "allow_unaligned_poses=True to use it anyway)" if "pose" in entry else ""))
                 pose = entry["pose"]
             stem, rgb, depth = self._frame_paths(key)
-            width, height = (Image.open(rgb).size if os.path.isfile(rgb) else (0, 0))
-            out.append(ScanNetPPFrame(stem, rgb, depth, np.asarray(pose, dtype=np.float64).reshape(4, 4),
-                                      np.asarray(entry["intrinsic"], dtype=np.float64).reshape(3, 3), width, height))
+            width, height = (0, 0)
+            if os.path.isfile(rgb):
+                try:
+                    with Image.open(rgb) as im:
+                        width, height = im.size
+                except Exception as exc:  # noqa: BLE001 - PIL raises several types for a corrupt image
+                    raise InputError(rgb, f"unreadable image ({type(exc).__name__}: {exc})") from None
+            out.append(ScanNetPPFrame(stem, rgb, depth, _matrix(path, key, "pose", pose, (4, 4)),
+                                      _matrix(path, key, "intrinsic", entry["intrinsic"], (3, 3)), width, height))
         return out
 
     # mesh and annotation
@@ -183,10 +194,17 @@ class ScanNetPPScene:
         path = self.annotation_path
         if not os.path.isfile(path):
             raise FileNotFoundError(f"scene {self.scene_id}: annotation not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            anno = json.load(f)
-        if "segGroups" not in anno:
-            raise ValueError(f"{path}: no 'segGroups'")
+        anno = read_json(path, "annotation")
+        if not isinstance(anno, dict) or not isinstance(anno.get("segGroups"), list):
+            raise InputError(path, "no 'segGroups' list")
+        for i, g in enumerate(anno["segGroups"]):
+            ok = isinstance(g, dict) and isinstance(g.get("label", ""), str) and isinstance(g.get("segments"), list)
+            oid = g.get("objectId", g.get("id")) if isinstance(g, dict) else None
+            if not ok or not isinstance(oid, int) or isinstance(oid, bool):
+                raise InputError(path, f"segGroups[{i}] needs an integer 'objectId', a 'label' string and a "
+                                       "'segments' list")
+            if not all(isinstance(s, int) and not isinstance(s, bool) and -2**63 <= s < 2**63 for s in g["segments"]):
+                raise InputError(path, f"segGroups[{i}]: 'segments' must be integers")
         return anno
 
     def instance_labels(self, ignore: Iterable[str] = IGNORED_LABELS) -> Dict[int, str]:
@@ -209,8 +227,16 @@ class ScanNetPPScene:
         path = self.segments_path
         if not os.path.isfile(path):
             raise FileNotFoundError(f"scene {self.scene_id}: segments not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            seg_indices = np.asarray(json.load(f)["segIndices"], dtype=np.int64)
+        data = read_json(path, "segments")
+        seg = data.get("segIndices") if isinstance(data, dict) else None
+        if not isinstance(seg, list) or not all(isinstance(s, int) and not isinstance(s, bool) and -2**63 <= s < 2**63
+                                                for s in seg):
+            raise InputError(path, "needs 'segIndices': a list of integers (one segment id per mesh vertex)")
+        seg_indices = np.asarray(seg, dtype=np.int64).reshape(-1)
+        n_vertices = len(self.mesh_vertices())
+        if len(seg_indices) != n_vertices:
+            raise InputError(path, f"{len(seg_indices)} segment ids but the mesh {self.mesh_path} has {n_vertices} "
+                                   "vertices")
         labels = self.instance_labels(ignore)
         groups = [g for g in self.annotation()["segGroups"] if int(g.get("objectId", g.get("id"))) in labels]
         masks = [(np.isin(seg_indices, np.asarray(g["segments"], dtype=np.int64)), int(g.get("objectId", g.get("id"))))
@@ -220,6 +246,16 @@ class ScanNetPPScene:
             out[mask] = oid
         present = set(np.unique(out).tolist())
         return out, {oid: lab for oid, lab in labels.items() if oid in present}
+
+
+def _matrix(path: str, frame: str, what: str, value, shape: Tuple[int, int]) -> np.ndarray:
+    try:
+        m = np.asarray(value, dtype=np.float64).reshape(shape)
+    except (ValueError, TypeError):
+        raise InputError(path, f"frame {frame}: {what} is not a {shape[0]}x{shape[1]} matrix of numbers") from None
+    if not np.isfinite(m).all():
+        raise InputError(path, f"frame {frame}: {what} contains inf/nan")
+    return m
 
 
 def annotation_labels(root: str, scene_ids: Sequence[str]) -> List[str]:
