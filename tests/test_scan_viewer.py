@@ -122,7 +122,7 @@ def _wait(fn, timeout: float, what: str, interval: float = 0.1):
             value = fn()
         except (OSError, ValueError):
             value = None
-        if value:
+        if value is not None and (not isinstance(value, (bool, np.bool_)) or value):
             return value
         if time.time() - t0 > timeout:
             raise TimeoutError(f"waited {timeout} s for {what}")
@@ -159,32 +159,35 @@ def _camera_for(scene, target):
     return look_at(eye, c)
 
 
-def _object_pixels(scene, pose, fov, width, height):
+def _object_pixels(scene, pose, fov, width, height, step=2):
     """{instance: bool (H, W)} the pixels where the generator's ray caster sees each object, with a
-    camera of vertical field of view ``fov`` (radians) on an image of the canvas' size."""
+    camera of vertical field of view ``fov`` (radians) on an image of the canvas' size; cast every
+    ``step`` pixels (each ray standing for its step x step block: the regions are eroded before use)."""
     from opendas_encoder.generated.scene3d import render_frame
 
-    fy = (height / 2) / np.tan(fov / 2)
-    K = np.array([[fy, 0, width / 2], [0, fy, height / 2], [0, 0, 1.0]])
-    _, depth = render_frame(scene.primitives, pose, K, height, width)
+    h, w = -(-height // step), -(-width // step)
+    fy = (height / 2) / np.tan(fov / 2) / step
+    K = np.array([[fy, 0, width / 2 / step], [0, fy, height / 2 / step], [0, 0, 1.0]])
+    _, depth = render_frame(scene.primitives, pose, K, h, w)
     out = {}
     for p in scene.primitives:
         if p.instance >= 0:
-            _, d = render_frame([p], pose, K, height, width)
-            out[p.instance] = (d > 0) & (np.abs(d - depth) < 1e-4)
+            _, d = render_frame([p], pose, K, h, w)
+            seen = (d > 0) & (np.abs(d - depth) < 1e-4)
+            out[p.instance] = np.kron(seen, np.ones((step, step), bool))[:height, :width]
     return out
 
 
-def _levels(img: np.ndarray, tol: float = 40.0):
-    """Per pixel: index (0..255) of the nearest colour-scale entry, -1 where none is within ``tol``."""
+def _levels(pixels: np.ndarray, tol: float = 40.0) -> np.ndarray:
+    """Per pixel (P, 3): index (0..255) of the nearest colour-scale entry, -1 where none is within ``tol``."""
     from opendas_encoder.scan.query import colour_table
 
     table = colour_table().astype(np.float32)
-    flat = img.reshape(-1, 3).astype(np.float32)
+    flat = pixels.reshape(-1, 3).astype(np.float32)
     d2 = ((flat[:, None, :] - table[None]) ** 2).sum(-1)
     best = d2.argmin(1)
     best[d2[np.arange(len(flat)), best] > tol * tol] = -1
-    return best.reshape(img.shape[:2])
+    return best
 
 
 def _erode(mask: np.ndarray, px: int = 3) -> np.ndarray:
@@ -292,10 +295,10 @@ def test_viewer_in_chromium_highlights_the_typed_object(indexed):
                      20, "the canvas")
         x0, y0, w, h = (int(round(v_)) for v_ in rect)
         # pixels not covered by the control panel or a notification (elementFromPoint is the canvas)
-        s = 4  # sampled every 4 px, each sample standing for its 4x4 block
+        s = 8  # sampled every 8 px, each sample standing for its 8x8 block
         free = np.array(browser.eval(
             f"(() => {{ const out = []; for (let y = {y0}; y < {y0 + h}; y += {s}) {{ const row = [];"
-            f" for (let x = {x0}; x < {x0 + w}; x += {s}) row.push(document.elementFromPoint(x + 2, y + 2)"
+            f" for (let x = {x0}; x < {x0 + w}; x += {s}) row.push(document.elementFromPoint(x + {s // 2}, y + {s // 2})"
             f" instanceof HTMLCanvasElement ? 1 : 0); out.push(row) }} return out }})()"), dtype=bool)
         free = np.kron(free, np.ones((s, s), bool))[:h, :w]
         regions = {i: _erode(m) & free for i, m in _object_pixels(scene, pose, fov, w, h).items()}
@@ -314,17 +317,16 @@ def test_viewer_in_chromium_highlights_the_typed_object(indexed):
 
         expected = colour_table()[int(np.clip((res.ranked[0].score - v.vmin) / (v.vmax - v.vmin) * 255, 0, 255))]
 
-        def shot_levels():
-            img = browser.screenshot()[y0:y0 + h, x0:x0 + w]
-            return img, _levels(img)
+        def shot():
+            return browser.screenshot()[y0:y0 + h, x0:x0 + w]
 
         def target_lit():
-            img, lv = shot_levels()
+            img = shot()
             px = img[regions[target.instance]].astype(int)
-            return (img, lv) if (np.abs(px - expected).max(axis=1) <= 40).mean() > 0.6 else None
+            return img if (np.abs(px - expected).max(axis=1) <= 40).mean() > 0.6 else None
 
-        img, lv = _wait(target_lit, 20, "the typed object to be drawn in its score's colour", 0.3)
-        med = {i: np.median(lv[r]) for i, r in visible.items()}
+        img = _wait(target_lit, 20, "the typed object to be drawn in its score's colour", 0.3)
+        med = {i: np.median(_levels(img[r])) for i, r in visible.items()}
         assert med[target.instance] == max(med.values())
         assert all(m < med[target.instance] for i, m in med.items() if i != target.instance)
         from PIL import Image
@@ -336,8 +338,8 @@ def test_viewer_in_chromium_highlights_the_typed_object(indexed):
         assert [r.mask_id for r in v.state.listed()] == [tmask]
 
         def others_grey():
-            img, lv = shot_levels()
-            fr = {i: (lv[r] >= 0).mean() for i, r in visible.items()}
+            img = shot()
+            fr = {i: (_levels(img[r]) >= 0).mean() for i, r in visible.items()}
             return fr if fr[target.instance] > 0.6 and all(f < 0.1 for i, f in fr.items()
                                                            if i != target.instance) else None
 
@@ -352,7 +354,7 @@ def test_viewer_in_chromium_highlights_the_typed_object(indexed):
                          y=float(y0 + rows[k]) + 0.5, button="left", clickCount=1)
         _wait(lambda: v.state.isolated == tmask, 20, "the click to isolate the object")
         def isolated_drawn():
-            img = browser.screenshot()[y0:y0 + h, x0:x0 + w].astype(int)
+            img = shot().astype(int)
             colours, counts = np.unique(img[free], axis=0, return_counts=True)
             background = colours[counts.argmax()]          # what most of the canvas shows: the background
             fr = {i: (np.abs(img[r] - background).max(axis=1) <= 10).mean() for i, r in visible.items()}
@@ -364,3 +366,44 @@ def test_viewer_in_chromium_highlights_the_typed_object(indexed):
         if browser is not None:
             browser.close()
         v.close()
+
+
+
+def test_view_cli_errors_and_export(indexed, tmp_path, capsys):
+    _need_viser()
+    from opendas_encoder.cli import main
+
+    scene, d, index, encoder, mask_of = indexed
+    assert main(["view", str(tmp_path / "missing")]) == 2
+    assert "scene folder not found" in capsys.readouterr().err
+    assert main(["view", d, "--vmin", "0.5", "--vmax", "0.2"]) == 2
+    assert main(["view", d, "--negative", "red box"]) == 2
+    out = tmp_path / "shared export ö"
+    assert main(["view", d, "--export", str(out), "--query", QUERY, "--quiet", "--port", str(_free_port())]) == 0
+    assert sorted(os.listdir(out)) == ["index.html", "query_0_brown_box.html"]
+
+
+def test_static_export_opens_offline_in_chromium(indexed, tmp_path):
+    """The exported page, opened from disk (file://, no server), draws the scene with the query's colours."""
+    _need_browser()
+    from opendas_encoder.scan.query import colour_table
+    from opendas_encoder.scan.viewer import SceneViewer, export_static
+
+    scene, d, index, encoder, mask_of = indexed
+    v = SceneViewer(index, encoder, port=_free_port())
+    try:
+        out = export_static(v, str(tmp_path / "export"), [[QUERY]])
+        res = v.state.result
+    finally:
+        v.close()
+    expected = colour_table()[int(np.clip((res.ranked[0].score - v.vmin) / (v.vmax - v.vmin) * 255, 0, 255))]
+    n_target = int(index.masks[:, mask_of[next(p for p in scene.primitives if p.label == QUERY).instance]].sum())
+    assert n_target > 0
+    browser = Browser("file://" + os.path.join(out, "query_0_brown_box.html"))
+    try:
+        def drawn():
+            img = browser.screenshot().reshape(-1, 3).astype(int)
+            return (np.abs(img - expected).max(axis=1) <= 30).sum() >= 200
+        _wait(drawn, 30, "the exported scene to show the top instance in its score's colour", 0.3)
+    finally:
+        browser.close()

@@ -178,11 +178,14 @@ class SceneViewer:
 
     def _build_scene(self) -> None:
         idx = self.index
-        centre = (idx.points.min(axis=0) + idx.points.max(axis=0)) / 2 if len(idx.points) else np.zeros(3)
-        extent = float(np.ptp(idx.points, axis=0).max()) if len(idx.points) else 1.0
+        lo = idx.points.min(axis=0) if len(idx.points) else np.zeros(3)
+        hi = idx.points.max(axis=0) if len(idx.points) else np.ones(3)
+        c, e = (lo + hi) / 2, hi - lo
+        # start inside the scan's box, high near one side, looking down at the far floor: a room's walls and
+        # ceiling hide everything from a camera outside it
         ic = self.server.initial_camera
-        ic.look_at = tuple(float(v) for v in centre)
-        ic.position = tuple(float(v) for v in centre + np.array([0.0, -0.9, 0.8]) * extent)
+        ic.position = (float(c[0]), float(c[1] - 0.45 * e[1]), float(lo[2] + 0.85 * e[2]))
+        ic.look_at = (float(c[0]), float(c[1] + 0.1 * e[1]), float(lo[2] + 0.2 * e[2]))
         ic.up = (0.0, 0.0, 1.0)
         self.cloud = self.server.scene.add_point_cloud("/scene", idx.points, idx.colors, point_size=self.point_size,
                                                        point_shape="square", point_shading="flat",
@@ -430,6 +433,9 @@ def export_static(viewer: SceneViewer, out_dir: str, queries: Sequence[Sequence[
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-view-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the export is meant to be shared
     idx = viewer.index
     name = os.path.basename(os.path.normpath(idx.scene_dir))
     try:
