@@ -63,6 +63,7 @@ class SceneIndex:
     from_cache: bool = False
     _pairs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
     _boxes: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+    _dimmed: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_masks(self) -> int:
@@ -84,16 +85,27 @@ class SceneIndex:
             self._pairs = (msk.astype(np.int32), starts.astype(np.int64), upts.astype(np.int64))
         return self._pairs
 
+    def dimmed_colors(self) -> np.ndarray:
+        """uint8 (N, 3): the grey that points outside the query's answer are drawn in (mean of the point's
+        own RGB / 2 + 40), computed once."""
+        if self._dimmed is None:
+            grey = (self.colors.astype(np.uint16).sum(axis=1) // 6 + 40).astype(np.uint8)
+            self._dimmed = np.repeat(grey[:, None], 3, axis=1)
+        return self._dimmed
+
     def mask_boxes(self):
         """(box_min float32 (M, 3), box_max float32 (M, 3), num_points int64 (M,)); empty masks: zeros."""
         if self._boxes is None:
             m = self.num_masks
             lo = np.zeros((m, 3), np.float32)
             hi = np.zeros((m, 3), np.float32)
-            counts = self.masks.sum(axis=0).astype(np.int64)
-            for j in np.nonzero(counts)[0]:
-                p = self.points[self.masks[:, j]]
-                lo[j], hi[j] = p.min(axis=0), p.max(axis=0)
+            msk, pts = np.nonzero(self.masks.T)                # sorted by mask
+            counts = np.bincount(msk, minlength=m).astype(np.int64)
+            if len(msk):
+                used, starts = np.unique(msk, return_index=True)
+                p = self.points[pts]
+                lo[used] = np.minimum.reduceat(p, starts, axis=0)
+                hi[used] = np.maximum.reduceat(p, starts, axis=0)
             self._boxes = (lo, hi, counts)
         return self._boxes
 
@@ -108,13 +120,15 @@ def _hash_file(h, path: str) -> None:
             h.update(block)
 
 
-def scene_content_hash(scene, ply_path: str) -> str:
+def scene_content_hash(scene, ply_path: str, progress: bool = False) -> str:
     """SHA-256 (hex) of a scene's contents: the point cloud file, then per frame its pose, intrinsic,
     depth scale, colour and depth image bytes. ``scene``: a :class:`~opendas_encoder.threed.Scene3D`."""
+    from tqdm import tqdm
+
     h = hashlib.sha256()
     h.update(b"ply\0")
     _hash_file(h, ply_path)
-    for f in scene.frames:
+    for f in tqdm(scene.frames, desc=f"{scene.name}: content hash", leave=False, disable=not progress):
         h.update(b"frame\0")
         h.update(np.ascontiguousarray(f.cam_to_world, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(f.intrinsic, dtype=np.float64).tobytes())
@@ -227,6 +241,13 @@ def _read_scene(scene_dir: str):
     return scene, ply, colors
 
 
+def _warn_corrupt(stem: str, exc: Exception) -> None:
+    import warnings
+
+    warnings.warn(f"{stem}.safetensors: corrupt cache entry ignored and recomputed ({type(exc).__name__}: {exc})",
+                  stacklevel=3)
+
+
 class _Timer:
     def __init__(self, progress: bool):
         self.progress, self.t = progress, {}
@@ -242,7 +263,7 @@ class _Timer:
 
 def _proposals(scene_dir, points, scene_hash, proposals, fallback_cfg, progress, timer, use_cache):
     """Proposals, through the cache for the fallback (keyed by scene hash and fallback settings)."""
-    if proposals is None or proposals == "fallback":
+    if proposals is None or (isinstance(proposals, str) and proposals == "fallback"):
         from ..threed.processed import find_mask_proposals
         try:
             path = find_mask_proposals(scene_dir) if proposals is None else None
@@ -252,8 +273,11 @@ def _proposals(scene_dir, points, scene_hash, proposals, fallback_cfg, progress,
             stem = os.path.join(scene_dir, CACHE_DIR, f"proposals-{scene_hash[:16]}-{fallback_cfg.key()}")
             meta = _read_json(stem + ".json")
             if use_cache and meta and meta.get("scene_hash") == scene_hash and os.path.isfile(stem + ".safetensors"):
-                masks = timer.stage("proposals (cached)", _load_masks, stem, len(points))
-                return masks, meta["source"]
+                try:
+                    masks = timer.stage("proposals (cached)", _load_masks, stem, len(points))
+                    return masks, meta["source"]
+                except Exception as exc:  # noqa: BLE001 - a corrupt cache entry is recomputed, never trusted
+                    _warn_corrupt(stem, exc)
             masks, source = timer.stage("proposals", scene_proposals, scene_dir, points, "fallback", fallback_cfg,
                                         progress)
             os.makedirs(os.path.dirname(stem), exist_ok=True)
@@ -275,7 +299,7 @@ def _index(scene_dir, encoder, *, proposals=None, progress=True, cfg: MaskFeatur
     timer = _Timer(progress)
     t_start = time.perf_counter()
     scene, ply, colors = timer.stage("read scene", _read_scene, scene_dir)
-    scene_hash = timer.stage("scene hash", scene_content_hash, scene, ply)
+    scene_hash = timer.stage("scene hash", scene_content_hash, scene, ply, progress)
     enc_fp = timer.stage("encoder fingerprint", encoder_fingerprint, encoder)
     points = scene.points.astype(np.float32)
     masks, source = _proposals(scene_dir, scene.points, scene_hash, proposals, fallback, progress, timer, use_cache)
@@ -285,11 +309,17 @@ def _index(scene_dir, encoder, *, proposals=None, progress=True, cfg: MaskFeatur
     meta = _read_json(stem + ".json")
     if (use_cache and meta and meta.get("key") == key and meta.get("scene_hash") == scene_hash
             and meta.get("encoder_fingerprint") == enc_fp and os.path.isfile(stem + ".safetensors")):
-        t = timer.stage("features (cached)", load_file, stem + ".safetensors")
-        feats, views = t["features"], [v.tolist() for v in _uncsr(t["views"], t["view_offsets"])]
-        timer.t["total"] = round(time.perf_counter() - t_start, 4)
-        return SceneIndex(scene_dir, points, colors, masks, feats, views, source, enc_fp, scene_hash,
-                          dict(timer.t), from_cache=True)
+        try:
+            t = timer.stage("features (cached)", load_file, stem + ".safetensors")
+            feats, views = t["features"], [v.tolist() for v in _uncsr(t["views"], t["view_offsets"])]
+            if feats.shape[0] != masks.shape[1] or len(views) != masks.shape[1] or not np.isfinite(feats).all():
+                raise ValueError(f"{feats.shape[0]} feature rows, {len(views)} view lists for {masks.shape[1]} masks")
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache entry is recomputed, never trusted
+            _warn_corrupt(stem, exc)
+        else:
+            timer.t["total"] = round(time.perf_counter() - t_start, 4)
+            return SceneIndex(scene_dir, points, colors, masks, feats, views, source, enc_fp, scene_hash,
+                              dict(timer.t), from_cache=True)
 
     stats = timer.stage("visibility", compute_view_stats, scene, masks, cfg.vis_threshold, progress=progress,
                         rounding=cfg.pixel_rounding)

@@ -106,8 +106,8 @@ def colour_table(name: str = COLORMAP) -> np.ndarray:
     """uint8 (256, 3) colour table of a matplotlib colormap."""
     import matplotlib
 
-    cmap = matplotlib.colormaps[name]
-    return (np.asarray(cmap(np.linspace(0, 1, 256)))[:, :3] * 255 + 0.5).astype(np.uint8)
+    cmap = matplotlib.colormaps[name].resampled(256)
+    return (np.asarray(cmap(np.arange(256)))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
 def point_scores(index: SceneIndex, scores: np.ndarray) -> np.ndarray:
@@ -129,10 +129,12 @@ def point_colors(index: SceneIndex, scores: np.ndarray, threshold: Optional[floa
         raise ValueError(f"vmax must be > vmin, got vmin={vmin}, vmax={vmax}")
     s = point_scores(index, scores)
     lit = np.isfinite(s) if threshold is None else s >= threshold
-    grey = (index.colors.astype(np.uint16).sum(axis=1) // 6 + 40).astype(np.uint8)   # mean/2 + 40
-    out = np.repeat(grey[:, None], 3, axis=1)
-    level = np.clip((s[lit] - vmin) * (255.0 / (vmax - vmin)), 0, 255).astype(np.int64)
-    out[lit] = colour_table()[level]
+    # matplotlib's own float lookup: entry floor(x * 256) of 256, x = (s - vmin) / (vmax - vmin) clipped to
+    # [0, 1]; computed for every point and selected with np.where (a boolean-mask assignment of the lit
+    # rows measured 12.7 ms of 50 at 300k points)
+    x = np.clip((s.astype(np.float64) - vmin) / (vmax - vmin), 0.0, 1.0)
+    level = np.minimum((x * 256).astype(np.int32), 255)
+    out = np.where(lit[:, None], colour_table()[level], index.dimmed_colors())
     return out
 
 
