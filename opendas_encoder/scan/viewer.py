@@ -452,7 +452,7 @@ def export_static(viewer: SceneViewer, out_dir: str, queries: Sequence[Sequence[
             sections.append(_export_section(viewer, page))
         doc = ["<!doctype html><html><head><meta charset='utf-8'><title>",
                html.escape(f"opendas view: {name}"), "</title><style>body{font-family:sans-serif;margin:1em}"
-               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;vertical-align:top}"
                "iframe{width:100%;height:480px;border:1px solid #ccc}img{margin:2px}</style></head><body>",
                f"<h1>{html.escape(name)}</h1><p>{len(idx.points):,} points, {idx.num_masks} instances (proposals: "
                f"<code>{html.escape(idx.proposal_source)}</code>). Colours: absolute cosine similarity, "
