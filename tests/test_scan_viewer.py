@@ -316,7 +316,8 @@ def test_viewer_in_chromium_highlights_the_typed_object(indexed):
         s = 8  # sampled every 8 px, each sample standing for its 8x8 block
         free = np.array(browser.eval(
             f"(() => {{ const out = []; for (let y = {y0}; y < {y0 + h}; y += {s}) {{ const row = [];"
-            f" for (let x = {x0}; x < {x0 + w}; x += {s}) row.push(document.elementFromPoint(x + {s // 2}, y + {s // 2})"
+            f" for (let x = {x0}; x < {x0 + w}; x += {s})"
+            f" row.push(document.elementFromPoint(x + {s // 2}, y + {s // 2})"
             f" instanceof HTMLCanvasElement ? 1 : 0); out.push(row) }} return out }})()"), dtype=bool)
         free = np.kron(free, np.ones((s, s), bool))[:h, :w]
         regions = {i: _erode(m) & free for i, m in _object_pixels(scene, pose, fov, w, h).items()}

@@ -32,7 +32,8 @@ def add_view_parser(sub) -> None:
     v.add_argument("--threshold", type=float, default=None, help="start of the threshold slider (default --vmin)")
     v.add_argument("--vmin", type=float, default=DEFAULT_VMIN, help=f"similarity at the colour scale's low end "
                    f"(default {DEFAULT_VMIN})")
-    v.add_argument("--vmax", type=float, default=DEFAULT_VMAX, help=f"similarity at its high end (default {DEFAULT_VMAX})")
+    v.add_argument("--vmax", type=float, default=DEFAULT_VMAX,
+                   help=f"similarity at its high end (default {DEFAULT_VMAX})")
     v.add_argument("--top-k", type=int, default=10, help="instances listed (default 10)")
     v.add_argument("--device", default="cpu", help="torch device for feature extraction and queries (default cpu)")
     v.add_argument("--quiet", action="store_true", help="no progress bars or stage timings")

@@ -346,7 +346,8 @@ class SceneViewer:
             head = f"**{html.escape('; '.join(res.texts))}**" + (
                 f" not {html.escape('; '.join(res.negatives))}" if res.negatives else "")
             self.ranked_md.content = (head + f" — {len(listed)} of {len(res.ranked)} at or above "
-                                      f"{self.state.threshold:.3f}\n\n| rank | mask | score | points |\n|---|---|---|---|\n"
+                                      f"{self.state.threshold:.3f}\n\n| rank | mask | score | points |\n"
+                                      "|---|---|---|---|\n"
                                       + "\n".join(rows))
         self._option_mask = {f"#{r + 1} mask {inst.mask_id} ({inst.score:.3f})": inst.mask_id
                              for r, inst in enumerate(listed)}
@@ -452,14 +453,16 @@ def export_static(viewer: SceneViewer, out_dir: str, queries: Sequence[Sequence[
             sections.append(_export_section(viewer, page))
         doc = ["<!doctype html><html><head><meta charset='utf-8'><title>",
                html.escape(f"opendas view: {name}"), "</title><style>body{font-family:sans-serif;margin:1em}"
-               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;vertical-align:top}"
+               "table{border-collapse:collapse}"
+               "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;vertical-align:top}"
                "iframe{width:100%;height:480px;border:1px solid #ccc}img{margin:2px}</style></head><body>",
                f"<h1>{html.escape(name)}</h1><p>{len(idx.points):,} points, {idx.num_masks} instances (proposals: "
                f"<code>{html.escape(idx.proposal_source)}</code>). Colours: absolute cosine similarity, "
                f"{COLORMAP} from {viewer.vmin:g} to {viewer.vmax:g}; threshold {viewer.state.threshold:g}. "
                "Each 3D view is a self-contained page (viser's offline client); its scene tree (top right) "
                "shows or hides each ranked instance.</p>",
-               f"<img alt='legend' src='{_png_data_uri(legend_image(viewer.vmin, viewer.vmax, viewer.state.threshold))}'>"]
+               "<img alt='legend' src='"
+               + _png_data_uri(legend_image(viewer.vmin, viewer.vmax, viewer.state.threshold)) + "'>"]
         doc += sections + ["</body></html>"]
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as f:
             f.write("".join(doc))
