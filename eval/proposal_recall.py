@@ -8,6 +8,16 @@ jittered grid (they never touch), so this measures the plane removal and cluster
 of touching objects.
 
     python eval/proposal_recall.py --scenes 8
+
+``--write-masks DIR --data-root ROOT`` instead writes the fallback proposals of every processed scene in
+ROOT as ``DIR/<scene>_masks.npy`` (bool num_points x num_masks), the proposal files ``eval/run_3d.py
+--proposals files --masks-dir DIR`` reads (AP with the fallback proposals)::
+
+    python eval/run_3d.py --generate /tmp/gen3d --num-scenes 4 --clip-only --model opendas-world-vit \
+        --pretrained generated-world --out /tmp/gen3d/res_gt
+    python eval/proposal_recall.py --write-masks /tmp/gen3d/fallback --data-root /tmp/gen3d/openmask3d
+    python eval/run_3d.py --data-root /tmp/gen3d/openmask3d --clip-only --model opendas-world-vit \
+        --pretrained generated-world --proposals files --masks-dir /tmp/gen3d/fallback --out /tmp/gen3d/res_fb
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import argparse
 import os
 import sys
 import time
+from typing import List
 
 import numpy as np
 
@@ -43,12 +54,37 @@ def measure(num_scenes: int, seed: int = 0, num_objects: int = 8):
     return rows
 
 
+def write_masks(data_root: str, out_dir: str) -> List[str]:
+    """Fallback proposals of every processed scene (folders with pose/) of ``data_root`` -> ``out_dir``."""
+    from opendas_encoder.scan.proposals import fallback_proposals
+    from opendas_encoder.threed.processed import read_processed_scene
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name in sorted(os.listdir(data_root)):
+        if not os.path.isdir(os.path.join(data_root, name, "pose")):
+            continue
+        masks = fallback_proposals(read_processed_scene(os.path.join(data_root, name)).points)
+        path = os.path.join(out_dir, f"{name}_masks.npy")
+        np.save(path, masks)
+        print(f"{path}: {masks.shape[1]} proposals")
+        written.append(path)
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--objects", type=int, default=8, help="objects per scene (at most 12)")
+    ap.add_argument("--write-masks", metavar="DIR", help="write the fallback proposals of --data-root's scenes here")
+    ap.add_argument("--data-root", help="processed scenes (OpenMask3D layout), with --write-masks")
     args = ap.parse_args(argv)
+    if args.write_masks:
+        if not args.data_root:
+            ap.error("--write-masks needs --data-root")
+        write_masks(args.data_root, args.write_masks)
+        return 0
     rows = measure(args.scenes, args.seed, args.objects)
     print(f"fallback proposals (planes+dbscan) vs ground truth, generated scenes (seeds {args.seed}.."
           f"{args.seed + args.scenes - 1}, {args.objects} objects):")

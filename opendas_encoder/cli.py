@@ -1,4 +1,4 @@
-"""Command line: ``opendas train | eval | demo | negatives | scan``.
+"""Command line: ``opendas train | eval | demo | negatives | scan | query``.
 
 Also runnable as ``python -m opendas_encoder.cli`` (e.g. under ``torchrun`` for multi-GPU training).
 """

@@ -234,6 +234,8 @@ def test_query_cli_writes_ranked_instances(small_scene, tmp_path, capsys):
     out = str(tmp_path / "q")
     target = scene.primitives[6]                       # the first object
     assert main(["query", d, target.label, "--top-k", "3", "--out", out, "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "[scan index]" not in quiet.out and "%|" not in quiet.err and "rank" in quiet.out
     doc = json.load(open(os.path.join(out, "result.json")))
     ranked = doc["ranked"]
     assert len(ranked) == 3 and [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
@@ -247,6 +249,13 @@ def test_query_cli_writes_ranked_instances(small_scene, tmp_path, capsys):
         assert r["views"] and all(0 <= f < 3 for f in r["views"])
     assert len(read_ply_vertices(os.path.join(out, "scene.ply"))["points"]) == len(scene.points)
     assert doc["colour_scale"]["vmin"] == 0.1 and doc["texts"] == [target.label]
+    # without --quiet: per-stage timings, the features now come from the cache
+    assert main(["query", d, target.label, "--top-k", "1", "--out", out]) == 0
+    loud = capsys.readouterr().out
+    assert "[scan index] scene hash:" in loud and "[scan index] features (cached):" in loud
+    assert len(json.load(open(os.path.join(out, "result.json")))["ranked"]) == 1     # replaced whole
+    assert sorted(os.listdir(out)) == sorted(["result.json", "scene.ply", "instance_00_mask%d.ply" % ranked[0]["mask_id"]])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -292,3 +301,27 @@ def test_corrupt_cache_entry_is_recomputed(small_scene, world_clip, tmp_path):
     assert not again.from_cache
     np.testing.assert_array_equal(again.features, good.features)
     assert load_index(d, world_clip, progress=False).from_cache      # rewritten whole
+
+
+def test_query_cli_with_an_adapted_checkpoint(small_scene, world_clip, tmp_path, capsys):
+    """--checkpoint: the features come from the adapted encoder (its own cache entry), not the zero-shot one."""
+    import opendas_encoder as oe
+    from opendas_encoder.cli import main
+    from opendas_encoder.scan.index import encoder_fingerprint, load_index
+    from opendas_encoder.scan.query import query_scene
+
+    scene, d = small_scene
+    d = shutil.copytree(d, str(tmp_path / scene.name))
+    adapted = oe.wrap_clip("opendas", world_clip.clip, tokenizer=world_clip.tokenizer, preprocess=world_clip.preprocess,
+                           model_name=world_clip.model_name, pretrained=world_clip.pretrained).eval()
+    ckpt = oe.save_checkpoint(adapted, str(tmp_path / "ckpt"))
+    out = str(tmp_path / "q")
+    assert main(["query", d, "blue box", "--checkpoint", ckpt, "--out", out, "--quiet"]) == 0
+    doc = json.load(open(os.path.join(out, "result.json")))
+    loaded = oe.load_encoder(ckpt).eval()
+    assert doc["encoder_fingerprint"] == encoder_fingerprint(loaded) != encoder_fingerprint(world_clip)
+    index = load_index(d, loaded, progress=False)
+    assert index.from_cache                                   # the CLI's entry, keyed by the checkpoint
+    expect = query_scene(index, loaded, ["blue box"])
+    assert [r["mask_id"] for r in doc["ranked"]] == [r.mask_id for r in expect.ranked]
+    np.testing.assert_allclose([r["score"] for r in doc["ranked"]], [r.score for r in expect.ranked], atol=1e-6)

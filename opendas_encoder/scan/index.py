@@ -8,7 +8,7 @@ when both keys match:
 
 * the **scene content hash**: SHA-256 over the bytes of the point cloud file, every colour and depth
   image, the pose and intrinsic matrices and the depth scale, streamed in 1 MiB blocks (cost: one read
-  of the scene's files, about the speed of the disk, e.g. ~0.1 s for 100 MB from the page cache);
+  of the scene's files: SHA-256 runs at ~430 MB/s here, 0.23 s per 100 MB from the page cache, measured);
   contents, not names or times, so a copied or renamed scene keeps its cache and another scene never
   gets it;
 * the **encoder fingerprint**: SHA-256 over the encoder's method, model name, configuration, base-model

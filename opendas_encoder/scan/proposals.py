@@ -32,6 +32,7 @@ class FallbackConfig:
     plane_min_extent: float = 1.2        # ... and its inliers span >= this many metres (a wall, not a box face)
     max_planes: int = 30
     ransac_iterations: int = 500
+    ransac_sample: int = 20000            # points RANSAC scores planes on (a random sample of the pool)
     eps_spacings: Tuple[float, ...] = (2.5, 4.0)   # DBSCAN radii as multiples of the median NN spacing
     min_points: int = 30                  # smallest proposal
     max_fraction: float = 0.5             # a cluster with more than this fraction of points is background
@@ -84,22 +85,26 @@ def remove_planes(points: np.ndarray, cfg: FallbackConfig, spacing: Optional[flo
     keep = np.ones(len(points), dtype=bool)
     pool = np.ones(len(points), dtype=bool)        # points RANSAC may still use
     o3d.utility.random.seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     min_inliers = max(3, int(cfg.plane_min_fraction * len(points)))
     for _ in range(cfg.max_planes):
         idx = np.nonzero(pool)[0]
         if len(idx) < min_inliers:
             break
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[idx].astype(np.float64)))
+        # RANSAC scores planes on a random sample of the pool (measured: 0.9 s per plane on 250k points,
+        # 24 planes); the plane's inliers are then taken from all points
+        sample = idx if len(idx) <= cfg.ransac_sample else np.sort(rng.choice(idx, cfg.ransac_sample, replace=False))
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[sample].astype(np.float64)))
         model, inliers = pcd.segment_plane(distance_threshold=cfg.plane_threshold, ransac_n=3,
                                            num_iterations=cfg.ransac_iterations)
-        if len(inliers) < min_inliers:
+        if len(inliers) * len(idx) / len(sample) < min_inliers:
             break
-        pool[idx[np.asarray(inliers, dtype=np.int64)]] = False
         # pieces are cut from all points still kept near the plane, also those an earlier plane took
         # out of the pool (a plane slicing through several boxes also takes stripes of a wall)
-        cand = np.nonzero(keep)[0]
         a = np.asarray(model, dtype=np.float64)
-        inliers = cand[np.abs(points[cand] @ a[:3] + a[3]) <= cfg.plane_threshold * np.linalg.norm(a[:3])]
+        near = np.abs(points @ a[:3] + a[3]) <= cfg.plane_threshold * np.linalg.norm(a[:3])
+        pool &= ~near
+        inliers = np.nonzero(near & keep)[0]
         labels = DBSCAN(eps=3 * max(spacing, 1e-6), min_samples=3).fit_predict(points[inliers])
         for lab in np.unique(labels[labels >= 0]):
             piece = inliers[labels == lab]
