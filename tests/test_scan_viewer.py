@@ -228,6 +228,27 @@ def test_pick_point_is_the_first_point_on_the_ray():
     assert pick_point(pts, (0, 0, 0), (1, 0, 0), 0.1) is None
 
 
+def test_evidence_crops_are_the_full_scene_plan(indexed):
+    """The shortcut (the mask's points and its top views only) gives the crops that planning over the whole
+    scene and every frame gives (what the feature step encoded)."""
+    from opendas_encoder.scan.viewer import evidence_crops
+    from opendas_encoder.threed.features import MaskFeatureConfig, plan_crops
+    from opendas_encoder.threed.processed import read_processed_scene
+
+    scene, d, index, encoder, mask_of = indexed
+    s3d = read_processed_scene(d)
+    for m in range(index.num_masks):
+        plan = plan_crops(s3d, index.masks[:, [m]], MaskFeatureConfig(top_k=3, num_levels=2))
+        rows = sorted(np.nonzero(plan.level == 1)[0],   # plan rows go by frame; the viewer's by view rank
+                      key=lambda r: index.views[m].index(int(s3d.frames[int(plan.frame_index[r])].name)))
+        full = [np.asarray(s3d.frames[int(plan.frame_index[r])].load_color().crop(tuple(plan.boxes[r])))
+                for r in rows]
+        fast = evidence_crops(s3d, index, m, max_side=10_000)
+        assert len(fast) == len(full) > 0
+        for a, b in zip(fast, full):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_viewer_state_threshold_isolate_and_export(indexed, tmp_path):
     """Server state (no browser): ranked list, threshold filter, isolation, evidence, static export."""
     _need_viser()

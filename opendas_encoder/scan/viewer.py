@@ -69,16 +69,23 @@ def evidence_crops(scene, index: SceneIndex, mask_id: int, views: int = EVIDENCE
     """The crops behind one instance's feature: uint8 (h, w, 3) images, one per top view (best first),
     the crop level ``level`` of :func:`~opendas_encoder.threed.features.plan_crops` (the same views and
     boxes the feature step encoded), resized to at most ``max_side`` pixels. ``scene``: the index's
-    :class:`~opendas_encoder.threed.Scene3D`."""
+    :class:`~opendas_encoder.threed.Scene3D`.
+
+    Only the instance's points and its top views (``index.views``) are projected: visibility is decided by
+    each frame's depth map, not by the other points, so the plan is the full scene's for this mask."""
     from PIL import Image
 
     from ..threed.features import MaskFeatureConfig, plan_crops
+    from ..threed.scene import Scene3D
 
-    cfg = MaskFeatureConfig(top_k=views, num_levels=level + 1)
-    plan = plan_crops(scene, index.masks[:, [mask_id]], cfg)
+    position = {(int(f.name) if f.name.isdigit() else i): i for i, f in enumerate(scene.frames)}
+    frames = [scene.frames[position[int(v)]] for v in index.views[mask_id][:views] if int(v) in position]
+    sel = np.asarray(index.masks[:, mask_id], bool)
+    sub = Scene3D(scene.name, np.asarray(scene.points)[sel], frames)
+    plan = plan_crops(sub, np.ones((int(sel.sum()), 1), bool), MaskFeatureConfig(top_k=views, num_levels=level + 1))
     out = []
     for r in np.nonzero(plan.level == level)[0]:
-        img = scene.frames[int(plan.frame_index[r])].load_color().crop(tuple(int(v) for v in plan.boxes[r]))
+        img = sub.frames[int(plan.frame_index[r])].load_color().crop(tuple(int(v) for v in plan.boxes[r]))
         img.thumbnail((max_side, max_side), Image.BILINEAR)
         out.append(np.asarray(img))
     return out
