@@ -71,7 +71,8 @@ class Browser:
             [CHROMIUM, "--headless=new", "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
              "--ignore-gpu-blocklist", "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
              "--disable-extensions", "--force-device-scale-factor=1", f"--window-size={width},{height}",
-             "--remote-debugging-port=0", f"--user-data-dir={self.dir}", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--remote-debugging-port=0", f"--user-data-dir={self.dir}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = os.path.join(self.dir, "DevToolsActivePort")
         port = _wait(lambda: int(open(port_file).read().split()[0]) if os.path.isfile(port_file)
                      and open(port_file).read().strip() else None, 30, "chromium's DevTools port")
