@@ -5,9 +5,10 @@ object) is indexed with the shipped world CLIP; the viewer serves it on 127.0.0.
 page, the test types a class name into the query box and takes screenshots. The independent truth for
 the pixels is the generator's own ray caster: :func:`render_frame` at the browser canvas' size and the
 camera pose the test gives the client says which pixels show which object (occlusion included). The
-checks: the typed object's pixels carry the colour of the top of the absolute scale and no other
-object's pixels are as high; after the threshold slider moves above the runner-up only that object stays
-coloured; a click on it isolates it (the rest of the scene is no longer drawn).
+checks: the typed object's pixels carry the colour of its score on the absolute scale and no other
+object's pixels are as high; after the threshold moves above the runner-up only that object stays
+coloured; a click on it isolates it (the rest of the scene is no longer drawn); the slider moved in the
+page to its maximum leaves nothing listed and nothing coloured.
 
 Skips only when Chromium is absent and neither ``CI=true`` nor ``OPENDAS_REQUIRE_INTEGRATIONS=1`` is set
 (then it fails). Chromium needs no fonts beyond Debian's default ``fonts-*`` that its package pulls in.
@@ -404,6 +405,22 @@ def test_viewer_in_chromium_highlights_the_typed_object(indexed):
                                                            if i != target.instance) else None
 
         _wait(isolated_drawn, 20, "only the isolated object to be drawn", 0.3)
+
+        # the slider in the page: End moves it to its maximum (1.0): nothing is listed, nothing coloured
+        assert browser.eval("(() => { const t = document.querySelector('[role=slider]'); t.focus();"
+                            " return document.activeElement === t })()")
+        for kind in ("keyDown", "keyUp"):
+            browser.call("Input.dispatchKeyEvent", type=kind, key="End", code="End", windowsVirtualKeyCode=35)
+        # (the refresh follows the threshold on the server: wait for all of it)
+        _wait(lambda: v.state.threshold == pytest.approx(1.0) and v.state.listed() == [] and v.state.isolated is None
+              and v.cloud.visible, 20, "the slider to reach the server")
+
+        def nothing_coloured():
+            img = shot()
+            fr = {i: (_levels(img[r]) >= 0).mean() for i, r in visible.items()}
+            return fr if all(f < 0.1 for f in fr.values()) else None
+
+        _wait(nothing_coloured, 20, "every object to turn grey", 0.3)
     finally:
         if browser is not None:
             browser.close()
