@@ -31,7 +31,6 @@ def scene_queries(index, gt_ids: np.ndarray, classes: List[str], encoder, iou: f
     """One record per class present in the scene: {class, top_mask, hit, score}. The top mask is a hit
     when its best-matching ground-truth instance (IoU >= ``iou``) has the queried class."""
     from opendas_encoder.generated.scene3d import proposals_from_gt
-    from opendas_encoder.scan.proposals import proposal_recall  # noqa: F401  (same IoU definition)
     from opendas_encoder.scan.query import query_scene
 
     gt = proposals_from_gt(gt_ids)                          # (N, K), sorted by gt id

@@ -254,7 +254,8 @@ def test_query_cli_writes_ranked_instances(small_scene, tmp_path, capsys):
     loud = capsys.readouterr().out
     assert "[scan index] scene hash:" in loud and "[scan index] features (cached):" in loud
     assert len(json.load(open(os.path.join(out, "result.json")))["ranked"]) == 1     # replaced whole
-    assert sorted(os.listdir(out)) == sorted(["result.json", "scene.ply", "instance_00_mask%d.ply" % ranked[0]["mask_id"]])
+    expect = ["result.json", "scene.ply", "instance_00_mask%d.ply" % ranked[0]["mask_id"]]
+    assert sorted(os.listdir(out)) == sorted(expect)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 
 
@@ -325,3 +326,18 @@ def test_query_cli_with_an_adapted_checkpoint(small_scene, world_clip, tmp_path,
     expect = query_scene(index, loaded, ["blue box"])
     assert [r["mask_id"] for r in doc["ranked"]] == [r.mask_id for r in expect.ranked]
     np.testing.assert_allclose([r["score"] for r in doc["ranked"]], [r.score for r in expect.ranked], atol=1e-6)
+
+
+def test_fallback_proposals_are_cached_with_the_scene(small_scene, world_clip, tmp_path):
+    pytest.importorskip("open3d")
+    from opendas_encoder.scan.index import load_index
+    from opendas_encoder.scan.proposals import fallback_proposals
+
+    scene, d = small_scene
+    d = shutil.copytree(d, str(tmp_path / scene.name))
+    first = load_index(d, world_clip, proposals="fallback", progress=False)
+    assert first.proposal_source == "fallback:planes+dbscan" and "proposals" in first.timings
+    np.testing.assert_array_equal(first.masks, fallback_proposals(scene.points))
+    second = load_index(d, world_clip, proposals="fallback", progress=False)
+    assert "proposals (cached)" in second.timings and second.from_cache
+    np.testing.assert_array_equal(second.masks, first.masks)

@@ -303,8 +303,9 @@ def _index(scene_dir, encoder, *, proposals=None, progress=True, cfg: MaskFeatur
     enc_fp = timer.stage("encoder fingerprint", encoder_fingerprint, encoder)
     points = scene.points.astype(np.float32)
     masks, source = _proposals(scene_dir, scene.points, scene_hash, proposals, fallback, progress, timer, use_cache)
-    key = hashlib.sha256(json.dumps({"scene": scene_hash, "encoder": enc_fp, "masks": _masks_hash(masks),
-                                     "cfg": asdict(cfg), "version": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
+    ident = {"scene": scene_hash, "encoder": enc_fp, "masks": _masks_hash(masks), "cfg": asdict(cfg),
+             "version": CACHE_VERSION}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     stem = os.path.join(scene_dir, CACHE_DIR, f"features-{scene_hash[:16]}-{enc_fp[:16]}-{key[:16]}")
     meta = _read_json(stem + ".json")
     if (use_cache and meta and meta.get("key") == key and meta.get("scene_hash") == scene_hash
@@ -346,7 +347,8 @@ def _index(scene_dir, encoder, *, proposals=None, progress=True, cfg: MaskFeatur
 
 
 def build_index(scene_dir: str, encoder, *, proposals=None, progress: bool = True,
-                cfg: MaskFeatureConfig = MaskFeatureConfig(), fallback: FallbackConfig = FallbackConfig()) -> SceneIndex:
+                cfg: MaskFeatureConfig = MaskFeatureConfig(),
+                fallback: FallbackConfig = FallbackConfig()) -> SceneIndex:
     """Compute proposals (if needed) and mask features of a processed scene, write them to the cache
     (``<scene>/cache/``) and return the index. ``proposals``: None = the scene's Mask3D file if any, else
     the fallback; "fallback"; a proposal file path; or a bool (N, M) array."""

@@ -21,6 +21,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 FALLBACK_METHOD = "planes+dbscan"
+#: Bumped when the fallback's algorithm changes, so cached proposals of an older version are not reused.
+FALLBACK_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class FallbackConfig:
             raise ValueError(f"FallbackConfig: eps_spacings must be > 0 and min_points >= 1: {self}")
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        ident = dict(asdict(self), method=FALLBACK_METHOD, version=FALLBACK_VERSION)
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def median_spacing(points: np.ndarray, sample: int = 20000, seed: int = 0) -> float:
@@ -128,7 +131,8 @@ def _dedup(masks: Sequence[np.ndarray], num_points: int, iou: float) -> list:
     return kept
 
 
-def fallback_proposals(points: np.ndarray, cfg: FallbackConfig = FallbackConfig(), progress: bool = False) -> np.ndarray:
+def fallback_proposals(points: np.ndarray, cfg: FallbackConfig = FallbackConfig(),
+                       progress: bool = False) -> np.ndarray:
     """Class-agnostic proposals bool (N, M) of a point cloud float (N, 3) metres (see the module docstring)."""
     from sklearn.cluster import DBSCAN
     from tqdm import tqdm

@@ -84,7 +84,8 @@ def _normalised_features(index: SceneIndex) -> np.ndarray:
     return np.divide(f, n, out=np.zeros_like(f), where=n > 0)
 
 
-def score_masks(index: SceneIndex, text_features: np.ndarray, negative_features: Optional[np.ndarray] = None) -> np.ndarray:
+def score_masks(index: SceneIndex, text_features: np.ndarray,
+                negative_features: Optional[np.ndarray] = None) -> np.ndarray:
     """Scores float32 (M,) of every mask (rule: module docstring); text_features (T, D) and
     negative_features (Q, D) L2-normalised."""
     feats = _normalised_features(index)

@@ -34,7 +34,8 @@ def add_query_parser(sub) -> None:
     q.add_argument("--threshold", type=float, default=None, help="colour only masks scoring at least this")
     q.add_argument("--vmin", type=float, default=DEFAULT_VMIN, help=f"similarity at the colour scale's low end "
                    f"(default {DEFAULT_VMIN})")
-    q.add_argument("--vmax", type=float, default=DEFAULT_VMAX, help=f"similarity at its high end (default {DEFAULT_VMAX})")
+    q.add_argument("--vmax", type=float, default=DEFAULT_VMAX,
+                   help=f"similarity at its high end (default {DEFAULT_VMAX})")
     q.add_argument("--out", help="output folder (default SCENE/queries/<text>)")
     q.add_argument("--device", default="cpu", help="torch device for feature extraction (default cpu)")
     q.add_argument("--quiet", action="store_true", help="no progress bars or stage timings")
