@@ -363,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .scan.query_cli import add_query_parser  # `opendas query` (own scans); heavy imports inside
 
     add_query_parser(sub)
+
+    from .scan.view_cli import add_view_parser  # `opendas view` (web viewer); viser imported inside
+
+    add_view_parser(sub)
     return p
 
 
