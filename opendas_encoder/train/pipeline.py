@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.tokens import ZERO_SHOT_TEMPLATE, phrase_ids
-from ..data.registry import build_dataset
+from ..data.registry import build_dataset, dataset_is_generated
 from ..data.segments import SegmentDataset
 from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative_queries
 from .config import DatasetSpec, TrainConfig
@@ -213,11 +213,18 @@ def run_title(config: TrainConfig) -> str:
     return f"{config.name} (data: {config.data.train.name})"
 
 
+def trains_on_generated_data(config: TrainConfig) -> bool:
+    """Whether the run's training data is generated (from its dataset spec: a generated registry entry or
+    a root with the generated marker), which model cards and reports then say."""
+    return config.data is not None and dataset_is_generated(config.data.train.name, config.data.train.root)
+
+
 def run_metadata(config: TrainConfig, data: ExperimentData) -> dict:
     """What the checkpoint records about the run beyond the encoder: vocabulary, how segments were cut
     (``opendas eval`` reuses ``expand_ratio`` / ``min_pixels``), towers kept CLIP's, the zero-shot template."""
     return {"base_classes": list(data.vocab.base), "negative_queries": data.negatives.queries,
-            "dataset": config.data.train.name if config.data is not None else None, "method": config.method,
+            "dataset": config.data.train.name if config.data is not None else None,
+            "generated_data": trains_on_generated_data(config), "method": config.method,
             "expand_ratio": config.data.expand_ratio if config.data is not None else 0.0,
             "min_pixels": config.data.min_pixels if config.data is not None else None,
             "identity_towers": identity_towers(config), "zero_shot_template": ZERO_SHOT_TEMPLATE}
