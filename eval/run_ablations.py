@@ -145,8 +145,8 @@ def name_of(key: str) -> str:
 
 
 def format_ablation_table(results: Dict[str, Dict[str, dict]], keys: Sequence[str]) -> str:
-    """Markdown: one row per variant (option group, value), per domain B-F1 / N-F1 mean ± std."""
-    from opendas_encoder.plots import format_table
+    """Markdown: one row per variant (option group, value), per domain B-F1 / N-F1 mean ± sample std (ddof=1)."""
+    from opendas_encoder.plots import format_table, metric_cell
 
     domains = list(results)
     group = {k: g for g, k in VARIANTS.values()}
@@ -155,8 +155,8 @@ def format_ablation_table(results: Dict[str, Dict[str, dict]], keys: Sequence[st
         cells = [group.get(key, "-" if key == "zeroshot" else "baseline"), name_of(key)]
         for d in domains:
             r = results[d].get(key)
-            cells.append("-" if r is None else f"{r['base_f1']:.1f} ± {r['base_f1_std']:.1f}")
-            cells.append("-" if r is None else f"{r['novel_f1']:.1f} ± {r['novel_f1_std']:.1f}")
+            for m in ("base_f1", "novel_f1"):
+                cells.append("-" if r is None else metric_cell(r[m], spread=r[m + "_std"]))
         present = [results[d][key] for d in domains if key in results[d]]
         cells.append(f"{np.mean([r['base_f1'] for r in present]):.1f}")
         cells.append(f"{np.mean([r['novel_f1'] for r in present]):.1f}")

@@ -68,7 +68,7 @@ from opendas_encoder.train.config import (BASELINE_SETTING, DataConfig, DatasetS
                                           RuntimeConfig, ScheduleConfig, TrainConfig, format_validation_error,
                                           set_dotted)
 from opendas_encoder.generated.world.domains import GENERATED_LABEL as GENERATED  # noqa: E402
-from opendas_encoder.generated.world.domains import domain_names, get_domain  # noqa: E402
+from opendas_encoder.generated.world.domains import domain_names, evaluation_seed, get_domain  # noqa: E402
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
                                             run_experiment)
 
@@ -103,7 +103,7 @@ def domain_data(domain: str, seed: int, sizes: Sizes, shots: Shot = "all") -> Da
         return DatasetSpec(name="generated-world", split=name, options=options)
 
     return DataConfig(train=split("train", sizes.train_scenes, seed),
-                      test=split("test", sizes.test_scenes, 1000 + seed), shots=shots)
+                      test=split("test", sizes.test_scenes, evaluation_seed(seed)), shots=shots)
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -393,7 +393,8 @@ def _k_label(k: Shot) -> str:
 def format_markdown(result: dict) -> str:
     meta, shots = result["meta"], result["meta"]["shots"]
     head = (f"{GENERATED} data (procedurally generated domains, not real datasets); model {meta['model']['name']}; "
-            f"mean ± std over {meta['seeds']} seeds; K = labelled training segments per base class (the same "
+            f"mean ± sample std (ddof=1) over {meta['seeds']} seeds; K = labelled training segments per base class "
+            "(the same "
             f"K-shot set for every method at a seed); 'all' = every training segment ({meta['sizes']['train_scenes']}"
             f" scenes), {meta['sizes']['stage1_epochs']} + {meta['sizes']['stage2_epochs']} epochs; K shots: at least "
             f"{meta['sizes']['min_steps']} steps per stage")
@@ -455,7 +456,7 @@ def plot_curves(result: dict, path: str) -> str:
             ax.grid(alpha=0.3)
         axes[row][0].legend(fontsize=8)
     fig.suptitle(f"Few-shot learning curves on {GENERATED} data (not real datasets), "
-                 f"mean ± std over {result['meta']['seeds']} seeds")
+                 f"mean ± sample std (ddof=1) over {result['meta']['seeds']} seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -67,7 +67,8 @@ def root_is_generated(root: Optional[str]) -> bool:
     """True when ``root`` (or its parent, e.g. for ``ADEChallengeData2016``) holds :data:`GENERATED_MARKER`."""
     if not root:
         return False
-    return any(os.path.isfile(os.path.join(d, GENERATED_MARKER)) for d in (root, os.path.dirname(os.path.normpath(root))))
+    return any(os.path.isfile(os.path.join(d, GENERATED_MARKER))
+               for d in (root, os.path.dirname(os.path.normpath(root))))
 
 
 def dataset_is_generated(name: str, root: Optional[str] = None) -> bool:

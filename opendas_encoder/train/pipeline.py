@@ -14,11 +14,11 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..core.tokens import ZERO_SHOT_TEMPLATE, phrase_ids
 from ..data.registry import build_dataset, dataset_is_generated
+from ..metrics.intervals import mean_std  # noqa: F401  (re-exported: the demo and eval/ tables use it)
 from ..data.segments import SegmentDataset
 from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative_queries
 from .config import DatasetSpec, TrainConfig
@@ -157,7 +157,8 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
 
     results = {"zero_shot": {acc, weighted_f1, base_f1, novel_f1, ...}, "adapted": {...},
     "seconds": total, "seconds_per_iter": {stage: s}, "skipped": {...}, "vocabulary": counts,
-    "negatives": {...}, "run_dir": ..., "checkpoint": ...}
+    "negatives": {...}, "run_dir": ..., "checkpoint": ...,
+    "test_predictions": {"y_true", "adapted", "zero_shot"}: class names per test segment (paired analyses)}
     """
     t0 = time.perf_counter()
     run_dir = config.output_dir
@@ -192,6 +193,8 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     if data.test is not None:
         adapted = evaluate(model, data.test, data.vocab, device, config.runtime.eval_batch_size, progress)
         results["adapted"] = _summary(adapted)
+        results["test_predictions"] = {"y_true": list(adapted.y_true), "adapted": list(adapted.y_pred),
+                                       "zero_shot": list(zs.y_pred) if zs is not None else None}
         results["per_class"] = {"adapted": adapted.metrics["per_class"],
                                 "zero_shot": zs.metrics["per_class"] if zs is not None else None}
         if plots and is_main:
@@ -287,11 +290,3 @@ def _is_main_process() -> bool:
 def zero_shot_note() -> str:
     """The line under every results table that says how zero-shot CLIP encodes a class name."""
     return f"zero-shot CLIP encodes each class name in the template \"{ZERO_SHOT_TEMPLATE}\" (every method's)."
-
-
-def mean_std(values: List[Optional[float]]) -> Tuple[float, float]:
-    """Mean and population standard deviation (numpy's default, ddof=0) of the values that are not None/NaN."""
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(np.nanmean(arr)), float(np.nanstd(arr)) if arr.size > 1 else 0.0

@@ -177,6 +177,21 @@ def domain_names() -> List[str]:
     return sorted(DOMAINS.names(), key=lambda n: (n != "cast", n))
 
 
+#: Test scenes of run seed s are ``build_domain(domain, n, TEST_SEED_OFFSET + s, "test")`` in the demo, the
+#: domain suite and the few-shot curves. The library default was SELECTED on these scenes (quick suite:
+#: s = 0..2, scenes 0..29, a prefix of the 100 scenes of full mode / the demo: scene k of a seed is the
+#: same whatever n_scenes is), so numbers on them are not held-out.
+TEST_SEED_OFFSET = 1000
+#: Held-out test scenes (``--held-out``): seeds HELD_OUT_TEST_SEED_OFFSET + s, used by no selection, tuning or
+#: pretraining run (scenes are keyed by (seed, split, index, domain), so other seeds give other scenes).
+HELD_OUT_TEST_SEED_OFFSET = 1_000_000
+
+
+def evaluation_seed(seed: int, held_out: bool = False) -> int:
+    """The test-split seed of run seed ``seed``: the selection-time test scenes, or held-out ones."""
+    return (HELD_OUT_TEST_SEED_OFFSET if held_out else TEST_SEED_OFFSET) + int(seed)
+
+
 def build_domain(name: Union[str, DomainSpec], n_scenes: int, seed: int, split: str = "train",
                  rendering: Optional[TargetRendering] = None) -> TargetDomain:
     """Segments of ``n_scenes`` generated scenes of domain ``name`` ("train": base classes only)."""
@@ -263,5 +278,6 @@ NIGHT = register_domain(DomainSpec(
 
 __all__ = [
     "GENERATED_LABEL", "Phrasing", "CANONICAL", "FRAME_PHRASING", "DomainSpec", "DOMAINS", "register_domain",
-    "get_domain", "domain_names", "build_domain", "CAST", "FRAMES", "SIBLINGS", "NIGHT",
+    "get_domain", "domain_names", "build_domain", "CAST", "FRAMES", "SIBLINGS", "NIGHT", "TEST_SEED_OFFSET",
+    "HELD_OUT_TEST_SEED_OFFSET", "evaluation_seed",
 ]
