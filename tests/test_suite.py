@@ -63,33 +63,3 @@ def test_tiny_suite_end_to_end(tmp_path):
     assert "generated" in table and "`frames`" in table and "OpenDAS (paper)" in table and "VPT" in table
     assert os.path.isfile(os.path.join(tmp_path, "frames", "vpt", "seed1", "results.json"))
 
-
-def test_held_out_test_scenes_are_disjoint_from_every_selection_scene(tmp_path):
-    """Issue 25 item 11: the library default was selected on the quick suite's test scenes (seeds 1000 + s,
-    scenes 0..29), a prefix of the full suite's, the demo's and the few-shot curves' test scenes. --held-out
-    tests on other scene seeds, and so on other scenes (the generator keys a scene by seed, split, index)."""
-    from eval import run_fewshot
-    from opendas_encoder.demo import DemoOptions, demo_config
-    from opendas_encoder.generated.world.domains import build_domain
-
-    run = run_suite.resolve_method("opendas-default")
-
-    def test_seed(config):
-        return config.data.test.options["seed"]
-
-    seeds = range(20)  # far more run seeds than any selection used (3)
-    selection = set()
-    for seed in seeds:
-        for sizes in (run_suite.QUICK, run_suite.FULL):
-            selection.add(test_seed(run_suite.suite_config("cast", run, seed, sizes, str(tmp_path), "cpu")))
-        selection.add(test_seed(demo_config(DemoOptions(), seed)))
-        selection.add(run_fewshot.domain_data("cast", seed, run_fewshot.QUICK).test.options["seed"])
-    assert selection == {1000 + s for s in seeds}  # what the docs say the selection used
-    held_out = {test_seed(run_suite.suite_config("cast", run, s, run_suite.FULL, str(tmp_path), "cpu", held_out=True))
-                for s in seeds}
-    assert held_out == {test_seed(demo_config(DemoOptions(held_out=True), s)) for s in seeds}
-    assert len(held_out) == len(seeds) and not held_out & selection
-    # and the scenes themselves differ: no held-out image equals a selection-time image
-    shown = {build_domain("cast", 6, 1000 + s, "test").scenes[k].image.tobytes() for s in range(3) for k in range(6)}
-    fresh = [sc.image.tobytes() for s in range(3) for sc in build_domain("cast", 6, min(held_out) + s, "test").scenes]
-    assert len(shown) == 18 and not set(fresh) & shown
