@@ -10,11 +10,11 @@ interval of a method's difference to a reference over test segments.
   an interval for the test-sample uncertainty of the seeds' trained models; segments of one scene are
   treated as independent.
 
-Why not ``scipy.stats.bootstrap`` (used before): its statistic is called per resample on index arrays;
-the weighted F1 of 2000 resamples x 4 metrics x 2 methods x seeds is one matrix product here
-(resample counts (R, n) @ one-hot labels (n, C)), ~100x faster than 16000 scikit-learn calls (measured:
-0.05 s vs 6 s for 3 seeds x 240 segments x 20 classes). The point estimate equals scikit-learn's
-``f1_score(average="weighted")`` (tested).
+Hand-written instead of ``scipy.stats.bootstrap`` + scikit-learn per resample: the weighted F1s of
+2000 resamples x 4 metrics x 2 methods x seeds are matrix products here (resample counts (R, n) @
+one-hot labels (n, C)). Measured for 3 seeds x 240 segments x 20 classes: 0.44 s, against ~470 s for
+scikit-learn's ``f1_score`` per resample (200 resamples timed, x10). The point estimate equals
+scikit-learn's ``f1_score(average="weighted")`` (tested).
 """
 
 from __future__ import annotations
