@@ -3,7 +3,7 @@
 Every variant is an ``eval/run_suite.py`` key (the paper's OpenDAS, ``opendas-paper``, with config
 overrides after ``@``), run through the normal training engine on the generated domains x seeds.
 ``run`` trains variants and writes their suite JSON; ``report`` merges suite JSON files into the
-ablation table (per option and value, per domain B-F1 / N-F1 mean ± std over seeds) and applies the
+ablation table (per option and value, per domain B-F1 / N-F1 mean ± sample std over seeds) and applies the
 rule that chooses the library default (issue 14 §4):
 
     among the variants whose B-F1 is within ``--b-tolerance`` (1) point of the best variant's on every

@@ -8,7 +8,8 @@ K-shot set (``opendas_encoder.train.shots``; each run folder holds its ``shots.j
 
 Data: per domain and seed s, the training split is ``generated-world`` with ``--world-scenes`` TRAIN
 scenes (default 48) and seed s, the test split TEST scenes (default 30) with seed 1000 + s (new scenes
-for every seed, as ``opendas demo`` and ``eval/run_suite.py``); the model is the world's small CLIP.
+for every seed, as ``opendas demo`` and ``eval/run_suite.py``; the scenes the library default was
+selected on, so its curve is not held-out); the model is the world's small CLIP.
 Every number is measured on **generated** data (procedurally generated domains, not real datasets).
 Domains: every domain of ``opendas_encoder.generated.world.domains`` (cast, frames, night, siblings).
 
@@ -31,8 +32,8 @@ CPU threads: on a CPU shared with other jobs use one thread (``OMP_NUM_THREADS=1
 measured here with the two cores busy, a training step of the world CLIP took ~4.8 s with two threads
 and ~0.1 s with one.
 
-Writes into ``--out``: ``fewshot.json`` (per domain, K, method: per-seed metrics, mean ± std; zero-shot;
-the smallest K), ``fewshot.md`` (B-F1 and N-F1 tables, mean ± std per K and method), ``fewshot.png``
+Writes into ``--out``: ``fewshot.json`` (per domain, K, method: per-seed metrics, mean ± sample std
+(ddof=1); zero-shot; the smallest K), ``fewshot.md`` (B-F1 and N-F1 tables, mean ± sample std per K and method), ``fewshot.png``
 (B-F1 and N-F1 against K, one line per method). The smallest K at which an OpenDAS variant beats
 zero-shot CLIP on B-F1 by ``--gain`` (10) points without losing N-F1 (means over seeds of the paired
 differences to zero-shot at the same seed) is printed and stored. Runs whose ``results.json`` exists
