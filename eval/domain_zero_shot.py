@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None) -> dict:
     from opendas_encoder.generated.world.domains import GENERATED_LABEL, build_domain, domain_names, get_domain
+    from opendas_encoder.metrics.intervals import mean_std
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--domains", nargs="+", default=None, help=f"default: all ({', '.join(domain_names())})")
@@ -57,7 +58,7 @@ def main(argv=None) -> dict:
         r = np.asarray(rows)
         keys = ["acc", "base_acc", "novel_acc", "canonical_acc", "canonical_base_acc", "canonical_novel_acc", "segments"]
         out["domains"][name] = {k: float(r[:, i].mean()) for i, k in enumerate(keys)} | \
-            {"acc_std": float(r[:, 0].std()), "chance": 100.0 / len(v["test"])}
+            {"acc_std": mean_std(r[:, 0].tolist())[1], "chance": 100.0 / len(v["test"])}  # sample std
     # the text-side collision that `frames` is built on: "X" vs "X frame" for every colour-shape pair
     from opendas_encoder.generated.world import COLOURS, SHAPES
 
@@ -69,6 +70,7 @@ def main(argv=None) -> dict:
     out["seconds"] = time.perf_counter() - t0
     print(f"Zero-shot accuracy (%) of the world CLIP on the {GENERATED_LABEL} target domains "
           f"(test split, {args.seeds} seed(s) x {args.scenes} scenes):\n")
+    print("Acc: mean ± sample std (ddof=1) over the test seeds.\n")
     print("| domain | Acc | base | novel | Acc, canonical names | base | novel | chance |")
     print("|---|---|---|---|---|---|---|---|")
     for name, d in out["domains"].items():

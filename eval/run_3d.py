@@ -58,13 +58,13 @@ if ROOT not in sys.path:
 from integrations.openmask3d.readers import (ProcessedLayout, find_mask_proposals, find_openmask3d_features,  # noqa: E402
                                              read_classes_json, read_mask_proposals, read_openmask3d_features,
                                              read_processed_scene, read_scannet_gt)
+from opendas_encoder.data.registry import GENERATED_MARKER, root_is_generated  # noqa: E402
 from opendas_encoder.metrics import instance_ap  # noqa: E402
 from opendas_encoder.threed import (OPENMASK3D_TEMPLATE, MaskFeatureConfig, SamRefiner, Scene3D,  # noqa: E402
                                     classify_masks, compute_mask_features, encode_queries)
 from opendas_encoder.generated.scene3d import generate_dataset, proposals_from_gt  # noqa: E402
 
 CLIP, OPENDAS = "clip", "opendas"
-GENERATED_MARKER = "GENERATED"  # opendas_encoder.generated writes it at the root of generated data
 
 NO_CHECKPOINT_HELP = (
     "no OpenDAS checkpoint given (--checkpoint DIR), so there is no OpenDAS column to compare with CLIP. Get one:\n"
@@ -183,8 +183,7 @@ class SceneSource:
         return read_mask_proposals(path, num_points), path
 
     def is_generated(self) -> bool:
-        return any(os.path.isfile(os.path.join(d, GENERATED_MARKER))
-                   for d in (self.root, os.path.dirname(os.path.normpath(self.root))))
+        return root_is_generated(self.root)
 
     def scene_names(self) -> List[str]:
         """Every scene folder of an OpenMask3D processed layout (those with a pose/ folder)."""

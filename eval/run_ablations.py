@@ -3,7 +3,7 @@
 Every variant is an ``eval/run_suite.py`` key (the paper's OpenDAS, ``opendas-paper``, with config
 overrides after ``@``), run through the normal training engine on the generated domains x seeds.
 ``run`` trains variants and writes their suite JSON; ``report`` merges suite JSON files into the
-ablation table (per option and value, per domain B-F1 / N-F1 mean ± std over seeds) and applies the
+ablation table (per option and value, per domain B-F1 / N-F1 mean ± sample std over seeds) and applies the
 rule that chooses the library default (issue 14 §4):
 
     among the variants whose B-F1 is within ``--b-tolerance`` (1) point of the best variant's on every
@@ -150,8 +150,8 @@ def name_of(key: str) -> str:
 
 
 def format_ablation_table(results: Dict[str, Dict[str, dict]], keys: Sequence[str]) -> str:
-    """Markdown: one row per variant (option group, value), per domain B-F1 / N-F1 mean ± std."""
-    from opendas_encoder.plots import format_table
+    """Markdown: one row per variant (option group, value), per domain B-F1 / N-F1 mean ± sample std (ddof=1)."""
+    from opendas_encoder.plots import format_table, metric_cell
 
     domains = list(results)
     group = {k: g for g, k in VARIANTS.values()}
@@ -160,8 +160,8 @@ def format_ablation_table(results: Dict[str, Dict[str, dict]], keys: Sequence[st
         cells = [group.get(key, "-" if key == "zeroshot" else "baseline"), name_of(key)]
         for d in domains:
             r = results[d].get(key)
-            cells.append("-" if r is None else f"{r['base_f1']:.1f} ± {r['base_f1_std']:.1f}")
-            cells.append("-" if r is None else f"{r['novel_f1']:.1f} ± {r['novel_f1_std']:.1f}")
+            for m in ("base_f1", "novel_f1"):
+                cells.append("-" if r is None else metric_cell(r[m], spread=r[m + "_std"]))
         present = [results[d][key] for d in domains if key in results[d]]
         cells.append(f"{np.mean([r['base_f1'] for r in present]):.1f}")
         cells.append(f"{np.mean([r['novel_f1'] for r in present]):.1f}")

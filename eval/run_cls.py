@@ -215,7 +215,7 @@ def format_tables(results: dict) -> Dict[str, str]:
     zs, runs, plan = results["zero_shot"], results["runs"], results["plan"]
     weights = results["model"]["pretrained"] or "random weights"
     head = (f"{results['dataset']}; model {results['model']['name']} ({weights}); "
-            f"mean ± std over {results['seeds']} seed(s); {results['schedule']['stage1_epochs']} + "
+            f"mean ± sample std (ddof=1) over {results['seeds']} seed(s); {results['schedule']['stage1_epochs']} + "
             f"{results['schedule']['stage2_epochs']} epochs; zero-shot template \"{ZERO_SHOT_TEMPLATE}\"")
     out = {}
     if "main" in plan:

@@ -8,7 +8,8 @@ K-shot set (``opendas_encoder.train.shots``; each run folder holds its ``shots.j
 
 Data: per domain and seed s, the training split is ``generated-world`` with ``--world-scenes`` TRAIN
 scenes (default 48) and seed s, the test split TEST scenes (default 30) with seed 1000 + s (new scenes
-for every seed, as ``opendas demo`` and ``eval/run_suite.py``); the model is the world's small CLIP.
+for every seed, as ``opendas demo`` and ``eval/run_suite.py``; the scenes the library default was
+selected on, so its curve is not held-out); the model is the world's small CLIP.
 Every number is measured on **generated** data (procedurally generated domains, not real datasets).
 Domains: every domain of ``opendas_encoder.generated.world.domains`` (cast, frames, night, siblings).
 
@@ -31,8 +32,8 @@ CPU threads: on a CPU shared with other jobs use one thread (``OMP_NUM_THREADS=1
 measured here with the two cores busy, a training step of the world CLIP took ~4.8 s with two threads
 and ~0.1 s with one.
 
-Writes into ``--out``: ``fewshot.json`` (per domain, K, method: per-seed metrics, mean ± std; zero-shot;
-the smallest K), ``fewshot.md`` (B-F1 and N-F1 tables, mean ± std per K and method), ``fewshot.png``
+Writes into ``--out``: ``fewshot.json`` (per domain, K, method: per-seed metrics, mean ± sample std
+(ddof=1); zero-shot; the smallest K), ``fewshot.md`` (B-F1 and N-F1 tables, mean ± sample std per K and method), ``fewshot.png``
 (B-F1 and N-F1 against K, one line per method). The smallest K at which an OpenDAS variant beats
 zero-shot CLIP on B-F1 by ``--gain`` (10) points without losing N-F1 (means over seeds of the paired
 differences to zero-shot at the same seed) is printed and stored. Runs whose ``results.json`` exists
@@ -70,7 +71,7 @@ from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
                                           ScheduleConfig, TrainConfig)
 from opendas_encoder.generated.world.domains import GENERATED_LABEL as GENERATED  # noqa: E402
-from opendas_encoder.generated.world.domains import domain_names, get_domain  # noqa: E402
+from opendas_encoder.generated.world.domains import domain_names, evaluation_seed, get_domain  # noqa: E402
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
                                             run_experiment)
 
@@ -105,7 +106,7 @@ def domain_data(domain: str, seed: int, sizes: Sizes, shots: Shot = "all") -> Da
         return DatasetSpec(name="generated-world", split=name, options=options)
 
     return DataConfig(train=split("train", sizes.train_scenes, seed),
-                      test=split("test", sizes.test_scenes, 1000 + seed), shots=shots)
+                      test=split("test", sizes.test_scenes, evaluation_seed(seed)), shots=shots)
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -339,7 +340,8 @@ def _k_label(k: Shot) -> str:
 def format_markdown(result: dict) -> str:
     meta, shots = result["meta"], result["meta"]["shots"]
     head = (f"{GENERATED} data (procedurally generated domains, not real datasets); model {meta['model']['name']}; "
-            f"mean ± std over {meta['seeds']} seeds; K = labelled training segments per base class (the same "
+            f"mean ± sample std (ddof=1) over {meta['seeds']} seeds; K = labelled training segments per base class "
+            "(the same "
             f"K-shot set for every method at a seed); 'all' = every training segment ({meta['sizes']['train_scenes']}"
             f" scenes), {meta['sizes']['stage1_epochs']} + {meta['sizes']['stage2_epochs']} epochs; K shots: at least "
             f"{meta['sizes']['min_steps']} steps per stage")
@@ -401,7 +403,7 @@ def plot_curves(result: dict, path: str) -> str:
             ax.grid(alpha=0.3)
         axes[row][0].legend(fontsize=8)
     fig.suptitle(f"Few-shot learning curves on {GENERATED} data (not real datasets), "
-                 f"mean ± std over {result['meta']['seeds']} seeds")
+                 f"mean ± sample std (ddof=1) over {result['meta']['seeds']} seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

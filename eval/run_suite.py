@@ -9,9 +9,12 @@ the negative queries; the baselines train in one stage ("one-stage-ce") for stag
 without negatives, with their papers' options (``eval/runspec.py``, as Table 2).
 
 Writes ``suite.json`` and ``suite.md`` into ``--out``: per domain, Acc / W-F1 / B-F1 / N-F1 as
-mean ± std over seeds, and the paired difference to zero-shot CLIP (same seed, same test scenes) with
-a 95 % bootstrap interval over seeds (scipy.stats.bootstrap, percentile; coarse for 3 seeds).
-Everything is measured on **generated** data.
+mean ± sample std (ddof=1) over seeds, and the paired difference to zero-shot CLIP (same seed, same test
+scenes) with a 95 % paired bootstrap interval over the test segments pooled over seeds (resampled within
+each seed, both methods' predictions of a segment drawn together, every F1 recomputed:
+``opendas_encoder.metrics.intervals.paired_segment_bootstrap``). ``suite.json`` keeps every segment's
+predictions. ``--held-out`` tests on scenes of seeds 1000000 + s that no selection run saw (the library
+default was selected on the quick mode's test scenes). Everything is measured on **generated** data.
 
 Methods (``--methods``), in the one run syntax of ``eval/runspec.py``,
 ``[TAG=]NAME[:SETTING][@dotted.key=value]...``:
@@ -56,12 +59,14 @@ if ROOT not in sys.path:
 
 from eval.runspec import DISPLAY as SPEC_DISPLAY  # noqa: E402  (names, options, dedup: one place)
 from eval.runspec import RunSpec, parse_spec, training_key  # noqa: E402
+from opendas_encoder.metrics.intervals import mean_std, paired_segment_bootstrap  # noqa: E402
 from opendas_encoder.plots import format_table  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
                                           ScheduleConfig, TrainConfig)
 from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, prepare_experiment  # noqa: E402
 from opendas_encoder.vocab import Vocabulary, select_negative_queries  # noqa: E402
-from opendas_encoder.generated.world.domains import GENERATED_LABEL, domain_names, get_domain  # noqa: E402
+from opendas_encoder.generated.world.domains import (GENERATED_LABEL, HELD_OUT_TEST_SEED_OFFSET,  # noqa: E402
+                                                     TEST_SEED_OFFSET, domain_names, evaluation_seed, get_domain)
 
 METRIC_NAMES = {"acc": "Acc", "weighted_f1": "W-F1", "base_f1": "B-F1", "novel_f1": "N-F1"}
 DEFAULT_METHODS = ("zeroshot", "opendas-paper", "opendas-default", "cocoop", "vpt", "rpo", "maple",
@@ -92,9 +97,10 @@ def resolve_method(key: str) -> RunSpec:
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str) -> TrainConfig:
+def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str, held_out: bool = False) -> TrainConfig:
     """The suite's base config of one domain and seed (world CLIP, the domain's splits, the sizes' schedule,
-    ``preset: default``); a run is :meth:`RunSpec.config` of it."""
+    ``preset: default``); a run is :meth:`RunSpec.config` of it. held_out: test on scenes no selection run
+    saw (``evaluation_seed(seed, held_out=True)``)."""
     from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     def split(name: str, n: int, s: int) -> DatasetSpec:
@@ -103,19 +109,21 @@ def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str) 
     return TrainConfig(
         name=f"{GENERATED_LABEL} domain {domain} seed {seed}", seed=seed, preset="default",
         model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
-        data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
+        data=DataConfig(train=split("train", sizes.train_scenes, seed),
+                        test=split("test", sizes.test_scenes, evaluation_seed(seed, held_out))),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
                                 stage2_epochs=sizes.stage2_epochs),
         # the distillation option's unlabelled images (used only with @distill.weight>0, a transductive run): the
         # test split's scenes, read without labels
-        distill={"unlabelled": split("test", sizes.test_scenes, 1000 + seed)},
+        distill={"unlabelled": split("test", sizes.test_scenes, evaluation_seed(seed, held_out))},
         runtime=RuntimeConfig(device=device), output_dir=os.path.join(out_dir, domain, "base", f"seed{seed}"))
 
 
-def suite_config(domain: str, run: RunSpec, seed: int, sizes: Sizes, out_dir: str, device: str) -> TrainConfig:
+def suite_config(domain: str, run: RunSpec, seed: int, sizes: Sizes, out_dir: str, device: str,
+                 held_out: bool = False) -> TrainConfig:
     """The training config of ``run`` on ``domain`` at ``seed`` (zeroshot: the default preset's, for its data)."""
     spec = run if run.trained else parse_spec("opendas-default")
-    return spec.config(suite_base(domain, seed, sizes, out_dir, device),
+    return spec.config(suite_base(domain, seed, sizes, out_dir, device, held_out),
                        name=f"{GENERATED_LABEL} domain {domain}: {run.key} seed {seed}",
                        output_dir=os.path.join(out_dir, domain, run.tag, f"seed{seed}"))
 
@@ -141,69 +149,76 @@ def prepare_domain_seed(config: TrainConfig, domain: str, progress: bool) -> Tup
 
 
 def run_domain_seed(domain: str, runs: Sequence[RunSpec], seed: int, sizes: Sizes, out_dir: str, device: str,
-                    progress: bool) -> Dict[str, dict]:
-    """Zero-shot and every training of ``runs`` on one domain and seed: {key: metrics}; "zeroshot" always."""
+                    progress: bool, held_out: bool = False) -> Tuple[Dict[str, dict], dict]:
+    """Zero-shot and every training of ``runs`` on one domain and seed: ({key: metrics}, predictions) with
+    "zeroshot" always; predictions = {"y_true": [...], "y_pred": {key: [...]}, "labels", "base", "novel"}
+    (class names per test segment, the same segments for every key)."""
     from opendas_encoder.train.evaluate import evaluate, zero_shot_encoder
     from opendas_encoder.train.pipeline import run_experiment
     from opendas_encoder.train.trainer import resolve_device
 
-    probe_config = suite_config(domain, parse_spec("opendas-default"), seed, sizes, out_dir, device)
+    probe_config = suite_config(domain, parse_spec("opendas-default"), seed, sizes, out_dir, device, held_out)
     probe, data, plain = prepare_domain_seed(probe_config, domain, progress)
     dev = resolve_device(device)
-    out = {"zeroshot": _summary(evaluate(zero_shot_encoder(probe), data.test, data.vocab, dev,
-                                         probe_config.runtime.eval_batch_size).metrics)}
+    zs = evaluate(zero_shot_encoder(probe), data.test, data.vocab, dev, probe_config.runtime.eval_batch_size)
+    out = {"zeroshot": _summary(zs.metrics)}
+    predictions = {"y_true": list(zs.y_true), "y_pred": {"zeroshot": list(zs.y_pred)},
+                   "labels": list(data.vocab.test), "base": list(data.vocab.test_base), "novel": list(data.vocab.novel)}
     done: Dict[str, dict] = {}  # training_key -> metrics: keys that resolve to the same training run once
+    predicted: Dict[str, list] = {}  # training_key -> its test predictions
     for run in runs:
         if not run.trained:
             continue
-        config = suite_config(domain, run, seed, sizes, out_dir, device)
+        config = suite_config(domain, run, seed, sizes, out_dir, device, held_out)
         key = training_key(config)
         if key not in done:
             t0 = time.perf_counter()
             res = run_experiment(config, progress=progress, plots=False, model=build_model(config),
                                  data=data if run.method == "opendas" else plain, zero_shot=False)
             done[key] = dict(res["adapted"], seconds=time.perf_counter() - t0)
+            predicted[key] = res["test_predictions"]["adapted"]
+            if res["test_predictions"]["y_true"] != predictions["y_true"]:
+                raise RuntimeError(f"{run.key}: its test segments are not zero-shot CLIP's (unpaired)")
         out[run.key] = done[key]
-    return out
+        predictions["y_pred"][run.key] = predicted[key]
+    return out, predictions
 
 
-def paired_interval(values: Sequence[float], reference: Sequence[float], confidence: float = 0.95) -> dict:
-    """Mean of the paired differences ``values - reference`` and its bootstrap interval over the pairs."""
-    from scipy.stats import bootstrap
-
-    d = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
-    out = {"mean": float(d.mean()), "low": float("nan"), "high": float("nan"), "n": int(d.size)}
-    if d.size >= 2:
-        res = bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=9999, method="percentile",
-                        random_state=np.random.default_rng(0))
-        out["low"], out["high"] = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return out
-
-
-def aggregate(per_seed: Dict[str, Dict[str, List[dict]]], methods: Sequence[str]) -> Dict[str, Dict[str, dict]]:
-    """{domain: {method: {metric: mean, metric_std, diff: {metric: paired interval}, per_seed}}}."""
+def aggregate(per_seed: Dict[str, Dict[str, List[dict]]], methods: Sequence[str],
+              predictions: Optional[Dict[str, List[dict]]] = None) -> Dict[str, Dict[str, dict]]:
+    """{domain: {method: {metric: mean, metric_std (sample std, ddof=1), diff: {metric: paired interval},
+    per_seed}}}. predictions: {domain: [run_domain_seed's predictions of each seed]}; the difference to
+    zero-shot CLIP and its 95 % interval come from the paired segment bootstrap over them (a domain without
+    predictions gets no diff)."""
     out: Dict[str, Dict[str, dict]] = {}
     for domain, by_method in per_seed.items():
-        zs = by_method["zeroshot"]
+        seeds = (predictions or {}).get(domain)
         out[domain] = {}
         for key in methods:
             rows = by_method[key]
             entry = {"per_seed": rows}
             for k in METRIC_KEYS:
-                vals = np.asarray([r[k] for r in rows], dtype=float)
-                entry[k], entry[k + "_std"] = float(vals.mean()), float(vals.std())
-            if key != "zeroshot":
-                entry["diff"] = {k: paired_interval([r[k] for r in rows], [z[k] for z in zs]) for k in METRIC_KEYS}
+                entry[k], entry[k + "_std"] = mean_std([r[k] for r in rows])
+            if key != "zeroshot" and seeds:
+                p = seeds[0]
+                groups = [(s["y_true"], s["y_pred"][key], s["y_pred"]["zeroshot"]) for s in seeds]
+                entry["diff"] = paired_segment_bootstrap(groups, p["labels"], p["base"], p["novel"])
             out[domain][key] = entry
     return out
 
 
 def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
     head = (f"Domain suite on {GENERATED_LABEL} data (procedurally generated target domains, not real datasets); "
-            f"world CLIP {meta['model']}; mean ± std over {meta['seeds']} seed(s); {meta['sizes']['train_scenes']} train / "
+            f"world CLIP {meta['model']}; mean ± sample std (ddof=1) over {meta['seeds']} seed(s); "
+            f"{meta['sizes']['train_scenes']} train / "
             f"{meta['sizes']['test_scenes']} test scenes, {meta['sizes']['stage1_epochs']} + "
-            f"{meta['sizes']['stage2_epochs']} epochs{' (quick mode)' if meta['quick'] else ''}. Brackets: paired "
-            "difference to zero-shot CLIP (same seeds and test scenes) and its 95 % bootstrap interval over seeds.")
+            f"{meta['sizes']['stage2_epochs']} epochs{' (quick mode)' if meta['quick'] else ''}; test scenes of seeds "
+            f"{meta.get('test_seeds')}: " + ("HELD-OUT, seen by no selection run. " if meta.get("held_out") else
+                                               "not held-out (the library default was selected on scenes 0-29 of "
+                                               "these seeds; --held-out for fresh ones). ") +
+            "Brackets: paired difference to zero-shot CLIP (same seeds and test scenes, mean over seeds) and its 95 % "
+            "paired bootstrap interval over the test segments pooled over seeds (resampled within each seed; it covers "
+            "the test-sample uncertainty of these trained models, segments of a scene taken as independent).")
     parts = [head]
     runs = meta.get("runs", {})
     for domain, rows in summary.items():
@@ -217,7 +232,7 @@ def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
                 table.append(["**transductive** (unlabelled test images)"] + [""] * len(METRIC_KEYS))
             cells = [DISPLAY.get(key, key) + (" (transductive)" if key in marked else "")]
             for k in METRIC_KEYS:
-                cell = f"{r[k]:.1f} ± {r[k + '_std']:.1f}"
+                cell = f"{r[k]:.1f}" + (f" ± {r[k + '_std']:.1f}" if np.isfinite(r[k + "_std"]) else "")
                 if "diff" in r:
                     d = r["diff"][k]
                     cell += f" ({d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}])" if np.isfinite(d["low"]) \
@@ -231,9 +246,11 @@ def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
 
 
 def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes: Sizes, out_dir: str,
-              device: str = "auto", progress: bool = False, quick: bool = False, first_seed: int = 0) -> dict:
-    """``seeds`` seeds from ``first_seed`` (train seed s, test seed 1000 + s); docs/selection.md's held-out check
-    uses seeds 3-5."""
+              device: str = "auto", progress: bool = False, quick: bool = False, first_seed: int = 0,
+              held_out: bool = False) -> dict:
+    """Every method on every domain and on ``seeds`` seeds from ``first_seed`` (train seed s, test scenes of
+    ``evaluation_seed(s, held_out)``); held_out: test scenes no selection run saw. docs/selection.md's
+    held-out check uses seeds 3-5."""
     runs = [resolve_method(m) for m in methods]  # every name checked before any work
     for d in domains:
         get_domain(d)
@@ -244,9 +261,11 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     keys = ["zeroshot"] + [r.key for r in runs if r.key != "zeroshot"]
     t0 = time.perf_counter()
     per_seed: Dict[str, Dict[str, List[dict]]] = {d: {k: [] for k in keys} for d in domains}
+    predictions: Dict[str, List[dict]] = {d: [] for d in domains}
     for domain in domains:
         for seed in range(first_seed, first_seed + seeds):
-            res = run_domain_seed(domain, runs, seed, sizes, out_dir, device, progress)
+            res, predicted = run_domain_seed(domain, runs, seed, sizes, out_dir, device, progress, held_out)
+            predictions[domain].append(predicted)
             for k in keys:
                 per_seed[domain][k].append(res[k])
             print(f"[suite] {domain} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -254,12 +273,14 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
 
     meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
             "first_seed": first_seed, "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
+            "held_out": held_out,
+            "test_seeds": [evaluation_seed(s, held_out) for s in range(first_seed, first_seed + seeds)],
             "runs": {r.key: {"method": r.method, "setting": r.setting, "preset": r.preset,
                              "transductive": transductive.get(r.key, False),
                              "overrides": {k: json.loads(v) for k, v in r.overrides}} for r in runs},
             "seconds": time.perf_counter() - t0}
-    summary = aggregate(per_seed, keys)
-    return {"meta": meta, "results": summary, "table": format_suite(summary, meta)}
+    summary = aggregate(per_seed, keys, predictions)
+    return {"meta": meta, "results": summary, "table": format_suite(summary, meta), "predictions": predictions}
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -275,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/suite")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--held-out", action="store_true",
+                   help=f"test on held-out scenes (seeds {HELD_OUT_TEST_SEED_OFFSET} + s) that no selection run saw; "
+                        f"default: seeds {TEST_SEED_OFFSET} + s, the scenes the library default was selected on")
     return p
 
 
@@ -300,7 +324,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         sizes = replace(sizes, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1])
     torch.set_flush_denormal(True)  # entry point: denormals slow CPU training of the tiny CLIP
     result = run_suite(args.methods, args.domains or domain_names(), args.seeds, sizes, args.out, args.device,
-                       progress=args.progress, quick=args.quick, first_seed=args.first_seed)
+                       progress=args.progress, quick=args.quick, first_seed=args.first_seed, held_out=args.held_out)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "suite.json"), "w") as f:
         json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1, sort_keys=True, default=float)

@@ -157,7 +157,7 @@ def cmd_demo(args) -> int:
 
     get_domain(args.domain)  # an unknown domain fails before any work, listing the known ones
     opts = DemoOptions(seeds=args.seeds, out_dir=args.out, device=args.device, progress=not args.quiet,
-                       domain=args.domain,
+                       domain=args.domain, held_out=args.held_out,
                        baselines=[m for m in (args.baselines or "").split(",") if m],
                        stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1],
                        variants=tuple(v for v in args.variants.split(",") if v))
@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of stage 1 and stage 2: 'S1,S2', or one number for both (default 5,5 as in the paper)")
     d.add_argument("--domain", default="cast", help="generated target domain: cast (the original world), frames "
                    "(text-side shift), siblings (fine-grained), night (strong visual shift); docs/domains.md")
+    d.add_argument("--held-out", action="store_true",
+                   help="test on held-out scenes (test seeds 1000000 + s) that no selection or tuning run saw; "
+                        "by default the test scenes are those the library default was selected on (seeds 1000 + s)")
     d.add_argument("--device", default="auto", help="torch device; auto = cuda if available")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

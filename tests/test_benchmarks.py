@@ -27,10 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["red square", "green square", "blue square"]
 
 
-def run_script(name, *args):
+def run_script(name, *args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval", name), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -87,7 +87,10 @@ def test_bench_gpu_runs_every_phase_on_the_cpu(tmp_path):
     out = tmp_path / "gpu"
     run_script("bench_gpu.py", "--out", str(out), "--device", "cpu", "--model", "opendas-tiny-vit",
                "--aggregate-model", "opendas-tiny-vit", "--steps", "2", "--batch", "4", "--encode-batch", "2",
-               "--label-space", "12", "--large-label-space", "24", "--budget", "280")
+               "--label-space", "12", "--large-label-space", "24", "--budget", "1500", timeout=1600)
+    # The budget only bounds a broken phase: on a CPU shared with other jobs (load 10 on 2 cores) the six
+    # tiny phases took more than the former 280 s and the last was skipped (issue 25 item 13: CI green on
+    # any machine); on a free CPU they take what they took before.
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["phases"]) == {"train_vitl14", "encode_vitl14", "aggregate_vitl14_336", "floor900_vitl14",
                                       "graphs_vitl14", "baselines_vitl14"}

@@ -211,6 +211,25 @@ def test_checkpoint_records_identity_facts(tmp_path):
 
 
 # ---------------------------------------------------------------- format 1 (written by main b7e0b1a)
+def float32_bound(features, chain=14, n=256, safety=2.0):
+    """How far features computed on another machine may be from this machine's (issue 25 item 13).
+
+    The fixture's features were computed by an older version on another machine; other SIMD kernels and
+    thread counts sum float32 products in another order. A dot product of n terms of size <= m rounds
+    to within ~ sqrt(n) * eps * m (eps = 2**-24 ~ 6e-8, the rounding errors a random walk); the
+    opendas-tiny-vit path from pixels to a feature is a chain of ``chain`` such products (patch conv of
+    3*8*8 = 192 terms; per layer of 2: qkv, q.k, attn.v, out, fc1, fc2 of at most n = 256 terms; the
+    projection), whose independent errors add in quadrature, each relative to the feature scale:
+    bound = safety * sqrt(chain) * sqrt(n) * eps * max|feature| (here ~2e-5 for |f| <= 2.7). Measured
+    across OMP_NUM_THREADS 1-3, ATEN_CPU_CAPABILITY default/avx2/avx512, MKL_ENABLE_INSTRUCTIONS
+    SSE4_2/AVX2: at most 3.0e-6 (another machine of the same kind: 2.0e-6). The text side tells the
+    format-1 conventions apart by 1.5; the image side's (layer-0 prompts without ln_pre) changes these
+    features by only 4e-6 and is checked in-process by tests/test_encoder_contract.py.
+    """
+    eps = 2.0 ** -24
+    return safety * (chain * n) ** 0.5 * eps * float(features.abs().max())
+
+
 @pytest.mark.parametrize("method", ["opendas", "vpt"])
 def test_format1_checkpoints_load_and_give_the_features_they_gave(method):
     torch.manual_seed(0)
@@ -218,8 +237,9 @@ def test_format1_checkpoints_load_and_give_the_features_they_gave(method):
     loaded = oe.load_encoder(os.path.join(LEGACY, method), model=base)
     expected = load_file(os.path.join(LEGACY, f"{method}_expected_features.safetensors"))
     with torch.no_grad():
-        assert (loaded.encode_image(IMAGES) - expected["image"]).abs().max() <= 1e-6
-        assert (loaded.encode_text(NAMES) - expected["text"]).abs().max() <= 1e-6
+        for key, got in (("image", loaded.encode_image(IMAGES)), ("text", loaded.encode_text(NAMES))):
+            bound = float32_bound(expected[key])
+            assert (got - expected[key]).abs().max() <= bound, (key, (got - expected[key]).abs().max(), bound)
     if method == "opendas":
         assert loaded.config.legacy_conventions and loaded.config.visual_tokens == 3
 

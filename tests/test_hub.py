@@ -116,7 +116,7 @@ def test_every_checkpoint_gets_a_model_card(tmp_path):
     from conftest import make_tiny_clip
 
     model = oe.wrap_clip("vpt", make_tiny_clip(), model_name="tiny", n_tokens=2)
-    folder = oe.save_checkpoint(model, str(tmp_path / "c"), dataset="generated world (cast)", seed=1,
+    folder = oe.save_checkpoint(model, str(tmp_path / "c"), dataset="generated-world", generated_data=True, seed=1,
                                 base_classes=["a", "b"], command="opendas train cfg.yaml")
     card = open(os.path.join(folder, "README.md")).read()
     assert card.startswith("---\nlibrary_name: opendas_encoder")
@@ -131,3 +131,28 @@ def test_every_checkpoint_gets_a_model_card(tmp_path):
     results = card.split("## Results of its run")[1].split("##")[0]
     assert "zero-shot CLIP" in results and "61.5" in results and "40" in results
     shutil.rmtree(folder)
+
+
+def test_the_card_says_generated_from_the_dataset_spec_not_from_words_in_the_metadata(tmp_path):
+    """Issue 25 item 6: a real dataset whose metadata holds the word "generated" (a negative query
+    "generated report") is not labelled generated data; the generated world, or generated data written in a
+    real layout (the GENERATED marker), is - decided from the run's dataset spec."""
+    from conftest import make_tiny_clip
+    from opendas_encoder.data.registry import GENERATED_MARKER
+    from opendas_encoder.train.config import DataConfig, DatasetSpec, TrainConfig
+    from opendas_encoder.train.pipeline import trains_on_generated_data
+
+    model = oe.wrap_clip("vpt", make_tiny_clip(), model_name="tiny", n_tokens=2)
+    folder = oe.save_checkpoint(model, str(tmp_path / "real"), dataset="generic", generated_data=False,
+                                negative_queries=["generated report", "chair"], run="generated-looking name")
+    assert "generated data" not in open(os.path.join(folder, "README.md")).read()
+
+    def config(name, root=None):
+        return TrainConfig(data=DataConfig(train=DatasetSpec(name=name, root=root, split="train")))
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "made").mkdir()
+    (tmp_path / "made" / GENERATED_MARKER).write_text("generated")
+    assert trains_on_generated_data(config("generated-world"))
+    assert not trains_on_generated_data(config("generic", str(tmp_path / "mine")))
+    assert trains_on_generated_data(config("generic", str(tmp_path / "made")))

@@ -31,6 +31,17 @@ LABEL_SPACE = BASE + ["orange square", "purple circle"]
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "reference_training", "paper_two_stage_main_19c62b1.safetensors")
 
 
+#: How far the reference training's prompts may be from today's on another CPU or thread count (issue 25
+#: item 13). A reference written on one machine matches bit for bit only there: other SIMD kernels (AVX-512 /
+#: AVX2 / SSE) and thread counts sum float32 products in another order, and 16 training steps amplify those
+#: rounding differences. Measured on one machine across OMP_NUM_THREADS 1-3, ATEN_CPU_CAPABILITY
+#: default/avx2/avx512 and MKL_ENABLE_INSTRUCTIONS SSE4_2/AVX2/AVX512 (the most: 1.6e-7 visual, 6.7e-6 text;
+#: another machine of the same kind: 9.9e-8, 2.4e-6), times a safety factor of ~7. Any change of the training
+#: itself is far above it: the same run with lr 0.01001 instead of 0.01 (0.1 %) differs by 5.6e-5 (visual)
+#: and 4.7e-4 (text), an option switched on by far more.
+ACROSS_MACHINES = {"visual_prompts": 1e-6, "text_prompts": 5e-5}
+
+
 def tiny_model(seed=0, prompts=None):
     torch.manual_seed(seed)
     return oe.create_model("opendas-tiny-vit", prompts=prompts if prompts is not None else PromptConfig.paper())
@@ -158,11 +169,12 @@ def test_averager_state_round_trip_continues_the_same_average():
 
 
 # ---------------------------------------------------------------- the paper's training, unchanged
-def test_paper_preset_trains_exactly_as_main_did_before_the_options(tmp_path):
+def test_paper_preset_trains_as_main_did_before_the_options(tmp_path):
     """Every option off (preset paper) = today's training: the prompts equal those main 19c62b1 trained.
 
     The reference was written by main's code with ``PromptConfig()`` and ``TrainConfig`` defaults (then
-    the paper's) for this tiny two-stage run (seed 5, 2 + 2 epochs, lr 0.01, no warm-up, batch 4).
+    the paper's) for this tiny two-stage run (seed 5, 2 + 2 epochs, lr 0.01, no warm-up, batch 4) on another
+    machine, so it is compared within a tolerance (ACROSS_MACHINES), not bit for bit.
     """
     torch.manual_seed(5)
     model = oe.create_model("opendas-tiny-vit", prompts=PromptConfig.paper())
@@ -170,7 +182,8 @@ def test_paper_preset_trains_exactly_as_main_did_before_the_options(tmp_path):
     fit(model, train, LABEL_SPACE, small_config(tmp_path), str(tmp_path / "run"), progress=False)
     reference = load_file(REFERENCE)
     for name, tensor in model.learned_state_dict().items():
-        assert torch.equal(tensor, reference[name]), name
+        difference = (tensor - reference[name]).abs().max().item()
+        assert difference <= ACROSS_MACHINES[name], (name, difference)
     assert "consistency" not in read_log(str(tmp_path / "run"))[0]  # the log is today's too
 
 

@@ -1,4 +1,4 @@
-"""eval/run_suite.py: method keys, the paired bootstrap interval, a tiny suite end to end."""
+"""eval/run_suite.py: method keys, a tiny suite end to end (its interval: tests/test_intervals.py)."""
 
 import os
 
@@ -28,19 +28,6 @@ def test_method_keys_resolve_to_training_runs():
         s.main(["--domains", "nope"])
 
 
-def test_paired_interval_is_a_bootstrap_of_the_mean_difference():
-    s = run_suite
-    const = s.paired_interval([71.0, 72.0, 75.0], [61.0, 62.0, 65.0])
-    assert const["mean"] == pytest.approx(10.0) and const["low"] == pytest.approx(10.0)
-    assert const["high"] == pytest.approx(10.0)
-    d = np.array([3.0, -1.0, 8.0, 2.0, 5.0])
-    r = s.paired_interval(d + 50.0, np.full(5, 50.0))
-    assert r["mean"] == pytest.approx(d.mean()) and r["n"] == 5
-    # a percentile interval of resampled means lies inside the data range and around the mean
-    assert d.min() <= r["low"] <= d.mean() <= r["high"] <= d.max()
-    assert np.isnan(s.paired_interval([1.0], [0.0])["low"])
-
-
 @pytest.mark.slow
 def test_tiny_suite_end_to_end(tmp_path):
     s = run_suite
@@ -60,8 +47,11 @@ def test_tiny_suite_end_to_end(tmp_path):
             assert 0.0 <= r[k] <= 100.0
             assert r[k] == pytest.approx(np.mean([p[k] for p in r["per_seed"]]))
         if key != "zeroshot":
-            diff = r["diff"]["acc"]
-            assert diff["mean"] == pytest.approx(r["acc"] - rows["zeroshot"]["acc"])
+            for k in ("acc", "weighted_f1", "base_f1", "novel_f1"):  # the bootstrap's point: the table's difference
+                diff = r["diff"][k]
+                assert diff["mean"] == pytest.approx(r[k] - rows["zeroshot"][k], abs=1e-9)
+                assert diff["low"] <= diff["mean"] <= diff["high"] and diff["unit"] == "segment"
+            assert r["diff"]["acc"]["n"] == sum(p["n"] for p in r["per_seed"])  # segments pooled over seeds
     # the suite's zero-shot row is zero-shot CLIP as the world's own report measures it (open_clip directly)
     enc = oe.create_encoder("zeroshot", WORLD_MODEL_NAME, WORLD_PRETRAINED)
     v = get_domain("frames").vocabulary()

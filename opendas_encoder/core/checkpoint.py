@@ -78,7 +78,8 @@ def save_checkpoint(model, directory: str, push_to_hub: Optional[str] = None, **
     replaced atomically); with ``push_to_hub="ORG/REPO"`` upload the folder to the Hugging Face Hub.
 
     ``metadata`` is free-form JSON-serialisable training information (dataset, epochs, seed, results,
-    command). Returns the directory.
+    command); ``generated_data=True`` makes the model card say the training data was generated (training
+    records it from the dataset spec). Returns the directory.
     """
     os.makedirs(directory, exist_ok=True)
     tensors = model.learned_state_dict()

@@ -73,7 +73,7 @@ def model_card(config: dict) -> str:
     tensors = config.get("tensors", {})
     n_learned = sum(_numel(shape) for shape in tensors.values())
     base = config.get("base_model", {})
-    generated = "generated" in json.dumps(meta).lower()
+    generated = meta.get("generated_data") is True  # recorded from the dataset spec, never guessed from words
     lines = [
         "---",
         "library_name: opendas_encoder",

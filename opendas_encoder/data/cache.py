@@ -89,7 +89,8 @@ class SegmentCache:
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.name)[:60]
         self.dir = os.path.join(cache_dir, f"{safe_name}-{key}")
         self.manifest_path = os.path.join(self.dir, "manifest.json")
-        self.skipped: Dict[int, str] = {}
+        self.skipped: Dict[int, str] = {}  # index -> reason
+        self.skipped_sources: Dict[int, str] = {}  # index -> the file that failed (reports name it)
         self._load_manifest()
 
     # ------------------------------------------------------------------ manifest
@@ -104,11 +105,13 @@ class SegmentCache:
         if data.get("settings") != self.settings:
             return
         self.skipped = {int(k): str(v) for k, v in data.get("skipped", {}).items()}
+        self.skipped_sources = {int(k): str(v) for k, v in data.get("skipped_sources", {}).items()}
 
     def _save_manifest(self, complete: bool) -> None:
         os.makedirs(self.dir, exist_ok=True)
         data = {"settings": self.settings, "complete": complete,
-                "skipped": {str(k): v for k, v in sorted(self.skipped.items())}}
+                "skipped": {str(k): v for k, v in sorted(self.skipped.items())},
+                "skipped_sources": {str(k): v for k, v in sorted(self.skipped_sources.items())}}
         tmp = f"{self.manifest_path}.{os.getpid()}.tmp"  # data-parallel ranks may share the folder
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -162,21 +165,25 @@ class SegmentCache:
         if not 0 <= index < len(self.dataset):
             raise IndexError(f"segment index {index} out of range (0..{len(self.dataset) - 1})")
         if index in self.skipped:
-            raise SegmentError(self.dataset.name + f"[{index}]", self.skipped[index])
+            raise SegmentError(self._skipped_source(index), self.skipped[index])
         img = self._read(index)
         if img is not None:
             return img
         try:
             return self._make(index)
         except SegmentError as err:
-            self.skipped[index] = err.reason
+            self.skipped[index], self.skipped_sources[index] = err.reason, err.source
             raise
+
+    def _skipped_source(self, index: int) -> str:
+        """The file a skipped segment failed on (the segment's name for manifests that did not record it)."""
+        return self.skipped_sources.get(index, self.dataset.name + f"[{index}]")
 
     def _ensure(self, index: int) -> Optional[Tuple[str, str]]:
         """Build entry ``index`` unless its file exists; (source, reason) if the segment is unusable
         (plain strings: they travel back from DataLoader workers)."""
         if index in self.skipped:
-            return self.dataset.name + f"[{index}]", self.skipped[index]
+            return self._skipped_source(index), self.skipped[index]
         if os.path.isfile(self.path(index)):
             return None  # present; a corrupt file is rebuilt by get()
         try:
@@ -197,7 +204,7 @@ class SegmentCache:
         for index, error in tqdm(jobs, total=len(todo), desc=desc or f"cache {self.dataset.name}",
                                  disable=not progress, leave=False):
             if error is not None:
-                self.skipped[index] = error[1]
+                self.skipped_sources[index], self.skipped[index] = error
                 report.add(SegmentError(*error))
         self._save_manifest(complete=indices is None)
         return report

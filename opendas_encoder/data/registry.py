@@ -15,6 +15,7 @@ affects the others.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -24,25 +25,34 @@ from .segments import SegmentDataset
 Builder = Callable[..., SegmentDataset]
 
 
+#: A file of this name at a dataset's root marks generated data written in a real layout
+#: (``opendas_encoder.generated`` writes it); results on such data are labelled "generated".
+GENERATED_MARKER = "GENERATED"
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
-    """builder(root, split, **kw) -> SegmentDataset; needs_root: a missing root is refused."""
+    """builder(root, split, **kw) -> SegmentDataset; needs_root: a missing root is refused;
+    generated: the dataset is generated (not a real dataset), whatever its root."""
 
     builder: Builder
     needs_root: bool = True
+    generated: bool = False
 
 
 DATASETS: Registry = Registry("dataset", "opendas_encoder.datasets")
 
 
-def register_dataset(name: str, builder: Optional[Builder] = None, *, needs_root: bool = True):
+def register_dataset(name: str, builder: Optional[Builder] = None, *, needs_root: bool = True,
+                     generated: bool = False):
     """Register ``builder(root, split, **kw) -> SegmentDataset`` under ``name``; usable as a decorator.
 
     needs_root: ``build_dataset`` refuses a missing ``root`` (False for datasets that are generated,
-    not read). A name registered twice with different builders is an error.
+    not read). generated: every dataset of this name is generated data (reports and model cards say
+    so). A name registered twice with different builders is an error.
     """
     def add(fn: Builder) -> Builder:
-        DATASETS.register(name, DatasetEntry(fn, needs_root))
+        DATASETS.register(name, DatasetEntry(fn, needs_root, generated))
         return fn
 
     return add if builder is None else add(builder)
@@ -51,6 +61,20 @@ def register_dataset(name: str, builder: Optional[Builder] = None, *, needs_root
 def list_datasets() -> List[str]:
     """Every known dataset name (imports the modules of all ``opendas_encoder.datasets`` entry points)."""
     return DATASETS.names()
+
+
+def root_is_generated(root: Optional[str]) -> bool:
+    """True when ``root`` (or its parent, e.g. for ``ADEChallengeData2016``) holds :data:`GENERATED_MARKER`."""
+    if not root:
+        return False
+    return any(os.path.isfile(os.path.join(d, GENERATED_MARKER))
+               for d in (root, os.path.dirname(os.path.normpath(root))))
+
+
+def dataset_is_generated(name: str, root: Optional[str] = None) -> bool:
+    """Whether the dataset ``name`` at ``root`` is generated data: its registry entry says so (the
+    generated world) or its root carries the generated marker (generated data in a real layout)."""
+    return DATASETS.get(name).generated or root_is_generated(root)
 
 
 def build_dataset(name: str, root: Optional[str] = None, split: Optional[str] = None, **kw) -> SegmentDataset:

@@ -76,6 +76,9 @@ class SegmentDataset(abc.ABC):
 
     #: Human-readable name, used in reports ("ade20k-150/validation", "generated world/target").
     name: str = "segments"
+    #: Segments (or whole files) dropped while enumerating, before indexing (unreadable label map, no
+    #: annotation, tiny mask, ...); None when the dataset drops nothing there. Reports include them.
+    enumeration_skips: Optional["SkipReport"] = None
 
     @property
     @abc.abstractmethod
@@ -130,6 +133,7 @@ class SubsetSegmentDataset(SegmentDataset):
         self.parent = parent
         self.indices = list(indices)
         self.name = name or parent.name
+        self.enumeration_skips = parent.enumeration_skips
 
     @property
     def classes(self) -> List[str]:
@@ -147,7 +151,7 @@ class SubsetSegmentDataset(SegmentDataset):
 
 @dataclass
 class SkipReport:
-    """Counts of skipped segments by reason, with the first few sources for each."""
+    """Counts of skipped segments by reason, with the first few distinct sources (files) for each."""
 
     max_examples: int = 5
     counts: dict = field(default_factory=dict)
@@ -157,7 +161,7 @@ class SkipReport:
         key = "tiny mask" if error.reason.startswith("mask has") else error.reason.split(" (")[0]
         self.counts[key] = self.counts.get(key, 0) + 1
         ex = self.examples.setdefault(key, [])
-        if len(ex) < self.max_examples:
+        if len(ex) < self.max_examples and error.source not in ex:  # a file with several segments: named once
             ex.append(error.source)
 
     @property
@@ -169,7 +173,7 @@ class SkipReport:
             self.counts[k] = self.counts.get(k, 0) + n
             ex = self.examples.setdefault(k, [])
             for s in other.examples.get(k, []):
-                if len(ex) < self.max_examples:
+                if len(ex) < self.max_examples and s not in ex:
                     ex.append(s)
 
     def summary(self) -> str:

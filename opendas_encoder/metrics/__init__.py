@@ -5,6 +5,8 @@
 * :mod:`.semantic`: ``semseg_metrics`` / ``SemSegConfusion`` / ``split_iou``: mIoU, mAcc, fwIoU, pAcc
   with the rules of Detectron2's ``SemSegEvaluator``.
 * :mod:`.instance`: ``instance_ap`` / ``format_ap_table``: ScanNet 3D instance AP, AP50, AP25.
+* :mod:`.intervals`: ``mean_std`` (mean ± sample std over seeds) and ``paired_segment_bootstrap`` (the
+  paired bootstrap interval of a difference to a reference over test segments).
 """
 
 from .classification import classification_metrics, confusion_matrix

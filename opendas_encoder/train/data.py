@@ -150,6 +150,8 @@ def prepare_segments(segments: SegmentDataset, transform: Callable, label_names:
     label_names = list(label_names)
     index = {n: i for i, n in enumerate(label_names)}
     skips = SkipReport()
+    if segments.enumeration_skips is not None:  # files the dataset dropped before indexing count too
+        skips.merge(segments.enumeration_skips)
     candidates, labels = [], []
     for i in range(len(segments)):
         label = segments.label(i)

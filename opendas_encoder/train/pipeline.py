@@ -14,11 +14,11 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..core.tokens import ZERO_SHOT_TEMPLATE, phrase_ids
-from ..data.registry import build_dataset
+from ..data.registry import build_dataset, dataset_is_generated
+from ..metrics.intervals import mean_std  # noqa: F401  (re-exported: the demo and eval/ tables use it)
 from ..data.segments import SegmentDataset
 from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative_queries
 from .config import DatasetSpec, TrainConfig
@@ -179,7 +179,8 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
 
     results = {"zero_shot": {acc, weighted_f1, base_f1, novel_f1, ...}, "adapted": {...},
     "seconds": total, "seconds_per_iter": {stage: s}, "skipped": {...}, "vocabulary": counts,
-    "negatives": {...}, "run_dir": ..., "checkpoint": ...}
+    "negatives": {...}, "run_dir": ..., "checkpoint": ...,
+    "test_predictions": {"y_true", "adapted", "zero_shot"}: class names per test segment (paired analyses)}
     """
     t0 = time.perf_counter()
     run_dir = config.output_dir
@@ -219,6 +220,8 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     if data.test is not None:
         adapted = evaluate(model, data.test, data.vocab, device, config.runtime.eval_batch_size, progress)
         results["adapted"] = _summary(adapted)
+        results["test_predictions"] = {"y_true": list(adapted.y_true), "adapted": list(adapted.y_pred),
+                                       "zero_shot": list(zs.y_pred) if zs is not None else None}
         results["per_class"] = {"adapted": adapted.metrics["per_class"],
                                 "zero_shot": zs.metrics["per_class"] if zs is not None else None}
         if plots and is_main:
@@ -273,11 +276,18 @@ def run_title(config: TrainConfig) -> str:
     return f"{config.name} (data: {config.data.train.name})"
 
 
+def trains_on_generated_data(config: TrainConfig) -> bool:
+    """Whether the run's training data is generated (from its dataset spec: a generated registry entry or
+    a root with the generated marker), which model cards and reports then say."""
+    return config.data is not None and dataset_is_generated(config.data.train.name, config.data.train.root)
+
+
 def run_metadata(config: TrainConfig, data: ExperimentData, model=None) -> dict:
     """What the checkpoint records about the run beyond the encoder: vocabulary, how segments were cut
     (``opendas eval`` reuses ``expand_ratio`` / ``min_pixels``), towers kept CLIP's, the zero-shot template."""
     return {"base_classes": list(data.vocab.base), "negative_queries": data.negatives.queries,
-            "dataset": config.data.train.name if config.data is not None else None, "method": config.method,
+            "dataset": config.data.train.name if config.data is not None else None,
+            "generated_data": trains_on_generated_data(config), "method": config.method,
             "expand_ratio": config.data.expand_ratio if config.data is not None else 0.0,
             "min_pixels": config.data.min_pixels if config.data is not None else None,
             "identity_towers": identity_towers(config, model), "zero_shot_template": ZERO_SHOT_TEMPLATE}
@@ -342,11 +352,3 @@ def _is_main_process() -> bool:
 def zero_shot_note() -> str:
     """The line under every results table that says how zero-shot CLIP encodes a class name."""
     return f"zero-shot CLIP encodes each class name in the template \"{ZERO_SHOT_TEMPLATE}\" (every method's)."
-
-
-def mean_std(values: List[Optional[float]]) -> Tuple[float, float]:
-    """Mean and population standard deviation (numpy's default, ddof=0) of the values that are not None/NaN."""
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(np.nanmean(arr)), float(np.nanstd(arr)) if arr.size > 1 else 0.0

@@ -363,7 +363,7 @@ def make_target_domain(n_scenes: int, seed: int, split: str = "train",
     return TargetDomain(n_scenes, seed, split, rendering, domain)
 
 
-@register_dataset("generated-world", needs_root=False)
+@register_dataset("generated-world", needs_root=False, generated=True)
 def _build(root: Optional[str], split: Optional[str], **kw) -> TargetDomain:
     """The dataset ``"generated-world"``: ``make_target_domain(split=split or "train", **kw)``; the option
     ``domain`` picks a generated target domain (``opendas_encoder.generated.world.domains``)."""
