@@ -203,3 +203,37 @@ def test_the_readme_config_example_is_a_valid_config_with_the_default_preset(tmp
         got = getattr(cfg, section).model_dump()
         assert {k: got[k] for k in values} == values, section
     assert (cfg.schedule.lr, cfg.schedule.batch_size, cfg.schedule.stage1_epochs) == (0.0025, 16, 5)
+
+
+# ------------------------------------------------------------------------------------------- updated()
+def test_updated_merges_a_partial_section_onto_the_configs_own_values():
+    """Issue 25.3: a dict for part of a section keeps the config's other values of that section (they were
+    replaced by the preset's / the field defaults)."""
+    cfg = TrainConfig(consistency={"text": 3.0}, triplet={"lambda_end": 2.0, "distance": "cosine"},
+                      schedule={"lr": 0.01, "stage1_epochs": 4})
+    new = cfg.updated(consistency={"image": 1.0})
+    assert (new.consistency.text, new.consistency.image) == (3.0, 1.0)
+    new = cfg.updated(triplet={"margin": 1.0})
+    assert (new.triplet.margin, new.triplet.lambda_end, new.triplet.distance) == (1.0, 2.0, "cosine")
+    new = cfg.updated(schedule={"batch_size": 4})
+    assert (new.schedule.lr, new.schedule.stage1_epochs, new.schedule.batch_size) == (0.01, 4, 4)
+    assert cfg.consistency.image == 0.0 and cfg.triplet.margin == 1.5  # the original is untouched
+    # a section given as a model replaces the section
+    from opendas_encoder.train.config import TripletConfig
+
+    assert cfg.updated(triplet=TripletConfig(margin=1.0)).triplet.lambda_end == 5.0
+
+
+def test_updated_method_or_preset_change_re_derives_the_preset_sections():
+    """Changing the method or the preset still takes the new method's / preset's options (e56eaf5): a
+    baseline gets every OpenDAS option off, and a partial section goes onto the new preset's values."""
+    from opendas_encoder.train.config import PRESETS
+
+    cfg = TrainConfig(consistency={"text": 3.0})
+    vpt = cfg.updated(method="vpt")
+    assert not vpt.consistency.active and vpt.averaging.mode == "off" and vpt.setting == "one-stage-ce"
+    paper = cfg.updated(preset="paper", triplet={"margin": 1.0})
+    assert paper.consistency.text == 0.0 and paper.averaging.mode == "off"
+    assert paper.triplet.margin == 1.0 and paper.triplet.lambda_end == PRESETS["paper"]["triplet"]["lambda_end"]
+    back = paper.updated(preset="default", consistency={"image": 2.0})
+    assert (back.consistency.text, back.consistency.image) == (PRESETS["default"]["consistency"]["text"], 2.0)

@@ -375,16 +375,27 @@ class TrainConfig(_Section):
         return _validate_dataclass(PromptConfig, {**preset_prompts(self.preset), **prompts}, "prompts")
 
     def updated(self, **changes) -> "TrainConfig":
-        """A validated copy with ``changes`` (sections as models or dicts). Changing ``method`` without a
-        ``setting`` gives the new method's default setting; changing ``preset`` takes the new preset's
-        values for the preset's sections that ``changes`` does not give, and so does changing ``method``
-        (a baseline gets the sections' defaults: every OpenDAS option off)."""
+        """A validated copy with ``changes`` (sections as models or dicts).
+
+        A section given as a dict is merged onto this config's section, key by key (``updated(triplet=
+        {"margin": 1})`` keeps this config's other triplet values); given as a model it replaces the
+        section. ``prompts``, ``method_options`` and plain values are replaced. Changing ``method``
+        without a ``setting`` gives the new method's default setting; changing ``preset`` or ``method``
+        re-derives the preset's sections (``triplet``, ``consistency``, ``averaging``) from the new
+        preset, with a dict given for one of them merged onto the preset's values (a baseline gets the
+        sections' defaults: every OpenDAS option off).
+        """
         if "method" in changes and "setting" not in changes:
             changes["setting"] = None
         current = dict(self)
-        if "preset" in changes or changes.get("method", self.method) != self.method:
+        rederive = "preset" in changes or changes.get("method", self.method) != self.method
+        if rederive:
             for section in PRESET_SECTIONS:
                 current.pop(section)
+        for key, value in changes.items():
+            own = current.get(key)
+            if isinstance(value, dict) and isinstance(own, BaseModel):
+                changes[key] = {**own.model_dump(), **value}
         return type(self).model_validate({**current, **changes})
 
     def to_dict(self) -> dict:
