@@ -45,7 +45,7 @@ if ROOT not in sys.path:
 from opendas_encoder.core.registry import method_names  # noqa: E402
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig,  # noqa: E402
-                                          TrainConfig, load_config)
+                                          TrainConfig, load_config, warmup_that_fits)
 from opendas_encoder.train.evaluate import ZERO_SHOT_TEMPLATE  # noqa: E402
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
                                             prepare_experiment, run_experiment)
@@ -167,7 +167,9 @@ def base_config(args) -> TrainConfig:
             base = base.updated(model=dict(base.model, pretrained=args.pretrained or None))
         base = base.updated(runtime=dict(base.runtime, device=args.device))
     if args.epochs:
-        base = base.updated(schedule=dict(base.schedule, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1]))
+        base = base.updated(schedule=dict(base.schedule, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1],
+                                          warmup_epochs=warmup_that_fits(*args.epochs,
+                                                                         warmup=base.schedule.warmup_epochs)))
     if args.batch_size:
         base = base.updated(schedule=dict(base.schedule, batch_size=args.batch_size))
     return base

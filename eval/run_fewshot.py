@@ -66,7 +66,7 @@ from eval import run_cls, run_suite  # noqa: E402  (baselines' paper options and
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (BASELINE_SETTING, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
                                           RuntimeConfig, ScheduleConfig, TrainConfig, format_validation_error,
-                                          set_dotted)
+                                          set_dotted, warmup_that_fits)
 from opendas_encoder.generated.world.domains import GENERATED_LABEL as GENERATED  # noqa: E402
 from opendas_encoder.generated.world.domains import domain_names, get_domain  # noqa: E402
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
@@ -175,7 +175,8 @@ def run_config(spec: MethodSpec, domain: str, seed: int, shots: Shot, sizes: Siz
         **({"preset": spec.preset} if spec.method == "opendas" else {}),
         "method_options": json.loads(spec.options), "model": model.model_dump(),
         "data": domain_data(domain, seed, sizes, shots).model_dump(),
-        "schedule": ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=s1, stage2_epochs=s2).model_dump(),
+        "schedule": ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=s1, stage2_epochs=s2,
+                                   warmup_epochs=warmup_that_fits(s1, s2)).model_dump(),
         "runtime": RuntimeConfig(device=device).model_dump(),
         "output_dir": os.path.join(out_dir, domain, f"K{shots}", spec.key, f"seed{seed}")}
     for key, value in spec.overrides:

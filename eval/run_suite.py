@@ -56,7 +56,7 @@ if ROOT not in sys.path:
 from eval import run_cls  # noqa: E402  (the baselines' paper options and names: one place)
 from opendas_encoder.plots import format_table  # noqa: E402
 from opendas_encoder.train.config import (BASELINE_SETTING, SETTINGS, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
-                                          RuntimeConfig, ScheduleConfig, TrainConfig)
+                                          RuntimeConfig, ScheduleConfig, TrainConfig, warmup_that_fits)
 from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, prepare_experiment  # noqa: E402
 from opendas_encoder.vocab import Vocabulary, select_negative_queries  # noqa: E402
 from opendas_encoder.generated.world.domains import GENERATED_LABEL, domain_names, get_domain  # noqa: E402
@@ -183,7 +183,8 @@ def suite_config(domain: str, run: MethodRun, seed: int, sizes: Sizes, out_dir: 
         model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
         data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
-                                stage2_epochs=sizes.stage2_epochs),
+                                stage2_epochs=sizes.stage2_epochs,
+                                warmup_epochs=warmup_that_fits(sizes.stage1_epochs, sizes.stage2_epochs)),
         runtime=RuntimeConfig(device=device),
         output_dir=os.path.join(out_dir, domain, tag, f"seed{seed}"))
 

@@ -17,7 +17,8 @@ from typing import List, Optional
 
 from .generated.world import WORLD_LABEL, WORLD_LABEL_LONG
 from .plots import format_table, metric_cell
-from .train.config import DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig
+from .train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig,
+                           warmup_that_fits)
 from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_experiment, zero_shot_note
 
 #: OpenDAS variants the demo can run, as (preset, prompt fields): the library default (``preset: default``,
@@ -64,7 +65,8 @@ def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: 
                                          options={"n_scenes": opts.test_scenes, "seed": 1000 + seed,
                                                   "domain": opts.domain})),
         schedule=ScheduleConfig(lr=opts.lr, batch_size=opts.batch_size, stage1_epochs=opts.stage1_epochs,
-                                stage2_epochs=opts.stage2_epochs),
+                                stage2_epochs=opts.stage2_epochs,  # --epochs 1: no warm-up epoch (it would be all)
+                                warmup_epochs=warmup_that_fits(opts.stage1_epochs, opts.stage2_epochs)),
         runtime=RuntimeConfig(device=opts.device),
         output_dir=os.path.join(opts.out_dir, *([] if opts.domain == "cast" else [opts.domain]), method, f"seed{seed}"),
     )

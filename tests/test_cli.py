@@ -10,7 +10,7 @@ from opendas_encoder.negatives import APPENDIX_C_INSTRUCTION
 
 
 def write_config(tmp_path, **extra):
-    """A tiny OpenDAS run on the generated world (1 + 1 epochs, CPU); ``extra`` replaces top-level keys."""
+    """A tiny OpenDAS run on the generated world (1 + 1 epochs without warm-up, CPU); ``extra`` replaces top-level keys."""
     cfg = {
         "name": "cli-test", "seed": 0,
         "model": {"name": "opendas-tiny-vit", "pretrained": None},
@@ -18,7 +18,7 @@ def write_config(tmp_path, **extra):
         "data": {"train": {"name": "generated-world", "split": "train", "options": {"n_scenes": 6, "seed": 0}},
                  "test": {"name": "generated-world", "split": "test", "options": {"n_scenes": 6, "seed": 1}},
                  "negatives": "negatives.json"},
-        "schedule": {"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1},
+        "schedule": {"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0},
         "runtime": {"device": "cpu"},
         "output_dir": str(tmp_path / "run"),
     }
@@ -139,7 +139,7 @@ def test_a_bad_config_value_is_refused_before_any_data_is_read(tmp_path, monkeyp
 def test_a_baseline_trains_with_its_default_setting(tmp_path, capsys):
     # before issue 13.16: the default two-stage setting failed in stage 2 (no text parameters) after data prep
     config = write_config(tmp_path, method="vpt", prompts={}, method_options={"n_tokens": 2},
-                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1})
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0})
     assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["method"] == "vpt" and results["setting"] == "one-stage-ce" and "adapted" in results
@@ -179,7 +179,8 @@ def test_negatives_mine_names_its_model(tmp_path, capsys):
 
 
 def test_eval_cuts_segments_as_the_run_did_unless_told_otherwise(tmp_path, capsys):
-    config = write_config(tmp_path, schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 0})
+    config = write_config(tmp_path, schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 0,
+                                              "warmup_epochs": 0})
     cfg = yaml.safe_load(config.read_text())
     cfg["data"].update(expand_ratio=0.25, min_pixels=300)
     config.write_text(yaml.safe_dump(cfg))
@@ -210,7 +211,7 @@ def test_quiet_means_no_progress_bars(tmp_path, capfd):
     write_generic(str(root), "train")
     config = write_config(tmp_path, data={"train": {"name": "generic", "root": str(root), "split": "train"},
                                           "test": {"name": "generic", "root": str(root), "split": "train"}},
-                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1})
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0})
     capfd.readouterr()
     assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
     err = capfd.readouterr().err

@@ -237,3 +237,37 @@ def test_updated_method_or_preset_change_re_derives_the_preset_sections():
     assert paper.triplet.margin == 1.0 and paper.triplet.lambda_end == PRESETS["paper"]["triplet"]["lambda_end"]
     back = paper.updated(preset="default", consistency={"image": 2.0})
     assert (back.consistency.text, back.consistency.image) == (PRESETS["default"]["consistency"]["text"], 2.0)
+
+
+# ------------------------------------------------------------------------------------------- short schedules
+def test_a_trained_stage_with_no_epoch_after_its_warm_up_is_refused_naming_the_keys(tmp_path):
+    """Issue 25.10: with 1 epoch per stage and the paper's 1 warm-up epoch at 1e-5, nothing trains (the model
+    ended below zero-shot without a word). The error names the stage's epochs key and schedule.warmup_epochs."""
+    data = {"train": WORLD_TRAIN}
+    for schedule, key in (({"stage1_epochs": 1, "stage2_epochs": 5}, "schedule.stage1_epochs (1)"),
+                          ({"stage1_epochs": 5, "stage2_epochs": 2, "warmup_epochs": 2}, "schedule.stage2_epochs (2)")):
+        path = write(tmp_path, yaml.safe_dump({"data": data, "schedule": schedule}))
+        with pytest.raises(ValueError, match=r"run.yaml: invalid config") as info:
+            load_config(path)
+        assert key in str(info.value) and "schedule.warmup_epochs" in str(info.value)
+    # a one-stage baseline trains stage1 + stage2 epochs in its single stage
+    with pytest.raises(ValueError, match=r"schedule.stage1_epochs \+ schedule.stage2_epochs \(1\)"):
+        config_from_dict({"data": data, "method": "vpt", "schedule": {"stage1_epochs": 1, "stage2_epochs": 0}})
+    # fine: a stage of 0 epochs is not trained; no warm-up; an epoch after the warm-up; 1 + 1 in one stage
+    for schedule, method in (({"stage1_epochs": 2, "stage2_epochs": 0}, "opendas"),
+                             ({"stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0}, "opendas"),
+                             ({"stage1_epochs": 2, "stage2_epochs": 2}, "opendas"),
+                             ({"stage1_epochs": 1, "stage2_epochs": 1}, "vpt")):
+        config_from_dict({"data": data, "method": method, "schedule": schedule})
+
+
+def test_the_demos_short_epochs_train_from_their_first_epoch():
+    """`opendas demo --epochs 1` keeps working: a stage of 1 epoch gets no warm-up (it would be all of it)."""
+    from opendas_encoder.demo import DemoOptions, demo_config
+    from opendas_encoder.train.config import warmup_that_fits
+
+    assert demo_config(DemoOptions(stage1_epochs=1, stage2_epochs=1), 0).schedule.warmup_epochs == 0
+    assert demo_config(DemoOptions(stage1_epochs=3, stage2_epochs=0), 0).schedule.warmup_epochs == 1
+    assert demo_config(DemoOptions(), 0, "vpt").schedule.warmup_epochs == 1  # the paper's schedule otherwise
+    assert (warmup_that_fits(5, 5), warmup_that_fits(2, 1), warmup_that_fits(2, 0), warmup_that_fits(3, 3, warmup=2)) \
+        == (1, 0, 1, 2)

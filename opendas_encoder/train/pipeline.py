@@ -25,7 +25,8 @@ from .config import DatasetSpec, TrainConfig
 from .data import PreparedSegments, prepare_segments
 from .evaluate import EvalResult, evaluate, zero_shot_encoder
 from .shots import SHOTS_FILE, few_shot_segments, short_classes_note, shots_summary
-from .trainer import fit, read_log, resolve_device
+from .state import latest_state
+from .trainer import check_resumable, fit, read_log, resolve_device
 
 METRIC_KEYS = ("acc", "weighted_f1", "base_f1", "novel_f1")
 
@@ -163,6 +164,11 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     run_dir = config.output_dir
     is_main = _is_main_process()
     os.makedirs(run_dir, exist_ok=True)
+    if resume:  # a mismatched config is refused before any work, and before config.json is rewritten
+        folder = latest_state(run_dir)
+        if folder is not None:
+            with open(os.path.join(folder, "trainer_state.json")) as f:
+                check_resumable(folder, json.load(f), config)
     if is_main:
         config.save(os.path.join(run_dir, "config.json"))
     device = resolve_device(config.runtime.device)
