@@ -352,3 +352,39 @@ def test_zero_shot_uses_the_one_template_and_the_report_says_so(tmp_path):
         WiSEFTConfig().template
     assert 'zero-shot CLIP encodes each class name in the template "a photo of a {}."' in \
         (run / "report.md").read_text()
+
+
+def test_an_unwritable_output_folder_is_one_line_naming_it_exit_2(tmp_path, capsys):
+    """Issue 25.14: a run folder that cannot be written gave a raw OSError traceback (exit 1). A folder under a
+    regular file fails for root too (tests run as root, which chmod does not stop)."""
+    (tmp_path / "a_file").write_text("not a folder")
+    run_dir = tmp_path / "a_file" / "run"
+    config = write_config(tmp_path, output_dir=str(run_dir))
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err == f"opendas train: error: output folder {run_dir}: cannot write there (Not a directory)"
+
+
+def test_ctrl_c_during_training_says_how_to_resume_exit_130(tmp_path, capsys, monkeypatch):
+    """Issue 25.14: Ctrl-C inside a training step gave 30 lines of KeyboardInterrupt. Now: one line naming the last
+    saved state and the command that continues from it, exit 130; that command then finishes the run."""
+    from opendas_encoder.train.trainer import Trainer
+
+    step = Trainer.step
+
+    def interrupted(self, sr, epoch, b, item):
+        if sr.stage.name == "text":  # stage 1's state is saved; Ctrl-C in stage 2's first step
+            raise KeyboardInterrupt
+        return step(self, sr, epoch, b, item)
+
+    config = write_config(tmp_path)
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    assert main(["train", str(config), "--quiet", "--no-plots", "--set", "seed=0"]) == 130
+    err = capsys.readouterr().err.strip()
+    state = tmp_path / "run" / "state" / "s0-epoch-0000"
+    assert err == (f"opendas train: interrupted; the last saved training state is {state} (the end of its epoch): "
+                   f"`opendas train {config} --resume --set seed=0` continues exactly from there")
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(["train", str(config), "--quiet", "--no-plots", "--set", "seed=0", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["adapted"]["n"] > 0
