@@ -41,6 +41,9 @@ def cmd_train(args) -> int:
 
             dist.destroy_process_group()
     if rank == 0:
+        if results.get("finished_before"):
+            print(f"opendas train: {config.output_dir} is a finished run: nothing to resume; its report:",
+                  file=sys.stderr)
         with open(os.path.join(config.output_dir, "report.md")) as f:
             print(f.read())
         print(f"checkpoint: {results['checkpoint']}")

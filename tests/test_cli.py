@@ -388,3 +388,26 @@ def test_ctrl_c_during_training_says_how_to_resume_exit_130(tmp_path, capsys, mo
     monkeypatch.setattr(Trainer, "step", step)
     assert main(["train", str(config), "--quiet", "--no-plots", "--set", "seed=0", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["adapted"]["n"] > 0
+
+
+def test_resuming_a_finished_run_says_so_and_keeps_its_results(tmp_path, capsys):
+    """Issue 25.17d: --resume on a finished run rewrote report.md / results.json with the seconds per iteration
+    lost ({}). Now it says the run is finished and rewrites nothing; a run whose results were not written yet
+    (killed while evaluating) is evaluated again with the timing its checkpoint recorded."""
+    config = write_config(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
+    files = {name: (run / name).read_bytes() for name in ("results.json", "report.md", "final/opendas_config.json")}
+    seconds = json.loads(files["results.json"])["seconds_per_iter"]
+    assert set(seconds) == {"visual", "text"} and all(v > 0 for v in seconds.values())
+    capsys.readouterr()
+    assert main(["train", str(config), "--quiet", "--no-plots", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert f"{run} is a finished run: nothing to resume" in captured.err
+    assert "seconds per iteration: {\"visual\"" in captured.out
+    assert {name: (run / name).read_bytes() for name in files} == files
+    (run / "results.json").unlink()  # killed after training, before the results were written
+    assert main(["train", str(config), "--quiet", "--no-plots", "--resume"]) == 0
+    assert json.loads((run / "results.json").read_text())["seconds_per_iter"] == seconds
+    meta = json.loads((run / "final" / "opendas_config.json").read_text())["metadata"]
+    assert meta["seconds_per_iter"] == seconds and meta["completed"]

@@ -168,7 +168,11 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
         folder = latest_state(run_dir)
         if folder is not None:
             with open(os.path.join(folder, "trainer_state.json")) as f:
-                check_resumable(folder, json.load(f), config)
+                state = json.load(f)
+            check_resumable(folder, state, config)
+            finished = finished_results(run_dir, config, state)
+            if finished is not None:
+                return finished
     if is_main:
         config.save(os.path.join(run_dir, "config.json"))
     device = resolve_device(config.runtime.device)
@@ -210,6 +214,30 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     with open(os.path.join(run_dir, "report.md"), "w") as f:
         f.write(format_report(results, data))
     return results
+
+
+def finished_results(run_dir: str, config: TrainConfig, state: dict) -> Optional[dict]:
+    """The saved ``results.json`` of a run that finished (its newest training state is the last epoch of
+    its last stage, its exported checkpoint is complete), marked ``"finished_before": True`` (not written
+    back); None when the run has more to do. Resuming a finished run trains, evaluates and rewrites nothing."""
+    from ..core.checkpoint import read_checkpoint_config
+    from .config import stages_for
+
+    path = os.path.join(run_dir, "results.json")
+    stages = stages_for(config.setting, config.schedule)
+    counters = state.get("counters", {})
+    if not stages or not os.path.isfile(path) or \
+            (counters.get("stage_index"), counters.get("epoch")) != (len(stages) - 1, stages[-1].epochs - 1):
+        return None
+    try:
+        completed = read_checkpoint_config(os.path.join(run_dir, "final")).get("metadata", {}).get("completed")
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not completed or not isinstance(results, dict):
+        return None
+    return dict(results, finished_before=True)
 
 
 def run_title(config: TrainConfig) -> str:

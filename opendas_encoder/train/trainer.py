@@ -412,6 +412,8 @@ class Trainer:
                     iterations[stage.name] = sr.iterations
         finally:
             self.forwards.restore()
+        if start.stage >= len(self.stages):  # resumed after the last epoch: keep what the finished run measured
+            seconds, iterations = finished_run_timing(self.run_dir)
         final_dir = self.export(seconds)
         return FitResult(run_dir=self.run_dir, final_dir=final_dir, label_space=self.label_space,
                          seconds=time.perf_counter() - t_start, seconds_per_iter=seconds, iterations=iterations,
@@ -667,6 +669,22 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     with flush_denormal():
         trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata)
         return trainer.run(resume)
+
+
+def finished_run_timing(run_dir: str) -> Tuple[Dict[str, float], Dict[str, int]]:
+    """(seconds per iteration, iterations) per stage as the finished run recorded them: its exported
+    checkpoint's ``seconds_per_iter`` and its log's step counts ({} when there is no such record)."""
+    from ..core.checkpoint import read_checkpoint_config
+
+    try:
+        meta = read_checkpoint_config(os.path.join(run_dir, "final")).get("metadata", {})
+    except (OSError, ValueError):
+        return {}, {}
+    counts: Dict[str, int] = {}
+    for record in read_log(run_dir):
+        counts[record["stage"]] = counts.get(record["stage"], 0) + 1
+    seconds = dict(meta.get("seconds_per_iter") or {})
+    return seconds, {k: v for k, v in counts.items() if k in seconds}
 
 
 def check_resumable(folder: str, state: dict, config: TrainConfig) -> None:
