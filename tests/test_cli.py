@@ -411,3 +411,18 @@ def test_resuming_a_finished_run_says_so_and_keeps_its_results(tmp_path, capsys)
     assert json.loads((run / "results.json").read_text())["seconds_per_iter"] == seconds
     meta = json.loads((run / "final" / "opendas_config.json").read_text())["metadata"]
     assert meta["seconds_per_iter"] == seconds and meta["completed"]
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
+def test_version_and_help_do_not_import_torch(argv):
+    """Issue 25.17e: `opendas --version` took 5.6 s, 3.9 s of it importing torch and open_clip through the package.
+    The truth: sys.modules of a fresh interpreter after the CLI printed and exited."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom opendas_encoder.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as exc:\n"
+            "    code = exc.code\nheavy = [m for m in ('torch', 'open_clip', 'numpy', 'pydantic') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout and ("opendas" in result.stdout)
