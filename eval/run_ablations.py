@@ -33,6 +33,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from eval import run_suite  # noqa: E402
+from eval.runspec import parse_spec  # noqa: E402
 
 
 P = "opendas-paper"
@@ -85,7 +86,10 @@ def variant_keys(names: Sequence[str]) -> List[str]:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-    return [VARIANTS[n][1] for n in names]
+    keys = [VARIANTS[n][1] for n in names]
+    for key in keys:  # the one run syntax of eval/runspec.py (run_suite parses them again)
+        parse_spec(key)
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------- merge

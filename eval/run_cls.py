@@ -42,7 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from opendas_encoder.core.registry import method_names  # noqa: E402
+from eval.runspec import DISPLAY as SPEC_DISPLAY  # noqa: E402  (names, options, dedup: one place)
+from eval.runspec import RunSpec, parse_spec, training_key  # noqa: E402
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig,  # noqa: E402
                                           TrainConfig, load_config, warmup_that_fits)
@@ -53,50 +54,29 @@ from opendas_encoder.train.trainer import read_log  # noqa: E402
 from opendas_encoder.vocab import select_negative_queries  # noqa: E402
 
 from opendas_encoder.generated.world import WORLD_LABEL, WORLD_LABEL_LONG  # noqa: E402
-DEFAULT_METHODS = ("opendas", "cocoop", "vpt", "rpo", "maple")
-#: the paper's method options (Tab. 1 counts on ViT-L-14); depths None = every layer of the model at hand
-METHOD_OPTIONS = {
-    "cocoop": {"n_ctx": 4, "ctx_init": "a photo of a", "meta_reduction": 16},
-    "vpt": {"n_tokens": 32, "depth": None},
-    "rpo": {"k": 24},
-    "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "depth": None},
-    "wiseft-text": {"alpha": 0.5},
-    "wiseft-visual": {"alpha": 0.5},
-}
+DEFAULT_METHODS = ("opendas", "cocoop", "vpt", "rpo", "maple", "cliplora", "promptsrc")
 LAMBDAS = (0.0, 2.0, 5.0, 10.0)
 TOKEN_GRID = ((8, 4), (8, 8), (8, 12), (12, 4), (12, 8), (12, 12))
 ABLATION_DEPTH = 12
-DISPLAY = {"opendas": "OpenDAS", "cocoop": "CoCoOp", "vpt": "VPT", "rpo": "RPO", "maple": "MaPLe",
-           "wiseft-text": "WiSE-FT (text)", "wiseft-visual": "WiSE-FT (visual)"}
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training configuration (trained once per seed)."""
-
-    tag: str
-    method: str
-    setting: str
-    prompts: str = "{}"  # JSON of PromptConfig fields (OpenDAS)
-    options: str = "{}"  # JSON of the baseline's config fields
-    lambda_end: Optional[float] = None  # None: the base config's
-
-    @property
-    def key(self) -> tuple:
-        return (self.method, self.setting, self.prompts, self.options, self.lambda_end)
+#: report names (eval/runspec.py's: one place); here plain ``opendas`` is the base config's, the paper's preset
+DISPLAY = dict(SPEC_DISPLAY)
 
 
 @dataclass
 class RunResult:
     spec: RunSpec
+    config: TrainConfig  # its training (seed 0)
     params: int
     per_seed: List[dict] = field(default_factory=list)  # adapted metrics per seed
     seconds_per_iter: List[float] = field(default_factory=list)
 
     def summary(self) -> dict:
-        out = {"tag": self.spec.tag, "method": self.spec.method, "setting": self.spec.setting, "params": self.params,
-               "prompts": json.loads(self.spec.prompts), "method_options": json.loads(self.spec.options),
-               "lambda_end": self.spec.lambda_end, "per_seed": self.per_seed,
+        cfg = self.config
+        out = {"tag": self.spec.key, "spec": self.spec.key, "method": cfg.method, "setting": cfg.setting,
+               "params": self.params,
+               "prompts": cfg.prompt_config().to_dict() if cfg.method == "opendas" else {},
+               "method_options": dict(cfg.method_options), "lambda_end": cfg.triplet.lambda_end,
+               "per_seed": self.per_seed,
                "seconds_per_iter": float(np.mean(self.seconds_per_iter)) if self.seconds_per_iter else None}
         for k in METRIC_KEYS:
             out[k], out[k + "_std"] = mean_std([r.get(k) for r in self.per_seed])
@@ -104,41 +84,30 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------------------- plan
-def ablation_prompts(base: dict, vision_layers: int, text_layers: int, **fields) -> dict:
-    return dict(base, visual_depth=min(ABLATION_DEPTH, vision_layers), text_depth=min(ABLATION_DEPTH, text_layers),
-                **fields)
-
-
-def plan_runs(methods: Sequence[str], tables: Sequence[str], base_prompts: dict, vision_layers: int,
+def plan_runs(methods: Sequence[str], tables: Sequence[str], vision_layers: int,
               text_layers: int) -> Dict[str, List[RunSpec]]:
-    """Runs per table ("1" and "2" share theirs); identical configurations are trained once."""
+    """Runs per table ("1" and "2" share theirs), as :class:`RunSpec` (``eval/runspec.py``) over the base
+    config; identical trainings (``training_key``) are trained once."""
     plan: Dict[str, List[RunSpec]] = {}
-    dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
     if {"1", "2"} & set(tables):
-        main = []
-        for m in methods:
-            if m == "opendas":
-                main.append(RunSpec("opendas", "opendas", "two-stage", prompts=dump(base_prompts)))
-            else:
-                main.append(RunSpec(m, m, "one-stage-ce", options=dump(METHOD_OPTIONS.get(m, {}))))
-        plan["main"] = main
+        plan["main"] = [parse_spec(m) for m in methods]
+    depths = dict(prompts__visual_depth=min(ABLATION_DEPTH, vision_layers),
+                  prompts__text_depth=min(ABLATION_DEPTH, text_layers))
     if "5" in tables:
-        p = dump(ablation_prompts(base_prompts, vision_layers, text_layers))
-        plan["5"] = [RunSpec(f"lambda{lam:g}", "opendas", "two-stage", prompts=p, lambda_end=lam) for lam in LAMBDAS]
+        plan["5"] = [parse_spec(f"lambda{lam:g}=opendas").with_overrides(**depths, triplet__lambda_end=lam)
+                     for lam in LAMBDAS]
     if "7" in tables:
-        plan["7"] = [RunSpec(f"kv{kv}_kt{kt}", "opendas", "two-stage", lambda_end=5.0,
-                             prompts=dump(ablation_prompts(base_prompts, vision_layers, text_layers,
-                                                           visual_tokens=kv, text_tokens=kt)))
+        plan["7"] = [parse_spec(f"kv{kv}_kt{kt}=opendas").with_overrides(**depths, triplet__lambda_end=5.0,
+                                                                         prompts__visual_tokens=kv,
+                                                                         prompts__text_tokens=kt)
                      for kv, kt in TOKEN_GRID]
     return plan
 
 
 def run_config(base: TrainConfig, spec: RunSpec, seed: int, out_dir: str) -> TrainConfig:
-    """The base configuration with the run's method, setting, prompts, options, lambda and seed."""
-    triplet = base.triplet if spec.lambda_end is None else dict(base.triplet, lambda_end=spec.lambda_end)
-    return base.updated(name=f"{base.name}/{spec.tag}/seed{seed}", seed=seed, method=spec.method,
-                        setting=spec.setting, prompts=json.loads(spec.prompts), method_options=json.loads(spec.options),
-                        triplet=triplet, output_dir=os.path.join(out_dir, spec.tag, f"seed{seed}"))
+    """The base configuration as the run ``spec`` at ``seed``."""
+    return spec.config(base, name=f"{base.name}/{spec.key}/seed{seed}", seed=seed,
+                       output_dir=os.path.join(out_dir, spec.tag, f"seed{seed}"))
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -198,34 +167,35 @@ def run_all(base: TrainConfig, methods: Sequence[str], tables: Sequence[str], se
         raise ValueError(f"{base.name}: the tables need a test split (data.test is not set)")
     plain = ExperimentData(data.train, data.test, data.vocab, select_negative_queries({}, data.vocab.base),
                            list(data.vocab.base))
-    base_prompts = base.prompt_config().to_dict()
-    plan = plan_runs(methods, tables, base_prompts, sig["vision_layers"], sig["text_layers"])
-    results: Dict[tuple, RunResult] = {}
+    plan = plan_runs(methods, tables, sig["vision_layers"], sig["text_layers"])
+    specs = [s for specs in plan.values() for s in specs]
+    keys = {s.key: training_key(run_config(base, s, 0, out_dir)) for s in specs}  # validates every run first
+    results: Dict[str, RunResult] = {}
     zero_shot = None
     for seed in range(seeds):
-        for specs in plan.values():
-            for spec in specs:
-                if spec.key in results and len(results[spec.key].per_seed) > seed:
-                    continue  # the same configuration already ran for this seed (e.g. lambda 5 = kv8_kt4)
-                config = run_config(base, spec, seed, out_dir)
-                model = build_model(config)
-                res = run_experiment(config, resume=resume, progress=progress, plots=False, model=model,
-                                     data=data if spec.method == "opendas" else plain, zero_shot=zero_shot is None)
-                zero_shot = zero_shot or res["zero_shot"]
-                entry = results.setdefault(spec.key, RunResult(spec, sum(p.numel() for p in model.learned_parameters())))
-                entry.per_seed.append(res["adapted"])
-                spi = seconds_per_iteration(config.output_dir)
-                if spi is not None:
-                    entry.seconds_per_iter.append(spi)
+        for spec in specs:
+            key = keys[spec.key]
+            if key in results and len(results[key].per_seed) > seed:
+                continue  # the same training already ran for this seed (e.g. lambda 5 = kv8_kt4)
+            config = run_config(base, spec, seed, out_dir)
+            model = build_model(config)
+            res = run_experiment(config, resume=resume, progress=progress, plots=False, model=model,
+                                 data=data if config.method == "opendas" else plain, zero_shot=zero_shot is None)
+            zero_shot = zero_shot or res["zero_shot"]
+            entry = results.setdefault(key, RunResult(spec, config, sum(p.numel() for p in model.learned_parameters())))
+            entry.per_seed.append(res["adapted"])
+            spi = seconds_per_iteration(config.output_dir)
+            if spi is not None:
+                entry.seconds_per_iter.append(spi)
     return {"dataset": WORLD_LABEL_LONG if world else base.name, "model": {"name": base.model.name,
                                                                       "pretrained": base.model.pretrained},
             "base_model": sig, "seeds": seeds, "vocabulary": data.vocab.counts(),
             "negatives": len(data.negatives.queries), "zero_shot": zero_shot,
             "schedule": {"stage1_epochs": base.schedule.stage1_epochs, "stage2_epochs": base.schedule.stage2_epochs,
                          "batch_size": base.schedule.batch_size, "lr": base.schedule.lr},
-            "plan": {t: [s.tag for s in specs] for t, specs in plan.items()},
-            "runs": {s.tag: dict(results[s.key].summary(), tag=s.tag, trained_as=results[s.key].spec.tag)
-                     for specs in plan.values() for s in specs}}
+            "plan": {t: [s.key for s in table] for t, table in plan.items()},
+            "runs": {s.key: dict(results[keys[s.key]].summary(), tag=s.key, trained_as=results[keys[s.key]].spec.key)
+                     for s in specs}}
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -253,12 +223,12 @@ def format_tables(results: dict) -> Dict[str, str]:
     if "main" in plan:
         main = [runs[t] for t in plan["main"]]
         rows = [["No adaptation", "0", metric_cell(zs["acc"]), metric_cell(zs["weighted_f1"]), "-"]]
-        rows += [[DISPLAY.get(r["method"], r["method"]), _params(r["params"]), _cell(r, "acc"),
+        rows += [[DISPLAY.get(r["spec"], r["spec"]), _params(r["params"]), _cell(r, "acc"),
                   _cell(r, "weighted_f1"), _spi(r)] for r in main]
         out["1"] = "Table 1: adaptation on base queries. " + head + "\n\n" + \
             format_table(rows, ["Method", "# Params", "Acc", "W-F1", "time/iter"])
         rows = [["No adaptation", "0"] + [metric_cell(zs[k]) for k in ("weighted_f1", "base_f1", "novel_f1")]]
-        rows += [[DISPLAY.get(r["method"], r["method"]), _params(r["params"])] +
+        rows += [[DISPLAY.get(r["spec"], r["spec"]), _params(r["params"])] +
                  [_cell(r, k, zs) for k in ("weighted_f1", "base_f1", "novel_f1")] for r in main]
         out["2"] = ("Table 2: open-vocabulary segment classification, in brackets the change against zero-shot CLIP. " + head +
                     f"; {results['vocabulary']['test_base']} base / {results['vocabulary']['novel']} novel test "
@@ -293,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, metavar="CONFIG",
                    help="training config (YAML/JSON, opendas_encoder.train.config) giving data, model, schedule; "
                         "default: the generated world with its small CLIP")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=method_names(),
-                   help="methods of Tables 1 and 2")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="RUN",
+                   help="runs of Tables 1 and 2 (eval/runspec.py syntax: NAME[:SETTING][@dotted.key=value]...; "
+                        "NAME opendas, opendas-paper, opendas-default or a baseline)")
     p.add_argument("--seeds", type=int, default=3, help="runs per configuration (seeds 0..N-1)")
     p.add_argument("--tables", nargs="+", default=["1", "2"], choices=["1", "2", "5", "7"], help="tables to write")
     p.add_argument("--epochs", nargs=2, type=int, metavar=("STAGE1", "STAGE2"), default=None,
@@ -321,6 +292,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit(f"config file not found: {args.dataset}")
     try:
         base = base_config(args)
+        for m in args.methods:
+            parse_spec(m)
     except ValueError as exc:  # the config's problems, each named (opendas_encoder.train.config)
         raise SystemExit(f"run_cls: error: {exc}") from None
     results = run_all(base, args.methods, args.tables, args.seeds, args.out, world=args.dataset is None,

@@ -12,14 +12,15 @@ for every seed, as ``opendas demo`` and ``eval/run_suite.py``); the model is the
 Every number is measured on **generated** data (procedurally generated domains, not real datasets).
 Domains: every domain of ``opendas_encoder.generated.world.domains`` (cast, frames, night, siblings).
 
-Methods (``--methods``): ``opendas`` (the library default, ``preset: default``), ``opendas-paper``
-(the paper's method exactly, ``preset: paper``; where both resolve to the same training it runs once
-and is reported under both names), and the baselines with the options of ``eval/run_cls.py`` (``vpt``, ``cocoop``, ``rpo``, ``maple``, ...). A
-variant is ``TAG=BASE,key=value,...`` with ``BASE`` one of those and dotted training-config keys
-(values in YAML), e.g. ``opendas-carry=opendas,prompts.text_deep_init=carry``. Zero-shot CLIP ("a
-photo of a {}.") is always measured (once per domain and seed: it does not depend on K). OpenDAS
-trains in two stages with the negative queries; the baselines in one stage (``one-stage-ce``) for
-stage1 + stage2 epochs without negatives, as in Table 2.
+Methods (``--methods``, the one run syntax of ``eval/runspec.py``): ``opendas`` (the library default,
+``preset: default``), ``opendas-paper`` (the paper's method exactly, ``preset: paper``; where both
+resolve to the same training it runs once and is reported under both names), and the baselines with
+their papers' options (``vpt``, ``cocoop``, ``rpo``, ``maple``, ``cliplora``, ``promptsrc``, ...). A
+variant is ``[TAG=]NAME[:SETTING][@dotted.key=value]...`` with dotted training-config keys (values in
+YAML), e.g. ``opendas-carry=opendas@prompts.text_deep_init=carry``. Zero-shot CLIP ("a photo of a
+{}.") is always measured (once per domain and seed: it does not depend on K). OpenDAS trains in two
+stages with the negative queries; the baselines in one stage (``one-stage-ce``) for stage1 + stage2
+epochs without negatives, as in Table 2.
 
 Epochs: ``all`` trains the configured stage epochs (default 3 + 3, the suite's quick schedule). A
 K-shot set of K x C segments (C base classes) has few steps per epoch, so each stage trains
@@ -41,7 +42,7 @@ Examples::
 
     OMP_NUM_THREADS=1 python eval/run_fewshot.py                 # K in {1,2,4,8,16,all}, 3 seeds, every domain
     python eval/run_fewshot.py --quick                           # 1 seed, K in {1,4,all}, tiny sizes: smoke test
-    python eval/run_fewshot.py --methods opendas vpt cocoop 'opendas-carry=opendas,prompts.text_deep_init=carry'
+    python eval/run_fewshot.py --methods opendas vpt cocoop 'opendas-carry=opendas@prompts.text_deep_init=carry'
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -62,11 +63,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from eval import run_cls, run_suite  # noqa: E402  (baselines' paper options and display names; suite sizes)
+from eval import run_suite  # noqa: E402  (the suite's sizes and data preparation)
+from eval.runspec import DISPLAY as SPEC_DISPLAY  # noqa: E402  (names, options, dedup: one place)
+from eval.runspec import RunSpec, parse_spec, training_key  # noqa: E402
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
-from opendas_encoder.train.config import (BASELINE_SETTING, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
-                                          RuntimeConfig, ScheduleConfig, TrainConfig, format_validation_error,
-                                          set_dotted, warmup_that_fits)
+from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
+                                          ScheduleConfig, TrainConfig, warmup_that_fits)
 from opendas_encoder.generated.world.domains import GENERATED_LABEL as GENERATED  # noqa: E402
 from opendas_encoder.generated.world.domains import domain_names, get_domain  # noqa: E402
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
@@ -76,8 +78,8 @@ Shot = Union[int, str]
 SHOTS = (1, 2, 4, 8, 16, "all")
 QUICK_SHOTS = (1, 4, "all")
 DEFAULT_METHODS = ("opendas", "opendas-paper", "vpt", "cocoop")
-DISPLAY = dict(run_cls.DISPLAY, zeroshot="zero-shot CLIP", opendas="OpenDAS (default)",
-               **{"opendas-paper": "OpenDAS (paper)"})
+#: report names (eval/runspec.py's); the curves' base preset is the default, so plain ``opendas`` is it
+DISPLAY = dict(SPEC_DISPLAY, opendas="OpenDAS (default)")
 
 
 @dataclass(frozen=True)
@@ -107,48 +109,13 @@ def domain_data(domain: str, seed: int, sizes: Sizes, shots: Shot = "all") -> Da
 
 
 # ---------------------------------------------------------------------------------------------- methods
-@dataclass(frozen=True)
-class MethodSpec:
-    """One curve: ``key`` (as reported), the encoder method, setting, fields and config overrides."""
-
-    key: str
-    method: str
-    setting: str
-    preset: str = "default"  # OpenDAS: "default" (the library's) or "paper" (the paper's method exactly)
-    prompts: str = "{}"  # JSON of PromptConfig fields (OpenDAS) over the preset's
-    options: str = "{}"  # JSON of the baseline's config fields
-    overrides: Tuple[Tuple[str, str], ...] = ()  # (dotted config key, YAML value)
-
-
-def resolve_method(text: str) -> MethodSpec:
-    """``KEY`` or ``TAG=KEY,dotted.key=value,...`` -> MethodSpec; ValueError naming the known keys."""
-    from opendas_encoder.core.registry import method_names
-
-    head, *extra = [part.strip() for part in text.split(",")]
-    tag, _, base = head.partition("=") if "=" in head else (head, "", head)
-    tag, base = tag.strip(), base.strip()
-    overrides = []
-    for item in extra:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"method {text!r}: {item!r} must look like dotted.key=value")
-        overrides.append((key.strip(), value.strip()))
-    baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
-    dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
-    if base == "opendas":
-        spec = MethodSpec(tag, "opendas", "two-stage")
-    elif base == "opendas-paper":
-        spec = MethodSpec(tag, "opendas", "two-stage", preset="paper")
-    elif base in baselines:
-        spec = MethodSpec(tag, base, BASELINE_SETTING, options=dump(run_cls.METHOD_OPTIONS.get(base, {})))
-    elif base == "zeroshot":
+def resolve_method(text: str) -> RunSpec:
+    """A curve (``eval/runspec.py`` syntax: ``[TAG=]NAME[:SETTING][@dotted.key=value]...``) -> RunSpec;
+    ValueError naming the known names. Zero-shot CLIP is always measured, so it is no curve."""
+    spec = parse_spec(text)
+    if not spec.trained:
         raise ValueError("zeroshot is always measured (the reference of every curve); leave it out of --methods")
-    else:
-        raise ValueError(f"unknown method {base!r} in {text!r}; known: {['opendas', 'opendas-paper'] + baselines} "
-                         "(or TAG=KEY,dotted.key=value,... for a variant)")
-    if not tag or any(c in tag for c in "/\\ "):
-        raise ValueError(f"method {text!r}: the tag must be a non-empty name without '/', '\\' or spaces")
-    return replace(spec, overrides=tuple(overrides))
+    return spec
 
 
 def stage_epochs(shots: Shot, n_classes: int, sizes: Sizes) -> Tuple[int, int]:
@@ -162,32 +129,21 @@ def stage_epochs(shots: Shot, n_classes: int, sizes: Sizes) -> Tuple[int, int]:
     return (max(s1, floor) if s1 else 0), (max(s2, floor) if s2 else 0)
 
 
-def run_config(spec: MethodSpec, domain: str, seed: int, shots: Shot, sizes: Sizes, n_classes: int, out_dir: str,
+def run_config(spec: RunSpec, domain: str, seed: int, shots: Shot, sizes: Sizes, n_classes: int, out_dir: str,
                model: ModelSpec, device: str) -> TrainConfig:
-    """The training config of one point of one curve (validated: overrides included)."""
-    import yaml
-    from pydantic import ValidationError
-
+    """The training config of one point of one curve (validated: overrides included): the curve's spec over
+    the base config of the point (``preset: default``, the domain's K-shot data, the stage epochs for K)."""
     s1, s2 = stage_epochs(shots, n_classes, sizes)
-    data = {
-        "name": f"{GENERATED} domain {domain}: {spec.key}, {shots} shots, seed {seed}", "seed": seed,
-        "method": spec.method, "setting": spec.setting, "prompts": json.loads(spec.prompts),
-        **({"preset": spec.preset} if spec.method == "opendas" else {}),
-        "method_options": json.loads(spec.options), "model": model.model_dump(),
-        "data": domain_data(domain, seed, sizes, shots).model_dump(),
-        "schedule": ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=s1, stage2_epochs=s2,
-                                   warmup_epochs=warmup_that_fits(s1, s2)).model_dump(),
-        "runtime": RuntimeConfig(device=device).model_dump(),
-        "output_dir": os.path.join(out_dir, domain, f"K{shots}", spec.key, f"seed{seed}")}
-    for key, value in spec.overrides:
-        try:
-            set_dotted(data, key, yaml.safe_load(value))
-        except ValueError as exc:
-            raise ValueError(f"method {spec.key!r}: {key!r}: {exc}") from None
+    base = TrainConfig(name=f"{GENERATED} domain {domain}: {spec.key}, {shots} shots, seed {seed}", seed=seed,
+                       preset="default", model=model, data=domain_data(domain, seed, sizes, shots),
+                       schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=s1, stage2_epochs=s2,
+                                               warmup_epochs=warmup_that_fits(s1, s2)),
+                       runtime=RuntimeConfig(device=device),
+                       output_dir=os.path.join(out_dir, domain, f"K{shots}", spec.tag, f"seed{seed}"))
     try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(format_validation_error(exc, f"method {spec.key!r} ({domain}, {shots} shots)")) from None
+        return spec.config(base)
+    except ValueError as exc:
+        raise ValueError(f"method {spec.key!r} ({domain}, {shots} shots): {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -196,22 +152,12 @@ class Run:
     domain: str
     seed: int
     shots: Shot
-    spec: MethodSpec
+    spec: RunSpec
     config: TrainConfig
     trained_as: Optional[str] = None  # key of the identical run trained instead (same domain, seed, K)
 
 
-def _training_key(config: TrainConfig) -> str:
-    """Equal keys = the same training: the config without its name and folder, OpenDAS's preset resolved
-    (its prompt fields written out; its training options are in the config's sections already)."""
-    d = config.to_dict()
-    d.pop("name"), d.pop("output_dir"), d.pop("preset", None)
-    if config.method == "opendas":
-        d["prompts"] = config.prompt_config().to_dict()
-    return json.dumps(d, sort_keys=True)
-
-
-def plan_runs(specs: Sequence[MethodSpec], domains: Sequence[str], shots: Sequence[Shot], seeds: int, sizes: Sizes,
+def plan_runs(specs: Sequence[RunSpec], domains: Sequence[str], shots: Sequence[Shot], seeds: int, sizes: Sizes,
               out_dir: str, model: ModelSpec, device: str) -> List[Run]:
     """Every (domain, seed, K, method) point, validated; identical trainings are planned once."""
     runs = []
@@ -222,7 +168,7 @@ def plan_runs(specs: Sequence[MethodSpec], domains: Sequence[str], shots: Sequen
                 first: Dict[str, str] = {}
                 for spec in specs:
                     config = run_config(spec, domain, seed, k, sizes, n_classes, out_dir, model, device)
-                    key = _training_key(config)
+                    key = training_key(config)
                     runs.append(Run(domain, seed, k, spec, config, trained_as=first.get(key)))
                     first.setdefault(key, spec.key)
     return runs
@@ -479,8 +425,8 @@ def parse_shot(text: str) -> Shot:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
-                   help="curves to train: opendas, opendas-paper, a baseline (vpt, cocoop, ...) or "
-                        "TAG=KEY,dotted.key=value,... (zero-shot CLIP is always measured)")
+                   help="curves to train (eval/runspec.py syntax): opendas, opendas-paper, a baseline (vpt, cocoop, "
+                        "...) or [TAG=]NAME[:SETTING][@dotted.key=value]... (zero-shot CLIP is always measured)")
     p.add_argument("--domains", nargs="+", default=None, help=f"generated domains (default: all: {domain_names()})")
     p.add_argument("--shots", nargs="+", type=parse_shot, default=None, metavar="K",
                    help=f"K values (positive integers and/or all); default {' '.join(map(str, SHOTS))}, "
@@ -552,9 +498,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     result["meta"] = {"label": f"{GENERATED} (procedurally generated domains, not real datasets)",
                       "domains": domains, "shots": shots, "seeds": args.seeds, "methods": [s.key for s in specs],
                       "method_specs": {s.key: {"method": s.method, "setting": s.setting, "preset": s.preset,
-                                               "prompts": json.loads(s.prompts),
-                                               "method_options": json.loads(s.options),
-                                               "overrides": dict(s.overrides)} for s in specs},
+                                               "overrides": {k: json.loads(v) for k, v in s.overrides}}
+                                       for s in specs},
                       "sizes": sizes.__dict__, "quick": args.quick, "gain": args.gain,
                       "model": model.model_dump(), "device": args.device, "seconds": seconds, "counts": counts,
                       "argv": sys.argv[1:] if argv is None else list(argv)}

@@ -6,28 +6,29 @@ docs/domains.md). Per seed s, the training split is ``build_domain(domain, TRAIN
 the test split ``build_domain(domain, TEST, 1000 + s, "test")`` (new scenes for every seed, as the
 demo); the vocabulary and negative queries are the domain's own. OpenDAS trains in two stages with
 the negative queries; the baselines train in one stage ("one-stage-ce") for stage1 + stage2 epochs
-without negatives, with the options of ``eval/run_cls.py`` (as Table 2).
+without negatives, with their papers' options (``eval/runspec.py``, as Table 2).
 
 Writes ``suite.json`` and ``suite.md`` into ``--out``: per domain, Acc / W-F1 / B-F1 / N-F1 as
 mean ± std over seeds, and the paired difference to zero-shot CLIP (same seed, same test scenes) with
 a 95 % bootstrap interval over seeds (scipy.stats.bootstrap, percentile; coarse for 3 seeds).
 Everything is measured on **generated** data.
 
-Methods (``--methods``; ``KEY:SETTING`` runs a method key in another training setting, e.g.
-``opendas-carry:visual-only`` for the stage-1 ablation):
+Methods (``--methods``), in the one run syntax of ``eval/runspec.py``,
+``[TAG=]NAME[:SETTING][@dotted.key=value]...``:
 
 * ``zeroshot`` - the frozen world CLIP with "a photo of a {}." (no training);
 * ``opendas-paper`` - OpenDAS exactly as the paper (``preset: paper``: ``PromptConfig.paper()``, every
   training option off);
-* ``opendas-default`` - OpenDAS as the library default (``preset: default``, chosen on this suite:
-  docs/ablations.md);
+* ``opendas-default`` (or ``opendas``) - OpenDAS as the library default (``preset: default``, chosen on
+  this suite: docs/ablations.md);
 * ``opendas-carry`` - the paper's OpenDAS with ``text_deep_init="carry"``;
-* ``cocoop``, ``vpt``, ``rpo``, ``maple``, ``wiseft-text``, ``wiseft-visual``.
+* ``cocoop``, ``vpt``, ``rpo``, ``maple``, ``wiseft-text``, ``wiseft-visual``, ``cliplora``, ``promptsrc``.
 
-An OpenDAS key takes config overrides after ``@`` (values read as YAML), for the ablations of
-docs/ablations.md: ``opendas-paper@consistency.image=10@averaging.mode=ema``,
-``opendas-default:visual-only@prompts.visual_start=2``. Keys that resolve to the same training
-(same method, setting, prompts and options) are trained once and reported under each key.
+``:SETTING`` trains in another setting (``opendas-carry:visual-only``, the stage-1 ablation); config
+overrides follow ``@`` (values read as YAML), for the ablations of docs/ablations.md:
+``opendas-paper@consistency.image=10@averaging.mode=ema``,
+``opendas-default:visual-only@prompts.visual_start=2``, ``vpt@method_options.n_tokens=8``. Keys that
+resolve to the same training (``runspec.training_key``) are trained once and reported under each key.
 
 Examples::
 
@@ -53,21 +54,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from eval import run_cls  # noqa: E402  (the baselines' paper options and names: one place)
+from eval.runspec import DISPLAY as SPEC_DISPLAY  # noqa: E402  (names, options, dedup: one place)
+from eval.runspec import RunSpec, parse_spec, training_key  # noqa: E402
 from opendas_encoder.plots import format_table  # noqa: E402
-from opendas_encoder.train.config import (BASELINE_SETTING, SETTINGS, DataConfig, DatasetSpec, ModelSpec,  # noqa: E402
-                                          RuntimeConfig, ScheduleConfig, TrainConfig, warmup_that_fits)
+from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
+                                          ScheduleConfig, TrainConfig, warmup_that_fits)
 from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, prepare_experiment  # noqa: E402
 from opendas_encoder.vocab import Vocabulary, select_negative_queries  # noqa: E402
 from opendas_encoder.generated.world.domains import GENERATED_LABEL, domain_names, get_domain  # noqa: E402
 
 METRIC_NAMES = {"acc": "Acc", "weighted_f1": "W-F1", "base_f1": "B-F1", "novel_f1": "N-F1"}
 DEFAULT_METHODS = ("zeroshot", "opendas-paper", "opendas-default", "cocoop", "vpt", "rpo", "maple",
-                   "wiseft-text", "wiseft-visual")
-#: report names: the baselines' from eval/run_cls.py (one place for them), the suite's own keys added
-DISPLAY = {**{k: v for k, v in run_cls.DISPLAY.items() if k != "opendas"}, "zeroshot": "zero-shot CLIP",
-           "opendas-paper": "OpenDAS (paper)", "opendas-default": "OpenDAS (default)",
-           "opendas-carry": "OpenDAS (carry)"}
+                   "wiseft-text", "wiseft-visual", "cliplora", "promptsrc")
+#: report names (eval/runspec.py's; the suite's base preset is the default, so plain ``opendas`` is it)
+DISPLAY = dict(SPEC_DISPLAY, opendas="OpenDAS (default)")
 
 
 @dataclass(frozen=True)
@@ -85,108 +85,37 @@ QUICK = Sizes(40, 30, 3, 3)
 
 
 # ---------------------------------------------------------------------------------------------- methods
-@dataclass(frozen=True)
-class MethodRun:
-    """One row of the suite: ``key`` (as given), the encoder method, its training setting and fields."""
-
-    key: str
-    method: str
-    setting: str
-    prompts: str = "{}"  # JSON of PromptConfig fields (OpenDAS)
-    options: str = "{}"  # JSON of the baseline's config fields
-    preset: str = "default"  # OpenDAS preset the key starts from (recorded in the checkpoint)
-    sections: str = "{}"  # JSON of the resolved OpenDAS training options {triplet, consistency, averaging}
-
-    @property
-    def trained_as(self) -> tuple:
-        """Runs with equal ``trained_as`` are the same training (trained once, reported under each key)."""
-        return (self.method, self.setting, self.prompts, self.options, self.sections)
-
-
-#: OpenDAS keys of the suite: (preset, config overrides)
-OPENDAS_KEYS = {"opendas-paper": ("paper", {}), "opendas-default": ("default", {}),
-                "opendas-carry": ("paper", {"prompts": {"text_deep_init": "carry"}})}
-
-
-def parse_overrides(key: str, items: Sequence[str]) -> Dict[str, dict]:
-    """``["consistency.image=10", ...]`` -> {"consistency": {"image": 10}} (values read as YAML)."""
-    import yaml
-
-    from opendas_encoder.train.config import PRESET_SECTIONS
-
-    out: Dict[str, dict] = {}
-    for item in items:
-        path, eq, value = item.partition("=")
-        section, dot, field = path.partition(".")
-        if not eq or not dot or section not in ("prompts",) + PRESET_SECTIONS:
-            raise ValueError(f"{key}: override {item!r} must be SECTION.KEY=VALUE with SECTION one of "
-                             f"{['prompts', *PRESET_SECTIONS]}")
-        out.setdefault(section, {})[field] = yaml.safe_load(value)
-    return out
-
-
-def _opendas_run(key: str, name: str, setting: str, overrides: Dict[str, dict]) -> MethodRun:
-    """The resolved training of an OpenDAS key: the preset's values under the key's overrides."""
-    from opendas_encoder.train.config import PRESET_SECTIONS
-
-    preset, base = OPENDAS_KEYS[name]
-    merged = {section: {**base.get(section, {}), **overrides.get(section, {})}
-              for section in set(base) | set(overrides)}
-    try:
-        cfg = TrainConfig(method="opendas", setting=setting, preset=preset, **merged)
-    except Exception as exc:  # pydantic's message names the bad key
-        raise ValueError(f"{key}: {exc}") from None
-    dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
-    return MethodRun(key, "opendas", setting, prompts=dump(cfg.prompt_config().to_dict()), preset=preset,
-                     sections=dump({s: getattr(cfg, s).model_dump() for s in PRESET_SECTIONS}))
-
-
-def resolve_method(key: str) -> MethodRun:
-    """``KEY`` or ``KEY:SETTING`` -> MethodRun; raises ValueError naming the known keys."""
-    from opendas_encoder.core.registry import method_names
-
-    head, *overrides = key.split("@")
-    name, _, setting = head.partition(":")
-    dump = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
-    if overrides and name not in OPENDAS_KEYS:
-        raise ValueError(f"{key}: @overrides are for the OpenDAS keys {sorted(OPENDAS_KEYS)} only")
-    if name == "zeroshot":
-        if setting:
-            raise ValueError("zeroshot is not trained: it takes no :SETTING")
-        return MethodRun(key, "zeroshot", "none")
-    if name in OPENDAS_KEYS:
-        setting = setting or "two-stage"
-        if setting not in SETTINGS:
-            raise ValueError(f"{key}: unknown setting {setting!r}; known: {SETTINGS}")
-        return _opendas_run(key, name, setting, parse_overrides(key, overrides))
-    baselines = [m for m in method_names() if m not in ("opendas", "zeroshot")]
-    if name in baselines:
-        return MethodRun(key, name, setting or BASELINE_SETTING, options=dump(run_cls.METHOD_OPTIONS.get(name, {})))
-    raise ValueError(f"unknown method {key!r}; known: {['zeroshot'] + sorted(OPENDAS_KEYS) + baselines} "
-                     "(KEY:SETTING for another training setting, OPENDAS-KEY@section.key=value for options)")
+def resolve_method(key: str) -> RunSpec:
+    """A method key (``eval/runspec.py`` syntax: ``NAME[:SETTING][@dotted.key=value]...``) -> RunSpec;
+    raises ValueError naming the known names."""
+    return parse_spec(key)
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def suite_config(domain: str, run: MethodRun, seed: int, sizes: Sizes, out_dir: str, device: str) -> TrainConfig:
+def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str) -> TrainConfig:
+    """The suite's base config of one domain and seed (world CLIP, the domain's splits, the sizes' schedule,
+    ``preset: default``); a run is :meth:`RunSpec.config` of it."""
     from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
 
     def split(name: str, n: int, s: int) -> DatasetSpec:
         return DatasetSpec(name="generated-world", split=name, options={"n_scenes": n, "seed": s, "domain": domain})
 
-    tag = run.key.replace(":", "_").replace("@", "+").replace("=", "-")
-    method = "opendas" if run.method == "zeroshot" else run.method
     return TrainConfig(
-        name=f"{GENERATED_LABEL} domain {domain}: {run.key} seed {seed}", seed=seed, method=method,
-        setting="two-stage" if run.method == "zeroshot" else run.setting,
-        prompts=json.loads(run.prompts), method_options=json.loads(run.options), preset=run.preset,
-        **json.loads(run.sections),
+        name=f"{GENERATED_LABEL} domain {domain} seed {seed}", seed=seed, preset="default",
         model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
         data=DataConfig(train=split("train", sizes.train_scenes, seed), test=split("test", sizes.test_scenes, 1000 + seed)),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
                                 stage2_epochs=sizes.stage2_epochs,
                                 warmup_epochs=warmup_that_fits(sizes.stage1_epochs, sizes.stage2_epochs)),
-        runtime=RuntimeConfig(device=device),
-        output_dir=os.path.join(out_dir, domain, tag, f"seed{seed}"))
+        runtime=RuntimeConfig(device=device), output_dir=os.path.join(out_dir, domain, "base", f"seed{seed}"))
+
+
+def suite_config(domain: str, run: RunSpec, seed: int, sizes: Sizes, out_dir: str, device: str) -> TrainConfig:
+    """The training config of ``run`` on ``domain`` at ``seed`` (zeroshot: the default preset's, for its data)."""
+    spec = run if run.trained else parse_spec("opendas-default")
+    return spec.config(suite_base(domain, seed, sizes, out_dir, device),
+                       name=f"{GENERATED_LABEL} domain {domain}: {run.key} seed {seed}",
+                       output_dir=os.path.join(out_dir, domain, run.tag, f"seed{seed}"))
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -209,29 +138,30 @@ def prepare_domain_seed(config: TrainConfig, domain: str, progress: bool) -> Tup
     return probe, data, plain
 
 
-def run_domain_seed(domain: str, runs: Sequence[MethodRun], seed: int, sizes: Sizes, out_dir: str, device: str,
+def run_domain_seed(domain: str, runs: Sequence[RunSpec], seed: int, sizes: Sizes, out_dir: str, device: str,
                     progress: bool) -> Dict[str, dict]:
     """Zero-shot and every training of ``runs`` on one domain and seed: {key: metrics}; "zeroshot" always."""
     from opendas_encoder.train.evaluate import evaluate, zero_shot_encoder
     from opendas_encoder.train.pipeline import run_experiment
     from opendas_encoder.train.trainer import resolve_device
 
-    probe_config = suite_config(domain, resolve_method("opendas-default"), seed, sizes, out_dir, device)
+    probe_config = suite_config(domain, parse_spec("opendas-default"), seed, sizes, out_dir, device)
     probe, data, plain = prepare_domain_seed(probe_config, domain, progress)
     dev = resolve_device(device)
     out = {"zeroshot": _summary(evaluate(zero_shot_encoder(probe), data.test, data.vocab, dev,
                                          probe_config.runtime.eval_batch_size).metrics)}
-    done: Dict[tuple, dict] = {}
+    done: Dict[str, dict] = {}  # training_key -> metrics: keys that resolve to the same training run once
     for run in runs:
-        if run.method == "zeroshot":
+        if not run.trained:
             continue
-        if run.trained_as not in done:
-            config = suite_config(domain, run, seed, sizes, out_dir, device)
+        config = suite_config(domain, run, seed, sizes, out_dir, device)
+        key = training_key(config)
+        if key not in done:
             t0 = time.perf_counter()
             res = run_experiment(config, progress=progress, plots=False, model=build_model(config),
                                  data=data if run.method == "opendas" else plain, zero_shot=False)
-            done[run.trained_as] = dict(res["adapted"], seconds=time.perf_counter() - t0)
-        out[run.key] = done[run.trained_as]
+            done[key] = dict(res["adapted"], seconds=time.perf_counter() - t0)
+        out[run.key] = done[key]
     return out
 
 
@@ -296,6 +226,9 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     runs = [resolve_method(m) for m in methods]  # every name checked before any work
     for d in domains:
         get_domain(d)
+    for run in runs:  # every override validated against a real config before any work
+        if run.trained:
+            suite_config(domains[0], run, 0, sizes, out_dir, device)
     keys = ["zeroshot"] + [r.key for r in runs if r.key != "zeroshot"]
     t0 = time.perf_counter()
     per_seed: Dict[str, Dict[str, List[dict]]] = {d: {k: [] for k in keys} for d in domains}
@@ -309,9 +242,8 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
 
     meta = {"label": GENERATED_LABEL, "model": f"{WORLD_MODEL_NAME} ({WORLD_PRETRAINED})", "seeds": seeds,
             "sizes": sizes.__dict__, "quick": quick, "methods": keys, "domains": list(domains),
-            "runs": {r.key: {"method": r.method, "setting": r.setting, "prompts": json.loads(r.prompts),
-                             "method_options": json.loads(r.options), "preset": r.preset,
-                             **json.loads(r.sections)} for r in runs},
+            "runs": {r.key: {"method": r.method, "setting": r.setting, "preset": r.preset,
+                             "overrides": {k: json.loads(v) for k, v in r.overrides}} for r in runs},
             "seconds": time.perf_counter() - t0}
     summary = aggregate(per_seed, keys)
     return {"meta": meta, "results": summary, "table": format_suite(summary, meta)}

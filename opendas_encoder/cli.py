@@ -1,4 +1,4 @@
-"""Command line: ``opendas train | eval | demo | negatives``.
+"""Command line: ``opendas train | eval | demo | negatives | scan``.
 
 Also runnable as ``python -m opendas_encoder.cli`` (e.g. under ``torchrun`` for multi-GPU training).
 """
@@ -238,6 +238,56 @@ def cmd_negatives(args) -> int:
     return 0
 
 
+def cmd_scan(args) -> int:
+    from .scan.importers import import_scan
+
+    try:
+        result = import_scan(args.src, args.out, format=args.format, frame_step=args.frame_step,
+                             voxel_size=args.voxel_size, min_confidence=args.min_confidence,
+                             depth_unit=args.depth_unit, max_depth=args.max_depth, world_up=args.world_up,
+                             overwrite=args.overwrite, progress=not args.quiet)
+    except ImportError as exc:  # an optional reader dependency (lzfse): one line, exit 2
+        raise ValueError(str(exc)) from None
+    m = result.metadata
+    print(f"imported {m['format']} {m['source']}: {result.num_frames} frames, {result.num_points} points "
+          f"(voxel {m['voxel_size']} m) -> {result.out} (scan.json, sanity.png)")
+    return 0
+
+
+def _add_scan_parser(sub) -> None:
+    """``opendas scan import SRC OUT [...]`` (issue 23, step 1)."""
+    from .scan.conventions import WORLD_UP_CHOICES  # numpy only: the parser stays cheap to build
+    from .scan.source import DEPTH_UNITS, FORMATS
+
+    s = sub.add_parser("scan", help="own RGB-D scans: import a phone capture into a processed scene folder")
+    ssub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    i = ssub.add_parser("import", help="nerfstudio transforms.json, Record3D .r3d or ScanNet++ iPhone -> "
+                        "OpenMask3D processed layout + fused point cloud + scan.json + sanity.png",
+                        description="Convert a capture to OpenCV camera-to-world poses in a z-up world, uint16 mm "
+                        "depth, colour and depth intrinsics, and a fused, voxel-downsampled cloud; every conversion "
+                        "is recorded in OUT/scan.json. Written to a temporary folder and renamed to OUT at the end. "
+                        "Conventions, auto rules and refusals: docs/scan_import.md.")
+    i.add_argument("src", help="capture: a .r3d file, a nerfstudio folder (or its transforms.json), or a ScanNet++ "
+                   "scene folder (<root>/data/<scene_id>)")
+    i.add_argument("out", help="output scene folder (its name names the .ply)")
+    i.add_argument("--format", choices=FORMATS, default="auto", help="source format (default: detected)")
+    i.add_argument("--frame-step", type=int, default=1, metavar="N", help="keep every N-th frame")
+    i.add_argument("--voxel-size", type=_positive_float, default=0.02, metavar="M",
+                   help="voxel edge of the fused cloud in metres (default 0.02)")
+    i.add_argument("--min-confidence", type=int, choices=(0, 1, 2), default=1,
+                   help="drop depth pixels whose ARKit confidence is below this (0 low, 1 medium, 2 high; default 1)")
+    i.add_argument("--depth-unit", choices=DEPTH_UNITS, default="auto",
+                   help="unit of nerfstudio depth images (auto: integer images mm, float images metres)")
+    i.add_argument("--max-depth", type=_positive_float, default=None, metavar="M",
+                   help="drop depth beyond M metres (default: keep all)")
+    i.add_argument("--world-up", choices=("auto",) + WORLD_UP_CHOICES, default="auto",
+                   help="the source world's up axis (auto: Record3D +y, ScanNet++ +z, nerfstudio estimated from "
+                   "the cameras)")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_scan)
+
+
 def _key_value(text: str) -> str:
     if "=" not in text or text.startswith("="):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -343,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file", help="negatives JSON {class: [five negatives]}")
     v.add_argument("--classes", help="class list file: every class must have negatives")
     n.set_defaults(func=cmd_negatives)
+    _add_scan_parser(sub)
     return p
 
 

@@ -12,7 +12,8 @@ from opendas_encoder.train.evaluate import zero_shot_encoder
 NAMES = ["chair", "office swivel chair", "lamp"]
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 SMALL = {"opendas": dict(visual_tokens=2, text_tokens=4), "vpt": dict(n_tokens=2), "rpo": dict(k=2),
-         "maple": dict(), "cocoop": dict(), "wiseft-text": dict(), "wiseft-visual": dict(), "zeroshot": dict()}
+         "maple": dict(), "cocoop": dict(), "wiseft-text": dict(), "wiseft-visual": dict(), "zeroshot": dict(),
+         "cliplora": dict(), "promptsrc": dict(visual_tokens=2)}
 
 
 def randomise(model):
@@ -43,11 +44,12 @@ def _scale_layer0(model, factor):
             model.coupling_weight[0] *= factor
             model.coupling_bias[0] *= factor
         else:
-            (model.visual_prompts if model.method == "opendas" else model.prompts)[0] *= factor
+            (model.visual_prompts if model.method in ("opendas", "promptsrc") else model.prompts)[0] *= factor
 
 
 @pytest.mark.parametrize("method,kwargs", [("opendas", dict(visual_tokens=3, visual_depth=1, text_tokens=0)),
-                                           ("vpt", dict(n_tokens=3, depth=1)), ("maple", dict(depth=1))])
+                                           ("vpt", dict(n_tokens=3, depth=1)), ("maple", dict(depth=1)),
+                                           ("promptsrc", dict(visual_tokens=3, visual_depth=1, text_tokens=0))])
 def test_layer0_visual_prompts_pass_ln_pre_for_every_method(method, kwargs):
     """LayerNorm is scale invariant: through ln_pre, prompts P and 3P give the same image features;
     entered after ln_pre (OpenDAS before format 2) they do not."""
@@ -83,6 +85,7 @@ def test_zero_shot_template_is_one_string_for_every_method():
         "wiseft-visual": oe.wrap_clip("wiseft-visual", clip),
         "cocoop": oe.wrap_clip("cocoop", clip),
         "opendas carry": oe.wrap_clip("opendas", clip, visual_tokens=0, text_tokens=4, text_deep_init="carry"),
+        "cliplora": oe.wrap_clip("cliplora", clip),  # B starts at zero: CLIP exactly
     }
     with torch.no_grad():
         for name, model in untrained.items():
@@ -117,7 +120,7 @@ def test_text_towers_pooling_elsewhere_are_refused_by_name():
 
 # ---------------------------------------------------------------- issue 18: prompts written in place
 @pytest.mark.parametrize("method,deep", [("opendas", True), ("vpt", True), ("maple", True), ("cocoop", False),
-                                         ("rpo", False)])
+                                         ("rpo", False), ("promptsrc", True)])
 def test_prompts_written_in_place_give_the_features_of_the_rebuilt_sequence(method, deep, monkeypatch):
     """Without autograd the engine writes each layer's prompts into the block output instead of building a
     new sequence (torch.cat) per layer; the features are bit-identical to the rebuilt sequence's, which

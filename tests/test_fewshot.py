@@ -322,8 +322,8 @@ def test_run_fewshot_refuses_bad_input_before_any_work(tmp_path, capsys):
         assert "K must be a positive integer or 'all'" in capsys.readouterr().err
     cases = {("--methods", "nosuch"): "unknown method 'nosuch'",
              ("--methods", "zeroshot"): "zeroshot is always measured",
-             ("--methods", "x=opendas,prompts.visual_token=4"): "unknown keys ['visual_token']",
-             ("--methods", "x=vpt,data.shots=0"): "data.shots",
+             ("--methods", "x=opendas@prompts.visual_token=4"): "unknown keys ['visual_token']",
+             ("--methods", "x=vpt@data.shots=0"): "data.shots",
              ("--domains", "nowhere"): "unknown domain",
              ("--seeds", "0"): "--seeds must be >= 1"}
     for args, message in cases.items():
@@ -337,7 +337,7 @@ def test_run_fewshot_variants_and_epochs_plan():
     from opendas_encoder.train.config import ModelSpec
 
     specs = [run_fewshot.resolve_method(m) for m in
-             ("opendas", "opendas-paper", "cocoop", "opendas-carry=opendas,prompts.text_deep_init=carry")]
+             ("opendas", "opendas-paper", "cocoop", "opendas-carry=opendas@prompts.text_deep_init=carry")]
     sizes = run_fewshot.Sizes(10, 5, 5, 5, batch_size=16, min_steps=100)
     runs = run_fewshot.plan_runs(specs, ["cast"], [1, 8, "all"], 1, sizes, "/tmp/never", ModelSpec(), "cpu")
     by = {(r.shots, r.spec.key): r for r in runs}

@@ -504,7 +504,8 @@ def test_checkpoint_records_the_preset(tmp_path):
                  progress=False)
     meta = json.load(open(os.path.join(result.final_dir, "opendas_config.json")))["metadata"]
     assert meta["preset"] == "paper"
-    assert meta["training_options"]["consistency"] == {"text": 0.0, "image": 0.0, "logits": 0.0, "distance": "l1"}
+    assert meta["training_options"]["consistency"] == {"text": 0.0, "image": 0.0, "logits": 0.0, "distance": "l1",
+                                                       "kl_reduction": "batchmean", "text_target": "template"}
 
 
 def test_paper_table_configs_pin_the_paper_preset(repo_root):

@@ -239,3 +239,31 @@ def test_segment_image_with_maskformer_logits(tiny_encoder):
     np.testing.assert_array_equal(segment_image(clf, img, masks, NAMES, logits, ensemble_weight=0.7), expected)
     with pytest.raises(ValueError, match="mask_logits"):
         segment_image(clf, img, masks, NAMES, logits[:, :3])
+
+
+@pytest.mark.parametrize("method,options", [("cliplora", {}), ("opendas", dict(visual_tokens=2, text_tokens=2,
+                                                                               text_init="", lowrank_rank=2))])
+def test_low_rank_encoders_go_through_the_adapter_unchanged(tiny_encoder, method, options):
+    """Issue 24: encoders with low-rank weight updates (CLIP-LoRA, OpenDAS's low-rank option) classify OVSeg's
+    regions through the same adapter: its logits are the encoder's own features, and the updates act."""
+    import opendas_encoder as oe
+
+    torch.manual_seed(1)
+    enc = oe.create_encoder(method, TINY_MODEL_NAME, **options).eval()
+    with torch.no_grad():
+        for name, p in enc.named_learned_parameters().items():
+            if "_B" in name:
+                p.normal_(std=0.2)
+    clf = RegionClassifier(enc)
+    image = _image(24, 24, seed=3)
+    masks = torch.zeros(2, 24, 24)
+    masks[0, :12] = 0.9
+    masks[1, 12:, 4:20] = 0.8
+    logits, _, _ = clf(image, NAMES, masks)
+    r = masks_to_regions(image, masks, RegionConfig(), size=enc.image_size)
+    with torch.no_grad():
+        img = F.normalize(enc.encode_image(r.regions), dim=-1)
+        txt = torch.cat([F.normalize(enc.encode_text(NAMES), dim=-1), clf.void_embedding])
+        plain = F.normalize(enc.clip.encode_image(r.regions), dim=-1)
+    torch.testing.assert_close(logits, 100.0 * img @ txt.T, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(img, plain, atol=1e-3)

@@ -13,8 +13,10 @@ On ViT-L-14 the defaults give 8 x 24 x 1024 + 4 x 12 x 768 = 233,472 parameters 
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import open_clip
 import torch
@@ -26,6 +28,11 @@ from ..core.factory import create_base_model_and_transforms
 from ..core.registry import register_method
 from ..core.tokens import TemplateTokenizer, TextInput, phrase_ids
 from ..core.towers import TextTowerView
+from .cliplora import low_rank_attention, low_rank_pairs
+
+#: the low-rank option's scaling numerator and dropout (CLIP-LoRA's: :mod:`.cliplora`)
+LOWRANK_ALPHA = 1.0
+LOWRANK_DROPOUT = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,12 @@ class PromptConfig(MethodConfig):
         slots) and carry the frozen tower's own states, so layers ``< text_start`` compute exactly
         zero-shot CLIP's; ``text_prompts`` has ``text_depth - text_start`` rows (layers
         ``text_start .. text_depth - 1``), initialised as ``text_deep_init`` says for deep prompts.
+    lowrank_rank: rank of low-rank updates of the q, k, v projections of every layer of both towers
+        (CLIP-LoRA's placement, alpha 1, dropout 0.25: :mod:`.cliplora`), trained with the prompts of the
+        same tower; 0 = none (the paper's). An option of issue 24, off in both presets.
+    lowrank_merge_visual, lowrank_merge_text: coefficient c of each tower's low-rank update, W + c s B A
+        (WiSE-FT for the delta: 0 = the zero-shot weights, 1 = the trained ones); training chooses them on
+        held-out base classes (:mod:`opendas_encoder.train.lowrank`).
     legacy_conventions: True only for checkpoints written before format 2 (opendas_encoder 0.1):
         layer-0 visual prompts skipped ``ln_pre`` and no period closed the text.
 
@@ -69,6 +82,9 @@ class PromptConfig(MethodConfig):
     text_deep_init: str = "random"
     visual_start: int = 0
     text_start: int = 0
+    lowrank_rank: int = 0
+    lowrank_merge_visual: float = 1.0
+    lowrank_merge_text: float = 1.0
     legacy_conventions: bool = False
 
     @classmethod
@@ -77,12 +93,17 @@ class PromptConfig(MethodConfig):
         a", deep text prompts random N(0, 0.02) (MaPLe's), prompts from the first layer on; ``changes``
         override single fields (e.g. the token counts of the paper's Tab. 7)."""
         paper = dict(visual_tokens=8, visual_depth=None, text_tokens=4, text_depth=None, text_init="a photo of a",
-                     init_std=0.02, text_deep_init="random", visual_start=0, text_start=0, legacy_conventions=False)
+                     init_std=0.02, text_deep_init="random", visual_start=0, text_start=0, lowrank_rank=0,
+                     lowrank_merge_visual=1.0, lowrank_merge_text=1.0, legacy_conventions=False)
         return cls(**{**paper, **changes})
 
     def __post_init__(self):
-        for name in ("visual_tokens", "text_tokens", "visual_start", "text_start"):
+        for name in ("visual_tokens", "text_tokens", "visual_start", "text_start", "lowrank_rank"):
             check_int("PromptConfig", name, getattr(self, name), 0)
+        for name in ("lowrank_merge_visual", "lowrank_merge_text"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"PromptConfig.{name} must be a number in [0, 1], got {value!r}")
         for name in ("visual_depth", "text_depth"):
             check_int("PromptConfig", name, getattr(self, name), 1, allow_none=True)
         if not isinstance(self.text_init, str):
@@ -128,7 +149,8 @@ class PromptedCLIP(AdaptedCLIP):
 
     method = "opendas"
     config_class = PromptConfig
-    learned_towers = {"visual_prompts": "visual", "text_prompts": "text"}
+    learned_towers = {"visual_prompts": "visual", "text_prompts": "text", "visual_lowrank_A": "visual",
+                      "visual_lowrank_B": "visual", "text_lowrank_A": "text", "text_lowrank_B": "text"}
 
     def __init__(self, clip_model: nn.Module, prompts: PromptConfig = PromptConfig(), tokenizer=None,
                  preprocess=None, model_name: Optional[str] = None, pretrained: Optional[str] = None,
@@ -154,6 +176,17 @@ class PromptedCLIP(AdaptedCLIP):
             self._init_text_context(self.text_view)
         else:
             self.register_parameter("text_prompts", None)
+        for tower in ("visual", "text"):  # low-rank q/k/v updates (option; none by default)
+            if cfg.lowrank_rank:
+                blocks = self._blocks(tower)
+                width = self.vision_width if tower == "visual" else self.text_width
+                a, b = low_rank_pairs(len(blocks), 3, cfg.lowrank_rank, width, ref.device)
+            else:
+                a = b = None
+            self.register_parameter(f"{tower}_lowrank_A", a)
+            self.register_parameter(f"{tower}_lowrank_B", b)
+        if cfg.lowrank_rank:
+            self.eval()  # the updates' dropout acts only while a trainer says train()
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -204,6 +237,23 @@ class PromptedCLIP(AdaptedCLIP):
         """The learnable prompts (what an optimizer should get)."""
         return self.learned_parameters()
 
+    # ------------------------------------------------------------------ low-rank updates (option)
+    def _blocks(self, tower: str):
+        return self.vision_view.blocks if tower == "visual" else self.text_view.transformer.resblocks
+
+    @contextmanager
+    def _lowrank(self, tower: str) -> Iterator[None]:
+        """The tower's low-rank q/k/v updates, scaled by its merge coefficient, while inside (none: nothing)."""
+        lora_a, lora_b = getattr(self, f"{tower}_lowrank_A"), getattr(self, f"{tower}_lowrank_B")
+        merge = getattr(self.config, f"lowrank_merge_{tower}")
+        if lora_a is None or merge == 0:
+            yield
+            return
+        rank = self.config.lowrank_rank
+        with low_rank_attention(self._blocks(tower), tower, lora_a, lora_b, [0, 1, 2],
+                                merge * LOWRANK_ALPHA / math.sqrt(rank), LOWRANK_DROPOUT, self.training):
+            yield
+
     # ------------------------------------------------------------------ encoders
     def _visual_prompts_at(self, layer: int) -> Optional[torch.Tensor]:
         first = self.config.visual_start
@@ -221,8 +271,9 @@ class PromptedCLIP(AdaptedCLIP):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """images (B, 3, H, W), preprocessed -> features (B, embed_dim)."""
-        features = engine.encode_image(self.clip.visual, images, self._visual_prompts_at,
-                                       layer0_ln_pre=not self.config.legacy_conventions)
+        with self._lowrank("visual"):
+            features = engine.encode_image(self.clip.visual, images, self._visual_prompts_at,
+                                           layer0_ln_pre=not self.config.legacy_conventions)
         return self._maybe_normalize(features, normalize)
 
     def encode_text(self, text: TextInput, normalize: bool = False) -> torch.Tensor:
@@ -230,8 +281,9 @@ class PromptedCLIP(AdaptedCLIP):
 
         Each class name is encoded as "<learned context> <class name>."; both inputs give the same features.
         """
-        features = engine.encode_text(self.text_view, self.template(text), self._text_context_at,
-                                      self.template.context_start)
+        with self._lowrank("text"):
+            features = engine.encode_text(self.text_view, self.template(text), self._text_context_at,
+                                          self.template.context_start)
         return self._maybe_normalize(features, normalize)
 
     def extra_repr(self) -> str:

@@ -185,6 +185,11 @@ class ConsistencyConfig(_Section):
     image: NonNegFloat = 0.0  # weight of d(adapted, zero-shot) image features of the batch
     logits: NonNegFloat = 0.0  # weight of KL(zero-shot || adapted) class distribution over the label space
     distance: Literal["l1", "cosine"] = "l1"  # feature distance: mean |a - f| (PromptSRC) or mean 1 - cos
+    # KL per sample ("batchmean", the KL divergence proper) or per logit (summed / (batch x classes), PromptSRC's)
+    kl_reduction: Literal["batchmean", "per-logit"] = "batchmean"
+    # the frozen text side: zero-shot CLIP's "a photo of a {}." ("template") or the normalised mean of its features
+    # over OpenAI's ImageNet templates ("ensemble": PromptSRC's textual diversity; the frozen logits use it too)
+    text_target: Literal["template", "ensemble"] = "template"
 
     @property
     def active(self) -> bool:
@@ -352,7 +357,7 @@ class TrainConfig(_Section):
             if self.prompts:
                 raise ValueError(f"prompts {sorted(self.prompts)}: only OpenDAS has prompts; "
                                  f"{self.method} takes its options from 'method_options'")
-            if self.consistency.active:
+            if self.consistency.active and "consistency" not in method_training_defaults(self.method):
                 raise ValueError(f"consistency: an OpenDAS option (the frozen CLIP is the prompt-free model); "
                                  f"{self.method} trains without it")
             _validate_dataclass(_method_config_class(self.method), self.method_options, "method_options")
@@ -474,14 +479,49 @@ def preset_prompts(preset: str) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k != "legacy_conventions"}
 
 
+#: Sections a method's ``training_defaults`` may fill (PromptSRC: consistency and averaging; CLIP-LoRA: schedule).
+METHOD_DEFAULT_SECTIONS = ("schedule", "consistency", "averaging")
+
+
+def method_training_defaults(method: str) -> Dict[str, dict]:
+    """The training options a baseline's encoder class declares (``training_defaults``; none: {})."""
+    from ..core.registry import METHODS
+
+    if method == "opendas" or not isinstance(method, str) or method not in METHODS:
+        return {}
+    defaults = getattr(METHODS.get(method), "training_defaults", {}) or {}
+    unknown = sorted(set(defaults) - set(METHOD_DEFAULT_SECTIONS))
+    if unknown:
+        raise ValueError(f"method {method!r} declares training_defaults for {unknown}; a method may default only "
+                         f"{list(METHOD_DEFAULT_SECTIONS)}")
+    return defaults
+
+
+def _apply_method_defaults(data: dict) -> dict:
+    """A baseline's ``training_defaults`` under every key of those sections the config does not set (a section
+    given as a model instance keeps the fields it was built with: pydantic's ``model_fields_set``)."""
+    for section, values in method_training_defaults(data.get("method", "opendas")).items():
+        given = data.get(section)
+        if given is None:
+            data[section] = dict(values)
+        elif isinstance(given, dict):
+            data[section] = {**values, **given}
+        elif isinstance(given, BaseModel):
+            data[section] = {**values, **given.model_dump(include=given.model_fields_set)}
+    return data
+
+
 def _apply_preset(data: dict) -> dict:
     """Raw config keys with the preset's values under every preset section key the config does not write.
 
-    OpenDAS only (baselines keep the sections' field defaults: every option off). A section given as a
-    model instance counts as written in full; an unknown preset is left for pydantic to report.
+    OpenDAS only (a baseline keeps the sections' field defaults, every option off, except what its
+    encoder class declares in ``training_defaults``: :func:`_apply_method_defaults`). A section given as
+    a model instance counts as written in full; an unknown preset is left for pydantic to report.
     """
     preset = data.get("preset", "default")
-    if data.get("method", "opendas") != "opendas" or preset not in PRESETS:
+    if data.get("method", "opendas") != "opendas":
+        return _apply_method_defaults(data)
+    if preset not in PRESETS:
         return data
     for section, values in PRESETS[preset].items():
         given = data.get(section)

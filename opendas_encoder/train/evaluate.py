@@ -10,17 +10,39 @@ from tqdm.auto import tqdm
 
 from ..metrics import classification_metrics
 from ..core.tokens import ZERO_SHOT_TEMPLATE
-from ..methods.zeroshot import ZeroShotCLIP
+from ..methods.zeroshot import ZeroShotCLIP, ZeroShotConfig
 from ..vocab import Vocabulary
 from .data import PreparedSegments
 
-__all__ = ["ZERO_SHOT_TEMPLATE", "EvalResult", "class_scores", "evaluate", "zero_shot_encoder"]
+__all__ = ["ZERO_SHOT_TEMPLATE", "EvalResult", "class_scores", "evaluate", "template_ensemble_features",
+           "zero_shot_encoder"]
 
 
 def zero_shot_encoder(model) -> ZeroShotCLIP:
     """Zero-shot CLIP ("a photo of a {}.") over the same open_clip model, tokenizer and preprocess."""
     return ZeroShotCLIP(model.clip, tokenizer=model.tokenizer, preprocess=model.preprocess,
                         model_name=model.model_name, pretrained=model.pretrained, freeze_base=False)
+
+
+@torch.no_grad()
+def template_ensemble_features(encoder, names: List[str], templates=None) -> torch.Tensor:
+    """Zero-shot text features (C, D), normalised, of the mean over ``templates`` of each name's unnormalised
+    features (PromptSRC's textual diversity; CLIP's prompt ensembling). ``templates``: strings with one
+    "{}" (default: OpenAI's 80 ImageNet templates, ``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``).
+
+    ``encoder``: a zero-shot encoder (its open_clip model, tokenizer and preprocess are reused).
+    """
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    if templates is None:
+        templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    total = None
+    for template in templates:
+        view = ZeroShotCLIP(encoder.clip, ZeroShotConfig(template=template), tokenizer=encoder.tokenizer,
+                            preprocess=encoder.preprocess, freeze_base=False)
+        features = view.encode_text(list(names)).float()
+        total = features if total is None else total + features
+    return torch.nn.functional.normalize(total / len(templates), dim=-1)
 
 
 @dataclass

@@ -95,24 +95,33 @@ def feature_consistency(adapted: torch.Tensor, frozen: torch.Tensor, distance: s
     raise ValueError(f"unknown consistency distance {distance!r}; known: {FEATURE_DISTANCES}")
 
 
-def logit_consistency(logits: torch.Tensor, frozen_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_frozen || p_adapted) of the softmax class distributions, mean over the batch; logits (B, C).
+KL_REDUCTIONS = ("batchmean", "per-logit")
 
-    The direction of PromptSRC's term (``F.kl_div(log p_adapted, log p_frozen, log_target=True)``); here
-    averaged per sample (``batchmean``, the KL divergence proper) rather than PromptSRC's per logit.
+
+def logit_consistency(logits: torch.Tensor, frozen_logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
+    """KL(p_frozen || p_adapted) of the softmax class distributions; logits (B, C).
+
+    The direction of PromptSRC's term (``F.kl_div(log p_adapted, log p_frozen, log_target=True)``).
+    ``batchmean``: mean over the batch of the per-sample KL divergence; ``per-logit``: the sum divided by
+    B x C, PromptSRC's (``reduction="sum"`` then ``/ logits.numel()``), i.e. ``batchmean / C``.
     """
-    return F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(frozen_logits, dim=-1), reduction="batchmean",
-                    log_target=True)
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"unknown KL reduction {reduction!r}; known: {KL_REDUCTIONS}")
+    kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(frozen_logits, dim=-1), reduction="batchmean",
+                  log_target=True)
+    return kl / logits.shape[-1] if reduction == "per-logit" else kl
 
 
 def consistency_loss(weights: Tuple[float, float, float], distance: str, image_features: torch.Tensor,
                      text_features: torch.Tensor, logit_scale: torch.Tensor,
-                     frozen_image: Optional[torch.Tensor], frozen_text: Optional[torch.Tensor]) -> torch.Tensor:
+                     frozen_image: Optional[torch.Tensor], frozen_text: Optional[torch.Tensor],
+                     kl_reduction: str = "batchmean") -> torch.Tensor:
     """``w_text * d(text, frozen text) + w_image * d(image, frozen image) + w_logits * KL(frozen || adapted)``.
 
     weights: (text, image, logits); a zero weight skips its term (its frozen input may then be None).
     image_features (B, D) and frozen_image (B, D): the batch; text_features and frozen_text (Q, D): the
-    label space. Logits are ``logit_scale * image @ text.T`` on both sides.
+    label space. Logits are ``logit_scale * image @ text.T`` on both sides; ``kl_reduction`` as
+    :func:`logit_consistency`.
     """
     w_text, w_image, w_logits = weights
     zero = image_features.new_zeros(())
@@ -123,5 +132,5 @@ def consistency_loss(weights: Tuple[float, float, float], distance: str, image_f
         total = total + w_image * feature_consistency(image_features, frozen_image, distance)
     if w_logits:
         total = total + w_logits * logit_consistency(logit_scale * image_features @ text_features.T,
-                                                     logit_scale * frozen_image @ frozen_text.T)
+                                                     logit_scale * frozen_image @ frozen_text.T, kl_reduction)
     return total

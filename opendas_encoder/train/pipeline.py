@@ -198,6 +198,9 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
                      extra_metadata=run_metadata(config, data))
     results["seconds_per_iter"] = fit_result.seconds_per_iter
     results["checkpoint"] = fit_result.final_dir
+    if config.method == "opendas" and model.config.lowrank_rank:
+        results["lowrank_selection"] = choose_lowrank_merge(config, data, model, device, fit_result.final_dir,
+                                                            run_dir, progress, is_main)
     results["run_dir"] = run_dir
     if data.test is not None:
         adapted = evaluate(model, data.test, data.vocab, device, config.runtime.eval_batch_size, progress)
@@ -238,6 +241,23 @@ def finished_results(run_dir: str, config: TrainConfig, state: dict) -> Optional
     if not completed or not isinstance(results, dict):
         return None
     return dict(results, finished_before=True)
+
+
+def choose_lowrank_merge(config: TrainConfig, data: ExperimentData, model, device, final_dir: str, run_dir: str,
+                         progress: bool, is_main: bool) -> dict:
+    """OpenDAS's low-rank option: merge coefficients chosen on held-out base classes (``train.lowrank``), set on
+    ``model`` and written into its exported checkpoint (config and metadata); returns the selection's summary."""
+    from ..core.checkpoint import read_checkpoint_config, save_checkpoint
+    from .lowrank import apply_merge, select_lowrank_merge
+
+    selection = select_lowrank_merge(config, data, device, run_dir, progress)
+    apply_merge(model, selection["visual"], selection["text"])
+    summary = {k: selection[k] for k in ("visual", "text", "held_out", "segments", "best")}
+    if is_main:
+        metadata = read_checkpoint_config(final_dir).get("metadata", {})
+        save_checkpoint(model, final_dir, **dict(metadata, lowrank_selection=summary))
+    model.to(device)
+    return summary
 
 
 def run_title(config: TrainConfig) -> str:

@@ -268,7 +268,7 @@ class StageObjective(nn.Module):
     empty batch share, still connected to every trainable tensor (zero gradients, same collectives as
     the other ranks).
 
-    ``consistency``: None (off, the paper's) or (weights (text, image, logits), distance) with
+    ``consistency``: None (off, the paper's) or (weights (text, image, logits), distance, KL reduction) with
     ``zero_shot_text`` (Q, D) zero-shot CLIP's features of the label space.
     """
 
@@ -312,9 +312,9 @@ class StageObjective(nn.Module):
             loss, trip = ce, torch.zeros((), device=ce.device)
         cons = torch.zeros((), device=ce.device)
         if self.consistency is not None:
-            weights, distance = self.consistency
+            weights, distance, kl_reduction = self.consistency
             cons = consistency_loss(weights, distance, img, txt, self.logit_scale, zero_shot_image,
-                                    self.zero_shot_text)
+                                    self.zero_shot_text, kl_reduction)
             loss = loss + cons
         return loss, ce, trip, cons
 
@@ -481,7 +481,8 @@ class Trainer:
         if not stage.text and not self.image_conditioned:
             with torch.no_grad(), self.autocast():
                 frozen_text = self.model.encode_text(self.text_input, normalize=True).float()
-        consistency = (self.consistency.weights(), self.consistency.distance) if self.consistency is not None else None
+        consistency = (self.consistency.weights(), self.consistency.distance, self.consistency.kl_reduction) \
+            if self.consistency is not None else None
         objective = StageObjective(self.model, params, stage, self.text_input, self.logit_scale, cfg.triplet.margin,
                                    frozen_text, self.image_conditioned, cfg.triplet.distance, consistency,
                                    zero_shot_text)
@@ -506,15 +507,20 @@ class Trainer:
         augmentation, whose crops change every step).
 
         Zero-shot CLIP is the same open_clip model without prompts (``train.evaluate.zero_shot_encoder``);
-        computed once per run, on the first call (consistency option).
+        its text features are those of "a photo of a {}." or, with ``consistency.text_target: ensemble``, the
+        template ensemble (``train.evaluate.template_ensemble_features``); computed once per run, on the
+        first call (consistency option).
         """
         if self._zero_shot is None:
-            from .evaluate import zero_shot_encoder
+            from .evaluate import template_ensemble_features, zero_shot_encoder
 
             rt = self.config.runtime
             encoder = zero_shot_encoder(self.model)
             with torch.no_grad(), self.autocast():
-                text = encoder.encode_text(self.text_input, normalize=True).float()
+                if self.consistency.text_target == "ensemble":
+                    text = template_ensemble_features(encoder, self.label_space).float()
+                else:
+                    text = encoder.encode_text(self.text_input, normalize=True).float()
             image = None
             if self.consistency.uses_images and not rt.augment:
                 with self.autocast():

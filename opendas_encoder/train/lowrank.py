@@ -1,0 +1,141 @@
+"""The merge coefficients of OpenDAS's low-rank option, chosen on held-out BASE classes treated as novel.
+
+With ``prompts.lowrank_rank > 0`` each tower has low-rank q/k/v updates scaled by a merge coefficient
+``c`` (``W + c s B A``: WiSE-FT for the low-rank delta, 0 = zero-shot weights). The novel classes are
+never looked at; instead (:func:`select_lowrank_merge`):
+
+1. a quarter of the base classes (at least one, chosen with the run's seed) is held out: a selection
+   run trains a fresh encoder on the other base classes only (their names and the negative queries
+   that are not held-out names form its label space), without every fifth segment of each trained
+   class, which is kept to measure base accuracy;
+2. for every pair ``(c_visual, c_text)`` of :data:`MERGE_GRID` it classifies the held-out segments of
+   the trained classes and every segment of the held-out classes among all base class names; the pair
+   with the best harmonic mean of the two accuracies wins (ties: the smaller coefficients, closer to
+   zero-shot CLIP);
+3. the caller applies the pair to the encoder trained on every base class.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from .data import PreparedSegments
+from .shots import subset_segments
+
+#: merge coefficients tried per tower
+MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+HOLDOUT_FRACTION = 0.25
+#: every k-th segment of each trained class is kept out of the selection run's training
+BASE_VAL_EVERY = 5
+
+
+def holdout_split(segments: PreparedSegments, seed: int) -> Dict[str, object]:
+    """{"held_out": class names, "trained": class names, "train": positions, "base_val": positions,
+    "novel_val": positions} of ``segments`` (labels index ``segments.label_names``)."""
+    names = list(segments.label_names)
+    present = sorted({names[int(i)] for i in segments.labels.tolist()})
+    if len(present) < 3:
+        raise ValueError(f"prompts.lowrank_rank: choosing the merge coefficients holds out base classes, which needs "
+                         f"at least 3 base classes with training segments (got {len(present)})")
+    n_out = max(1, int(round(HOLDOUT_FRACTION * len(present))))
+    rng = np.random.default_rng(seed)
+    held = sorted(rng.choice(present, size=n_out, replace=False).tolist())
+    train, base_val, novel_val = [], [], []
+    seen: Dict[str, int] = {}
+    for pos, label in enumerate(segments.labels.tolist()):
+        name = names[int(label)]
+        if name in held:
+            novel_val.append(pos)
+            continue
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        (base_val if k % BASE_VAL_EVERY == BASE_VAL_EVERY - 1 else train).append(pos)
+    return {"held_out": held, "trained": [n for n in present if n not in held], "train": train,
+            "base_val": base_val, "novel_val": novel_val}
+
+
+def relabelled(segments: PreparedSegments, positions: Sequence[int], names: List[str]) -> PreparedSegments:
+    """The segments at ``positions`` with labels indexing ``names`` (every one of theirs must be in it)."""
+    subset = subset_segments(segments, positions)
+    index = {n: i for i, n in enumerate(names)}
+    labels = torch.tensor([index[segments.label_names[int(i)]] for i in subset.labels.tolist()], dtype=torch.long)
+    out = PreparedSegments(subset.cache, subset.indices, labels, names, subset.to_tensor, subset.image_size,
+                           subset.skips)
+    out.parent = segments
+    return out
+
+
+@torch.no_grad()
+def merge_scores(model, base_val: PreparedSegments, novel_val: PreparedSegments, names: List[str], device,
+                 batch_size: int = 64) -> List[dict]:
+    """Accuracy on ``base_val`` and ``novel_val`` (labels index ``names``) for every grid pair; the model's
+    coefficients are restored afterwards."""
+    original = model.config
+    model.eval().to(device)
+    tokens = model.tokenizer(names)
+
+    def image_features(data: PreparedSegments) -> torch.Tensor:
+        return torch.cat([model.encode_image(data.images[i:i + batch_size].to(device), normalize=True).float()
+                          for i in range(0, len(data), batch_size)])
+
+    try:
+        images, texts = {}, {}
+        for c in MERGE_GRID:
+            model.config = replace(original, lowrank_merge_visual=c, lowrank_merge_text=c)
+            images[c] = (image_features(base_val), image_features(novel_val))
+            texts[c] = model.encode_text(tokens, normalize=True).float()
+    finally:
+        model.config = original
+    rows = []
+    for cv in MERGE_GRID:
+        for ct in MERGE_GRID:
+            accs = []
+            for feats, data in zip(images[cv], (base_val, novel_val)):
+                pred = (feats @ texts[ct].T).argmax(dim=1).cpu()
+                accs.append(float((pred == data.labels).float().mean()) * 100.0)
+            hm = 0.0 if min(accs) == 0 else 2 * accs[0] * accs[1] / (accs[0] + accs[1])
+            rows.append({"visual": cv, "text": ct, "base_acc": accs[0], "novel_acc": accs[1], "hm": hm})
+    return rows
+
+
+def select_lowrank_merge(config, data, device, run_dir: str, progress: bool = False) -> dict:
+    """Train the selection run (module docstring) in ``run_dir/lowrank_selection`` and score the grid.
+
+    config: the run's TrainConfig (OpenDAS, ``prompts.lowrank_rank > 0``); data: its ExperimentData.
+    Returns {"visual": c, "text": c, "held_out": [...], "grid": rows, ...}.
+    """
+    from .pipeline import build_model
+    from .trainer import fit
+
+    split = holdout_split(data.train, config.seed)
+    trained, held = split["trained"], split["held_out"]
+    queries = [q for q in data.negatives.queries if q not in held and q not in trained]
+    train = relabelled(data.train, split["train"], trained)
+    all_base = list(data.train.label_names)
+    present = sorted(trained + held, key=all_base.index)
+    base_val = relabelled(data.train, split["base_val"], present)
+    novel_val = relabelled(data.train, split["novel_val"], present)
+    if not len(base_val) or not len(novel_val):
+        raise ValueError("prompts.lowrank_rank: too few training segments to hold out a validation part "
+                         f"({len(base_val)} base, {len(novel_val)} held-out-class segments)")
+    sub_dir = os.path.join(run_dir, "lowrank_selection")
+    model = build_model(config)
+    fit(model, train, trained + queries, config.updated(output_dir=sub_dir), sub_dir, progress=progress)
+    rows = merge_scores(model, base_val, novel_val, present, device, config.runtime.eval_batch_size)
+    best = max(rows, key=lambda r: (r["hm"], -r["visual"] - r["text"]))
+    return {"visual": best["visual"], "text": best["text"], "held_out": held, "trained": trained,
+            "segments": {"train": len(train), "base_val": len(base_val), "novel_val": len(novel_val)},
+            "grid": rows, "best": best}
+
+
+def apply_merge(model, visual: float, text: float) -> None:
+    """Set the encoder's merge coefficients (recorded in its config, hence in its checkpoint)."""
+    if not math.isfinite(visual) or not math.isfinite(text):
+        raise ValueError("merge coefficients must be finite")
+    model.config = replace(model.config, lowrank_merge_visual=float(visual), lowrank_merge_text=float(text))
