@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
+from tqdm.auto import tqdm
+
 from .generated.world import WORLD_LABEL, WORLD_LABEL_LONG
 from .plots import format_table, metric_cell
 from .train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig,
@@ -85,8 +87,11 @@ def run_demo(opts: DemoOptions) -> dict:
     methods = list(opts.variants) + list(opts.baselines or [])
     per_seed = {m: [] for m in methods}
     zero_shot = []
+    overall = tqdm(total=opts.seeds * len(methods), desc="demo runs (variant x seed)", unit="run",
+                   disable=not opts.progress, position=0)
     for seed in range(opts.seeds):
         for method in methods:
+            overall.set_postfix_str(f"{method} seed {seed}")
             config = demo_config(opts, seed, method)
             from .train.pipeline import build_model
 
@@ -97,6 +102,8 @@ def run_demo(opts: DemoOptions) -> dict:
             per_seed[method].append(res)
             if first:
                 zero_shot.append(res["zero_shot"])
+            overall.update()
+    overall.close()
     summary = {"world": WORLD_LABEL, "domain": opts.domain, "seeds": opts.seeds, "vocabulary": vocab.counts(),
                "zero_shot": _aggregate(zero_shot)}
     for method in methods:
