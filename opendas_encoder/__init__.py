@@ -23,7 +23,8 @@ from .vocab import Vocabulary, load_negatives, select_negative_queries, validate
 #: ``opendas --version`` before). The project's open_clip model configs are registered when
 #: ``opendas_encoder.core.factory`` is imported (by any of these names, any encoder creation or loading).
 _LAZY = {
-    "load_encoder": "core.checkpoint", "read_checkpoint_config": "core.checkpoint", "save_checkpoint": "core.checkpoint",
+    "load_encoder": "core.checkpoint", "read_checkpoint_config": "core.checkpoint",
+    "save_checkpoint": "core.checkpoint",
     "create_base_model_and_transforms": "core.factory", "create_encoder": "core.factory",
     "register_model_configs": "core.factory", "register_pretrained_weights": "core.factory",
     "resolve_pretrained": "core.factory", "wrap_clip": "core.factory",

@@ -10,7 +10,8 @@ from opendas_encoder.negatives import APPENDIX_C_INSTRUCTION
 
 
 def write_config(tmp_path, **extra):
-    """A tiny OpenDAS run on the generated world (1 + 1 epochs without warm-up, CPU); ``extra`` replaces top-level keys."""
+    """A tiny OpenDAS run on the generated world (1 + 1 epochs without warm-up, CPU); ``extra`` replaces
+    top-level keys."""
     cfg = {
         "name": "cli-test", "seed": 0,
         "model": {"name": "opendas-tiny-vit", "pretrained": None},
@@ -421,7 +422,8 @@ def test_version_and_help_do_not_import_torch(argv):
     import sys
 
     code = (f"import sys\nfrom opendas_encoder.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as exc:\n"
-            "    code = exc.code\nheavy = [m for m in ('torch', 'open_clip', 'numpy', 'pydantic') if m in sys.modules]\n"
+            "    code = exc.code\n"
+            "heavy = [m for m in ('torch', 'open_clip', 'numpy', 'pydantic') if m in sys.modules]\n"
             "print('HEAVY', heavy)\nsys.exit(code)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -60,7 +60,8 @@ def test_confusion_title_is_whole_and_clear_of_the_colour_bar(tmp_path, figures,
     the title lies inside the figure and clear of the colour bar with its tick labels."""
     from matplotlib.text import Text
 
-    title = "generated-world: opendas-paper seed 0 (data: generated-world) - zero_shot (rows: ground truth; novel in red)"
+    title = ("generated-world: opendas-paper seed 0 (data: generated-world) - zero_shot "
+             "(rows: ground truth; novel in red)")
     labels = [f"class number {i}" for i in range(n_classes)]
     rng = np.random.default_rng(0)
     truth = list(rng.choice(labels, 200))
