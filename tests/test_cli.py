@@ -423,7 +423,7 @@ def test_version_and_help_do_not_import_torch(argv):
 
     code = (f"import sys\nfrom opendas_encoder.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as exc:\n"
             "    code = exc.code\n"
-            "heavy = [m for m in ('torch', 'open_clip', 'numpy', 'pydantic') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'open_clip', 'torchvision', 'pydantic') if m in sys.modules]\n"
             "print('HEAVY', heavy)\nsys.exit(code)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
