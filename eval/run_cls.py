@@ -46,7 +46,7 @@ from eval.runspec import DISPLAY as SPEC_DISPLAY  # noqa: E402  (names, options,
 from eval.runspec import RunSpec, parse_spec, training_key  # noqa: E402
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig,  # noqa: E402
-                                          TrainConfig, load_config)
+                                          TrainConfig, load_config, warmup_that_fits)
 from opendas_encoder.train.evaluate import ZERO_SHOT_TEMPLATE  # noqa: E402
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
                                             prepare_experiment, run_experiment)
@@ -136,7 +136,9 @@ def base_config(args) -> TrainConfig:
             base = base.updated(model=dict(base.model, pretrained=args.pretrained or None))
         base = base.updated(runtime=dict(base.runtime, device=args.device))
     if args.epochs:
-        base = base.updated(schedule=dict(base.schedule, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1]))
+        base = base.updated(schedule=dict(base.schedule, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1],
+                                          warmup_epochs=warmup_that_fits(*args.epochs,
+                                                                         warmup=base.schedule.warmup_epochs)))
     if args.batch_size:
         base = base.updated(schedule=dict(base.schedule, batch_size=args.batch_size))
     return base

@@ -69,7 +69,7 @@ from eval.runspec import DISPLAY as SPEC_DISPLAY  # noqa: E402  (names, options,
 from eval.runspec import RunSpec, parse_spec, training_key  # noqa: E402
 from opendas_encoder.plots import format_table, metric_cell  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
-                                          ScheduleConfig, TrainConfig)
+                                          ScheduleConfig, TrainConfig, warmup_that_fits)
 from opendas_encoder.generated.world.domains import GENERATED_LABEL as GENERATED  # noqa: E402
 from opendas_encoder.generated.world.domains import domain_names, evaluation_seed, get_domain  # noqa: E402
 from opendas_encoder.train.pipeline import (METRIC_KEYS, ExperimentData, build_model, mean_std,  # noqa: E402
@@ -137,7 +137,8 @@ def run_config(spec: RunSpec, domain: str, seed: int, shots: Shot, sizes: Sizes,
     s1, s2 = stage_epochs(shots, n_classes, sizes)
     base = TrainConfig(name=f"{GENERATED} domain {domain}: {spec.key}, {shots} shots, seed {seed}", seed=seed,
                        preset="default", model=model, data=domain_data(domain, seed, sizes, shots),
-                       schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=s1, stage2_epochs=s2),
+                       schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=s1, stage2_epochs=s2,
+                                               warmup_epochs=warmup_that_fits(s1, s2)),
                        runtime=RuntimeConfig(device=device),
                        output_dir=os.path.join(out_dir, domain, f"K{shots}", spec.tag, f"seed{seed}"))
     try:

@@ -62,7 +62,7 @@ from eval.runspec import RunSpec, parse_spec, training_key  # noqa: E402
 from opendas_encoder.metrics.intervals import mean_std, paired_segment_bootstrap  # noqa: E402
 from opendas_encoder.plots import format_table  # noqa: E402
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig,  # noqa: E402
-                                          ScheduleConfig, TrainConfig)
+                                          ScheduleConfig, TrainConfig, warmup_that_fits)
 from opendas_encoder.train.pipeline import METRIC_KEYS, ExperimentData, build_model, prepare_experiment  # noqa: E402
 from opendas_encoder.vocab import Vocabulary, select_negative_queries  # noqa: E402
 from opendas_encoder.generated.world.domains import (GENERATED_LABEL, HELD_OUT_TEST_SEED_OFFSET,  # noqa: E402
@@ -112,7 +112,8 @@ def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str, 
         data=DataConfig(train=split("train", sizes.train_scenes, seed),
                         test=split("test", sizes.test_scenes, evaluation_seed(seed, held_out))),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
-                                stage2_epochs=sizes.stage2_epochs),
+                                stage2_epochs=sizes.stage2_epochs,
+                                warmup_epochs=warmup_that_fits(sizes.stage1_epochs, sizes.stage2_epochs)),
         # the distillation option's unlabelled images (used only with @distill.weight>0, a transductive run): the
         # test split's scenes, read without labels
         distill={"unlabelled": split("test", sizes.test_scenes, evaluation_seed(seed, held_out))},

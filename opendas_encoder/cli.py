@@ -27,20 +27,59 @@ def cmd_train(args) -> int:
     config = load_config(args.config, args.set)
     if args.output_dir:
         config.output_dir = args.output_dir
+    _check_writable(config.output_dir)
     created = _init_distributed(config.runtime.device)
     try:
         results = run_experiment(config, resume=args.resume, progress=not args.quiet, plots=not args.no_plots)
         rank = _rank()
+    except KeyboardInterrupt:
+        print(f"opendas train: {_interrupted_note(args, config.output_dir)}", file=sys.stderr)
+        return 130
     finally:
         if created:
             import torch.distributed as dist
 
             dist.destroy_process_group()
     if rank == 0:
+        if results.get("finished_before"):
+            print(f"opendas train: {config.output_dir} is a finished run: nothing to resume; its report:",
+                  file=sys.stderr)
         with open(os.path.join(config.output_dir, "report.md")) as f:
             print(f.read())
         print(f"checkpoint: {results['checkpoint']}")
     return 0
+
+
+def _check_writable(folder: str) -> None:
+    """Create the run folder and write a probe file in it, before any work: ValueError naming the folder
+    and the system's reason (read-only, permission, a file on the path) otherwise."""
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output folder {folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _interrupted_note(args, run_dir: str) -> str:
+    """One line after Ctrl-C: where the last saved training state is and the command that continues from it."""
+    import shlex
+
+    from .train.state import latest_state
+
+    try:
+        folder = latest_state(run_dir)
+    except (OSError, ValueError):
+        folder = None
+    if folder is None:
+        return (f"interrupted before the first epoch ended: {run_dir} has no saved training state (one is saved "
+                "at the end of every epoch), so running the command again starts over")
+    command = ["opendas", "train", args.config, "--resume"] + [a for kv in args.set for a in ("--set", kv)] + \
+        (["--output-dir", args.output_dir] if args.output_dir else [])
+    return (f"interrupted; the last saved training state is {folder} (the end of its epoch): "
+            f"`{shlex.join(command)}` continues exactly from there")
 
 
 def _init_distributed(device: str = "auto") -> bool:
@@ -383,6 +422,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"opendas {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder or file the command reads or writes: the path and the system's reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"opendas {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"opendas {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

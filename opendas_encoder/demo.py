@@ -15,9 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
+from tqdm.auto import tqdm
+
 from .generated.world import WORLD_LABEL, WORLD_LABEL_LONG
 from .plots import format_table, metric_cell
-from .train.config import DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig
+from .train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig, TrainConfig,
+                           warmup_that_fits)
 from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_experiment, zero_shot_note
 
 #: OpenDAS variants the demo can run, as (preset, prompt fields): the library default (``preset: default``,
@@ -67,7 +70,8 @@ def demo_config(opts: DemoOptions, seed: int, method: str = "opendas", setting: 
                                                   "seed": evaluation_seed(seed, opts.held_out),
                                                   "domain": opts.domain})),
         schedule=ScheduleConfig(lr=opts.lr, batch_size=opts.batch_size, stage1_epochs=opts.stage1_epochs,
-                                stage2_epochs=opts.stage2_epochs),
+                                stage2_epochs=opts.stage2_epochs,  # --epochs 1: no warm-up epoch (it would be all)
+                                warmup_epochs=warmup_that_fits(opts.stage1_epochs, opts.stage2_epochs)),
         runtime=RuntimeConfig(device=opts.device),
         output_dir=os.path.join(opts.out_dir, *([] if opts.domain == "cast" else [opts.domain]), method, f"seed{seed}"),
     )
@@ -86,8 +90,11 @@ def run_demo(opts: DemoOptions) -> dict:
     methods = list(opts.variants) + list(opts.baselines or [])
     per_seed = {m: [] for m in methods}
     zero_shot = []
+    overall = tqdm(total=opts.seeds * len(methods), desc="demo runs (variant x seed)", unit="run",
+                   disable=not opts.progress, position=0)
     for seed in range(opts.seeds):
         for method in methods:
+            overall.set_postfix_str(f"{method} seed {seed}")
             config = demo_config(opts, seed, method)
             from .train.pipeline import build_model
 
@@ -98,6 +105,8 @@ def run_demo(opts: DemoOptions) -> dict:
             per_seed[method].append(res)
             if first:
                 zero_shot.append(res["zero_shot"])
+            overall.update()
+    overall.close()
     summary = {"world": WORLD_LABEL, "domain": opts.domain, "seeds": opts.seeds, "vocabulary": vocab.counts(),
                "held_out": opts.held_out,
                "zero_shot": _aggregate(zero_shot)}

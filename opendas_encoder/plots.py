@@ -26,10 +26,14 @@ def plot_confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequenc
     novel class labels drawn in red; cell values written up to 30 classes."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
+    import textwrap
+
     plt = _pyplot()
     n = len(labels)
     size = max(5.0, 0.32 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    # constrained layout keeps the colour bar and the (wrapped) figure title apart: an axes title over the
+    # matrix alone was cut by the colour bar and the figure's edge
+    fig, ax = plt.subplots(figsize=(size + 0.6, size), layout="constrained")
     ConfusionMatrixDisplay.from_predictions(
         list(y_true), list(y_pred), labels=list(labels), normalize="true", ax=ax, cmap="Blues",
         include_values=n <= 30, values_format=".2f", xticks_rotation="vertical", colorbar=True,
@@ -41,8 +45,8 @@ def plot_confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequenc
             tick.set_color("tab:red")
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(textwrap.fill(title, width=int((size + 0.6) * 12)), fontsize=9)  # ~12 characters per inch at 9 pt
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -79,22 +83,54 @@ def plot_text_tsne(embeddings: Dict[str, np.ndarray], names: Sequence[str], nove
     return path
 
 
+def loss_terms(log: List[dict]) -> Dict[str, np.ndarray]:
+    """The weighted terms that add up to each logged loss (train_log.jsonl records), per iteration:
+    ``{"step", "ce", "weighted triplet" (lambda x triplet), "consistency" (already weighted; zeros when the
+    option is off), "total" (the logged loss), "lambda"}``. ``ce + weighted triplet + consistency`` is
+    the total the optimizer stepped on."""
+    def column(key):
+        return np.array([float(r.get(key, 0.0) or 0.0) for r in log])
+
+    lam = column("lambda")
+    return {"step": column("step"), "ce": column("ce"), "weighted triplet": lam * column("triplet"),
+            "consistency": column("consistency"), "total": column("loss"), "lambda": lam}
+
+
 def plot_loss_curves(log: List[dict], path: str, title: str = "") -> str:
-    """Loss, CE and triplet terms per iteration from a training log (train_log.jsonl records)."""
+    """The loss terms per iteration (:func:`loss_terms`): CE, lambda x triplet and the consistency term
+    drawn separately with their sum (thin), the triplet weight lambda on a second axis (its linear ramp
+    over the text stage is what makes the sum climb, not a divergence), stages shaded and named."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in log]
-    for key, style in (("loss", "-"), ("ce", "--"), ("triplet", ":")):
-        values = [r.get(key, np.nan) for r in log]
-        if any(v for v in values):
-            ax.plot(steps, values, style, label=key, linewidth=1)
-    boundaries = [r["step"] for a, r in zip(log, log[1:]) if a["stage"] != r["stage"]]
-    for b in boundaries:
-        ax.axvline(b, color="grey", linewidth=0.8)
+    terms = loss_terms(log)
+    steps = terms["step"]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.plot(steps, terms["total"], "-", color="0.6", linewidth=0.8, label="total (sum of the terms)")
+    ax.plot(steps, terms["ce"], "-", color="tab:blue", linewidth=1.2, label="cross-entropy")
+    if terms["weighted triplet"].any():
+        ax.plot(steps, terms["weighted triplet"], "-", color="tab:orange", linewidth=1.2, label="λ × triplet")
+    if terms["consistency"].any():
+        ax.plot(steps, terms["consistency"], "-", color="tab:green", linewidth=1.2, label="consistency (weighted)")
+    stages = [r["stage"] for r in log]
+    starts = [0] + [i for i in range(1, len(log)) if stages[i] != stages[i - 1]]
+    for k, i in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(log)
+        if k % 2:
+            ax.axvspan(steps[i] - 0.5, steps[end - 1] + 0.5, color="0.93", zorder=0)
+        ax.annotate(f"stage: {stages[i]}", (steps[i], 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=7, color="0.35")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss term")
+    handles, labels = ax.get_legend_handles_labels()
+    if terms["lambda"].any():
+        lam_ax = ax.twinx()
+        lam_ax.plot(steps, terms["lambda"], "--", color="tab:red", linewidth=1, label="λ (triplet weight, right)")
+        lam_ax.set_ylabel("λ (triplet weight)", color="tab:red")
+        lam_ax.tick_params(axis="y", colors="tab:red")
+        lam_ax.set_ylim(bottom=0)
+        h, lab = lam_ax.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.92))
     ax.set_title(title, fontsize=9)
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -24,7 +24,8 @@ def tiny_base_weights(tmp_path) -> str:
 
 
 def write_config(tmp_path, **extra):
-    """A tiny OpenDAS run on the generated world (1 + 1 epochs, CPU); ``extra`` replaces top-level keys."""
+    """A tiny OpenDAS run on the generated world (1 + 1 epochs without warm-up, CPU); ``extra`` replaces
+    top-level keys."""
     cfg = {
         "name": "cli-test", "seed": 0,
         "model": {"name": "opendas-tiny-vit", "pretrained": tiny_base_weights(tmp_path)},
@@ -32,7 +33,7 @@ def write_config(tmp_path, **extra):
         "data": {"train": {"name": "generated-world", "split": "train", "options": {"n_scenes": 6, "seed": 0}},
                  "test": {"name": "generated-world", "split": "test", "options": {"n_scenes": 6, "seed": 1}},
                  "negatives": "negatives.json"},
-        "schedule": {"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1},
+        "schedule": {"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0},
         "runtime": {"device": "cpu"},
         "output_dir": str(tmp_path / "run"),
     }
@@ -153,7 +154,7 @@ def test_a_bad_config_value_is_refused_before_any_data_is_read(tmp_path, monkeyp
 def test_a_baseline_trains_with_its_default_setting(tmp_path, capsys):
     # before issue 13.16: the default two-stage setting failed in stage 2 (no text parameters) after data prep
     config = write_config(tmp_path, method="vpt", prompts={}, method_options={"n_tokens": 2},
-                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1})
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0})
     assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["method"] == "vpt" and results["setting"] == "one-stage-ce" and "adapted" in results
@@ -193,7 +194,8 @@ def test_negatives_mine_names_its_model(tmp_path, capsys):
 
 
 def test_eval_cuts_segments_as_the_run_did_unless_told_otherwise(tmp_path, capsys):
-    config = write_config(tmp_path, schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 0})
+    config = write_config(tmp_path, schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 0,
+                                              "warmup_epochs": 0})
     cfg = yaml.safe_load(config.read_text())
     cfg["data"].update(expand_ratio=0.25, min_pixels=300)
     config.write_text(yaml.safe_dump(cfg))
@@ -224,7 +226,7 @@ def test_quiet_means_no_progress_bars(tmp_path, capfd):
     write_generic(str(root), "train")
     config = write_config(tmp_path, data={"train": {"name": "generic", "root": str(root), "split": "train"},
                                           "test": {"name": "generic", "root": str(root), "split": "train"}},
-                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1})
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0})
     capfd.readouterr()
     assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
     err = capfd.readouterr().err
@@ -457,3 +459,78 @@ def test_eval_names_the_checkpoint_when_its_model_name_was_edited(tmp_path, caps
     assert main(["eval", "--checkpoint", folder, "--dataset", "generated-world", "--split", "test", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"opendas eval: error: {folder}: ") and "'generated-world' is registered for" in err
+
+
+def test_an_unwritable_output_folder_is_one_line_naming_it_exit_2(tmp_path, capsys):
+    """Issue 25.14: a run folder that cannot be written gave a raw OSError traceback (exit 1). A folder under a
+    regular file fails for root too (tests run as root, which chmod does not stop)."""
+    (tmp_path / "a_file").write_text("not a folder")
+    run_dir = tmp_path / "a_file" / "run"
+    config = write_config(tmp_path, output_dir=str(run_dir))
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err == f"opendas train: error: output folder {run_dir}: cannot write there (Not a directory)"
+
+
+def test_ctrl_c_during_training_says_how_to_resume_exit_130(tmp_path, capsys, monkeypatch):
+    """Issue 25.14: Ctrl-C inside a training step gave 30 lines of KeyboardInterrupt. Now: one line naming the last
+    saved state and the command that continues from it, exit 130; that command then finishes the run."""
+    from opendas_encoder.train.trainer import Trainer
+
+    step = Trainer.step
+
+    def interrupted(self, sr, epoch, b, item):
+        if sr.stage.name == "text":  # stage 1's state is saved; Ctrl-C in stage 2's first step
+            raise KeyboardInterrupt
+        return step(self, sr, epoch, b, item)
+
+    config = write_config(tmp_path)
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    assert main(["train", str(config), "--quiet", "--no-plots", "--set", "seed=0"]) == 130
+    err = capsys.readouterr().err.strip()
+    state = tmp_path / "run" / "state" / "s0-epoch-0000"
+    assert err == (f"opendas train: interrupted; the last saved training state is {state} (the end of its epoch): "
+                   f"`opendas train {config} --resume --set seed=0` continues exactly from there")
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(["train", str(config), "--quiet", "--no-plots", "--set", "seed=0", "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["adapted"]["n"] > 0
+
+
+def test_resuming_a_finished_run_says_so_and_keeps_its_results(tmp_path, capsys):
+    """Issue 25.17d: --resume on a finished run rewrote report.md / results.json with the seconds per iteration
+    lost ({}). Now it says the run is finished and rewrites nothing; a run whose results were not written yet
+    (killed while evaluating) is evaluated again with the timing its checkpoint recorded."""
+    config = write_config(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
+    files = {name: (run / name).read_bytes() for name in ("results.json", "report.md", "final/opendas_config.json")}
+    seconds = json.loads(files["results.json"])["seconds_per_iter"]
+    assert set(seconds) == {"visual", "text"} and all(v > 0 for v in seconds.values())
+    capsys.readouterr()
+    assert main(["train", str(config), "--quiet", "--no-plots", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert f"{run} is a finished run: nothing to resume" in captured.err
+    assert "seconds per iteration: {\"visual\"" in captured.out
+    assert {name: (run / name).read_bytes() for name in files} == files
+    (run / "results.json").unlink()  # killed after training, before the results were written
+    assert main(["train", str(config), "--quiet", "--no-plots", "--resume"]) == 0
+    assert json.loads((run / "results.json").read_text())["seconds_per_iter"] == seconds
+    meta = json.loads((run / "final" / "opendas_config.json").read_text())["metadata"]
+    assert meta["seconds_per_iter"] == seconds and meta["completed"]
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
+def test_version_and_help_do_not_import_torch(argv):
+    """Issue 25.17e: `opendas --version` took 5.6 s, 3.9 s of it importing torch and open_clip through the package.
+    The truth: sys.modules of a fresh interpreter after the CLI printed and exited."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom opendas_encoder.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as exc:\n"
+            "    code = exc.code\n"
+            "heavy = [m for m in ('torch', 'open_clip', 'torchvision', 'pydantic') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout and ("opendas" in result.stdout)

@@ -244,3 +244,71 @@ def test_the_readme_config_example_is_a_valid_config_with_the_default_preset(tmp
         got = getattr(cfg, section).model_dump()
         assert {k: got[k] for k in values} == values, section
     assert (cfg.schedule.lr, cfg.schedule.batch_size, cfg.schedule.stage1_epochs) == (0.0025, 16, 5)
+
+
+# ------------------------------------------------------------------------------------------- updated()
+def test_updated_merges_a_partial_section_onto_the_configs_own_values():
+    """Issue 25.3: a dict for part of a section keeps the config's other values of that section (they were
+    replaced by the preset's / the field defaults)."""
+    cfg = TrainConfig(consistency={"text": 3.0}, triplet={"lambda_end": 2.0, "distance": "cosine"},
+                      schedule={"lr": 0.01, "stage1_epochs": 4})
+    new = cfg.updated(consistency={"image": 1.0})
+    assert (new.consistency.text, new.consistency.image) == (3.0, 1.0)
+    new = cfg.updated(triplet={"margin": 1.0})
+    assert (new.triplet.margin, new.triplet.lambda_end, new.triplet.distance) == (1.0, 2.0, "cosine")
+    new = cfg.updated(schedule={"batch_size": 4})
+    assert (new.schedule.lr, new.schedule.stage1_epochs, new.schedule.batch_size) == (0.01, 4, 4)
+    assert cfg.consistency.image == 0.0 and cfg.triplet.margin == 1.5  # the original is untouched
+    # a section given as a model replaces the section
+    from opendas_encoder.train.config import TripletConfig
+
+    assert cfg.updated(triplet=TripletConfig(margin=1.0)).triplet.lambda_end == 5.0
+
+
+def test_updated_method_or_preset_change_re_derives_the_preset_sections():
+    """Changing the method or the preset still takes the new method's / preset's options (e56eaf5): a
+    baseline gets every OpenDAS option off, and a partial section goes onto the new preset's values."""
+    from opendas_encoder.train.config import PRESETS
+
+    cfg = TrainConfig(consistency={"text": 3.0})
+    vpt = cfg.updated(method="vpt")
+    assert not vpt.consistency.active and vpt.averaging.mode == "off" and vpt.setting == "one-stage-ce"
+    paper = cfg.updated(preset="paper", triplet={"margin": 1.0})
+    assert paper.consistency.text == 0.0 and paper.averaging.mode == "off"
+    assert paper.triplet.margin == 1.0 and paper.triplet.lambda_end == PRESETS["paper"]["triplet"]["lambda_end"]
+    back = paper.updated(preset="default", consistency={"image": 2.0})
+    assert (back.consistency.text, back.consistency.image) == (PRESETS["default"]["consistency"]["text"], 2.0)
+
+
+# ------------------------------------------------------------------------------------------- short schedules
+def test_a_trained_stage_with_no_epoch_after_its_warm_up_is_refused_naming_the_keys(tmp_path):
+    """Issue 25.10: with 1 epoch per stage and the paper's 1 warm-up epoch at 1e-5, nothing trains (the model
+    ended below zero-shot without a word). The error names the stage's epochs key and schedule.warmup_epochs."""
+    data = {"train": WORLD_TRAIN}
+    for schedule, key in (({"stage1_epochs": 1, "stage2_epochs": 5}, "schedule.stage1_epochs (1)"),
+                          ({"stage1_epochs": 5, "stage2_epochs": 2, "warmup_epochs": 2}, "schedule.stage2_epochs (2)")):
+        path = write(tmp_path, yaml.safe_dump({"data": data, "schedule": schedule}))
+        with pytest.raises(ValueError, match=r"run.yaml: invalid config") as info:
+            load_config(path)
+        assert key in str(info.value) and "schedule.warmup_epochs" in str(info.value)
+    # a one-stage baseline trains stage1 + stage2 epochs in its single stage
+    with pytest.raises(ValueError, match=r"schedule.stage1_epochs \+ schedule.stage2_epochs \(1\)"):
+        config_from_dict({"data": data, "method": "vpt", "schedule": {"stage1_epochs": 1, "stage2_epochs": 0}})
+    # fine: a stage of 0 epochs is not trained; no warm-up; an epoch after the warm-up; 1 + 1 in one stage
+    for schedule, method in (({"stage1_epochs": 2, "stage2_epochs": 0}, "opendas"),
+                             ({"stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0}, "opendas"),
+                             ({"stage1_epochs": 2, "stage2_epochs": 2}, "opendas"),
+                             ({"stage1_epochs": 1, "stage2_epochs": 1}, "vpt")):
+        config_from_dict({"data": data, "method": method, "schedule": schedule})
+
+
+def test_the_demos_short_epochs_train_from_their_first_epoch():
+    """`opendas demo --epochs 1` keeps working: a stage of 1 epoch gets no warm-up (it would be all of it)."""
+    from opendas_encoder.demo import DemoOptions, demo_config
+    from opendas_encoder.train.config import warmup_that_fits
+
+    assert demo_config(DemoOptions(stage1_epochs=1, stage2_epochs=1), 0).schedule.warmup_epochs == 0
+    assert demo_config(DemoOptions(stage1_epochs=3, stage2_epochs=0), 0).schedule.warmup_epochs == 1
+    assert demo_config(DemoOptions(), 0, "vpt").schedule.warmup_epochs == 1  # the paper's schedule otherwise
+    assert (warmup_that_fits(5, 5), warmup_that_fits(2, 1), warmup_that_fits(2, 0), warmup_that_fits(3, 3, warmup=2)) \
+        == (1, 0, 1, 2)

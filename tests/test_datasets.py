@@ -555,3 +555,30 @@ def test_experiment_configs_load_and_are_generated(repo_root, tmp_path):
 
     for rel, cfg in expected.items():  # every option is a field of the method's config
         get_method(cfg["method"]).config_class(**cfg["method_options"])
+
+
+def test_generated_world_in_the_generic_format_reads_back_as_the_generators_segments(tmp_path):
+    """The README's first-run dataset (issue 25.16): the generic loader gives back exactly the generator's
+    segments (label, mask, image) and the vocabulary derived from the splits is the domain's base classes."""
+    from collections import Counter
+
+    from opendas_encoder.data.generic import GenericSegmentDataset
+    from opendas_encoder.data.registry import build_dataset
+    from opendas_encoder.generated.world.domains import get_domain
+    from opendas_encoder.generated.world_generic import write_world_generic
+    from opendas_encoder.train.pipeline import derive_vocabulary
+
+    counts = write_world_generic(str(tmp_path / "toy"), train_scenes=3, test_scenes=2)
+    truth = build_dataset("generated-world", None, "train", n_scenes=3, seed=0)
+    read = GenericSegmentDataset(str(tmp_path / "toy"), split="train")
+    assert counts["train"] == len(truth) == len(read)
+    key = lambda s: (s.label, s.mask.tobytes(), s.image.tobytes())  # noqa: E731
+    assert Counter(key(read[i]) for i in range(len(read))) == Counter(key(truth[i]) for i in range(len(truth)))
+    test = GenericSegmentDataset(str(tmp_path / "toy"), split="test")
+    words = get_domain("cast").vocabulary()
+    vocab = derive_vocabulary(read, test)  # base: classes with a training segment; novel: the other test classes
+    assert set(vocab.base) == set(truth.labels()) and set(vocab.base) <= set(words["base"])
+    assert set(vocab.novel) == set(test.labels()) - set(truth.labels())
+    assert json.loads((tmp_path / "toy" / "negatives.json").read_text()) == get_domain("cast").negatives()
+    assert json.loads((tmp_path / "toy" / "vocabulary.json").read_text()) == {"base": words["base"],
+                                                                            "test": words["test"]}

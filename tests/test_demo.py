@@ -40,3 +40,15 @@ def test_demo_refuses_an_unknown_domain_before_any_work(tmp_path, capsys):
     assert main(["demo", "--domain", "mars", "--out", str(tmp_path / "d"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "mars" in err and "frames" in err and not (tmp_path / "d").exists()
+
+
+def test_demo_shows_overall_progress_over_its_variant_by_seed_runs(tmp_path, capsys):
+    """Issue 25.17f: one bar counts the demo's runs (variants x seeds), here 2 variants x 2 seeds = 4."""
+    from opendas_encoder.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(seeds=2, train_scenes=4, test_scenes=4, stage1_epochs=1, stage2_epochs=0, device="cpu",
+                       variants=("opendas", "opendas-paper"), out_dir=str(tmp_path / "demo"), progress=True)
+    summary = run_demo(opts)
+    err = capsys.readouterr().err
+    assert "demo runs (variant x seed)" in err and "4/4" in err and "opendas-paper seed 1" in err
+    assert len(summary["per_seed"]["opendas-paper"]) == 2

@@ -34,7 +34,7 @@ def world_config(tmp_path, name, method="opendas", shots=2, seed=0, min_pixels=1
                                        test=DatasetSpec(name="generated-world", split="test",
                                                         options={"n_scenes": 2, "seed": 1}),
                                        shots=shots, min_pixels=min_pixels),
-                       schedule=ScheduleConfig(stage1_epochs=1, stage2_epochs=1, batch_size=8),
+                       schedule=ScheduleConfig(stage1_epochs=1, stage2_epochs=1, batch_size=8, warmup_epochs=0),
                        runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path / name))
 
 

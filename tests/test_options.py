@@ -323,9 +323,70 @@ def test_resumed_run_with_averaging_equals_an_uninterrupted_one(tmp_path, averag
 
     with pytest.raises(Killed):
         fit(tiny_model(4), train, LABEL_SPACE, cfg, str(tmp_path / "mix"), progress=False, on_epoch_end=kill_first)
-    with pytest.raises(ValueError, match="saved with prompt averaging"):
+    with pytest.raises(ValueError, match=f"averaging.mode: saved '{averaging['mode']}', this config 'off'"):
         fit(tiny_model(4), train, LABEL_SPACE, small_config(tmp_path, epochs=(3, 3)), str(tmp_path / "mix"),
             resume=True, progress=False)
+
+
+def test_resume_refuses_any_other_training_option_naming_the_keys_and_both_values(tmp_path):
+    """Issue 25.5: a state saved WITHOUT averaging, resumed with averaging on, started a fresh average
+    mid-stage; every training option of the saved run is now compared with the resumed config (both
+    averaging directions, another key, several at once), while run-only keys (name, workers, eval batch,
+    output folder) may differ and the resumed prompts still equal an uninterrupted run's."""
+
+    class Killed(Exception):
+        pass
+
+    def kill_first(stage, epoch):
+        raise Killed
+
+    train = prepared(tiny_model(4))
+    plain = small_config(tmp_path, epochs=(3, 3))
+    with pytest.raises(Killed):
+        fit(tiny_model(4), train, LABEL_SPACE, plain, str(tmp_path / "plain"), progress=False, on_epoch_end=kill_first)
+    averaged = small_config(tmp_path, epochs=(3, 3), averaging={"mode": "ema", "ema_decay": 0.7})
+    with pytest.raises(ValueError, match=r"averaging\.mode: saved 'off', this config 'ema'"):
+        fit(tiny_model(4), train, LABEL_SPACE, averaged, str(tmp_path / "plain"), resume=True, progress=False)
+    with pytest.raises(Killed):
+        fit(tiny_model(4), train, LABEL_SPACE, averaged, str(tmp_path / "avg"), progress=False, on_epoch_end=kill_first)
+    with pytest.raises(ValueError, match=r"averaging\.mode: saved 'ema', this config 'off'"):
+        fit(tiny_model(4), train, LABEL_SPACE, plain, str(tmp_path / "avg"), resume=True, progress=False)
+    with pytest.raises(ValueError) as info:  # two keys at once, each with both values
+        fit(tiny_model(4), train, LABEL_SPACE, plain.updated(schedule={"lr": 0.02}, triplet={"margin": 1.0}),
+            str(tmp_path / "plain"), resume=True, progress=False)
+    message = str(info.value)
+    assert "plain" in message and "schedule.lr: saved 0.01, this config 0.02" in message
+    assert "triplet.margin: saved 1.5, this config 1.0" in message and "averaging" not in message
+    # run-only keys may differ: the resumed run equals the uninterrupted one
+    ref = tiny_model(4)
+    fit(ref, train, LABEL_SPACE, plain, str(tmp_path / "ref"), progress=False)
+    resumed = tiny_model(4)
+    run_only = plain.updated(name="renamed", runtime={"num_workers": 0, "eval_batch_size": 3})
+    fit(resumed, train, LABEL_SPACE, run_only, str(tmp_path / "plain"), resume=True, progress=False)
+    assert torch.allclose(resumed.text_prompts, ref.text_prompts, atol=1e-6)
+
+
+def test_a_state_without_an_options_record_still_refuses_averaging_it_lacks(tmp_path):
+    """States written before the options record (0.2): resuming one saved without a running average inside a
+    stage under averaging is refused (the other direction was already)."""
+
+    class Killed(Exception):
+        pass
+
+    def kill_first(stage, epoch):
+        raise Killed
+
+    train = prepared(tiny_model(4))
+    with pytest.raises(Killed):
+        fit(tiny_model(4), train, LABEL_SPACE, small_config(tmp_path, epochs=(3, 3)), str(tmp_path / "old"),
+            progress=False, on_epoch_end=kill_first)
+    state_file = next((tmp_path / "old" / "state").glob("*/trainer_state.json"))
+    state = json.loads(state_file.read_text())
+    del state["config"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="saved without prompt averaging, but this config has averaging.mode: ema"):
+        fit(tiny_model(4), train, LABEL_SPACE, small_config(tmp_path, epochs=(3, 3), averaging={"mode": "ema"}),
+            str(tmp_path / "old"), resume=True, progress=False)
 
 
 # ---------------------------------------------------------------- prompt depth: from layer s on

@@ -58,7 +58,7 @@ def test_config_file_dataset_and_errors(tmp_path):
     cfg = {"name": "world-from-config", "model": {"name": "opendas-tiny-vit", "pretrained": None},
            "data": {"train": {"name": "generated-world", "split": "train", "options": {"n_scenes": 4, "seed": 0}},
                     "test": {"name": "generated-world", "split": "test", "options": {"n_scenes": 4, "seed": 1}}},
-           "schedule": {"stage1_epochs": 1, "stage2_epochs": 0}}
+           "schedule": {"stage1_epochs": 1, "stage2_epochs": 0, "warmup_epochs": 0}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "cfg"

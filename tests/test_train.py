@@ -432,3 +432,27 @@ def test_a_non_finite_loss_stops_before_the_optimizer_touches_the_prompts(tmp_pa
         fit(model, prepared(model, make_segments(), base), base, small_config(tmp_path), str(tmp_path / "run"),
             progress=False)
     assert torch.equal(model.text_prompts.detach(), before)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoint_and_state_files_get_the_mode_open_gives_other_files(tmp_path, umask):
+    """Issue 25.17c: checkpoint and state files were written 0600 (mkstemp's mode) while every other file of a
+    run was 0644. The truth: the mode of a file made by open() in the same folder under the same umask."""
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        base = ["red square", "green square", "blue square"]
+        model = tiny_model(3)
+        run = tmp_path / "run"
+        fit(model, prepared(model, make_segments(), base), base, small_config(tmp_path), str(run), progress=False)
+        (run / "plain.txt").write_text("x")
+        expected = stat.S_IMODE(os.stat(run / "plain.txt").st_mode)
+    finally:
+        os.umask(previous)
+    assert expected == 0o666 & ~umask
+    modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in run.rglob("*") if p.is_file()}
+    names = {p.name for p in modes}
+    assert {"prompts.safetensors", "opendas_config.json", "optimizer.safetensors", "trainer_state.json", "LATEST",
+            "README.md"} <= names, names
+    assert {str(p): m for p, m in modes.items() if m != expected} == {}

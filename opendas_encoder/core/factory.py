@@ -36,6 +36,9 @@ def register_model_configs() -> None:
     _registered = True
 
 
+register_model_configs()  # importing this module (any encoder creation, the package's API) makes them known
+
+
 def register_pretrained_weights(model_name: str, tag: str, path: Callable[[], str]) -> None:
     """Let ``pretrained=tag`` for ``model_name`` resolve to the file ``path()`` returns (raising
     FileNotFoundError with a hint when it is absent)."""

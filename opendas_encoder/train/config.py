@@ -421,6 +421,7 @@ class TrainConfig(_Section):
                 raise ValueError(f"consistency: an OpenDAS option (the frozen CLIP is the prompt-free model); "
                                  f"{self.method} trains without it")
             _validate_dataclass(_method_config_class(self.method), self.method_options, "method_options")
+        _check_stages_train(setting, self.schedule)
         return self
 
     def prompt_config(self) -> PromptConfig:
@@ -442,16 +443,27 @@ class TrainConfig(_Section):
         return _validate_dataclass(PromptConfig, {**preset_prompts(self.preset), **prompts}, "prompts")
 
     def updated(self, **changes) -> "TrainConfig":
-        """A validated copy with ``changes`` (sections as models or dicts). Changing ``method`` without a
-        ``setting`` gives the new method's default setting; changing ``preset`` takes the new preset's
-        values for the preset's sections that ``changes`` does not give, and so does changing ``method``
-        (a baseline gets the sections' defaults: every OpenDAS option off)."""
+        """A validated copy with ``changes`` (sections as models or dicts).
+
+        A section given as a dict is merged onto this config's section, key by key (``updated(triplet=
+        {"margin": 1})`` keeps this config's other triplet values); given as a model it replaces the
+        section. ``prompts``, ``method_options`` and plain values are replaced. Changing ``method``
+        without a ``setting`` gives the new method's default setting; changing ``preset`` or ``method``
+        re-derives the preset's sections (``triplet``, ``consistency``, ``averaging``) from the new
+        preset, with a dict given for one of them merged onto the preset's values (a baseline gets the
+        sections' defaults: every OpenDAS option off).
+        """
         if "method" in changes and "setting" not in changes:
             changes["setting"] = None
         current = dict(self)
-        if "preset" in changes or changes.get("method", self.method) != self.method:
+        rederive = "preset" in changes or changes.get("method", self.method) != self.method
+        if rederive:
             for section in PRESET_SECTIONS:
                 current.pop(section)
+        for key, value in changes.items():
+            own = current.get(key)
+            if isinstance(value, dict) and isinstance(own, BaseModel):
+                changes[key] = {**own.model_dump(), **value}
         return type(self).model_validate({**current, **changes})
 
     def to_dict(self) -> dict:
@@ -466,6 +478,40 @@ class TrainConfig(_Section):
     def save(self, path: str) -> None:
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+#: Config keys a resumed run may change: how the run is named, stored and executed, not what it learns
+#: (``preset`` is resolved: the sections and prompts it gives are compared instead; ``data.test`` is only
+#: evaluated; ``runtime.cache_features`` computes the same stage-2 features once instead of every step;
+#: ``device`` / ``amp`` / ``compile`` change float rounding only). Every other key must be the saved run's.
+RESUME_MAY_DIFFER = ("name", "output_dir", "preset", "data.test", "runtime.device", "runtime.amp",
+                     "runtime.compile", "runtime.num_workers", "runtime.eval_batch_size", "runtime.cache_features")
+
+
+def resume_record(config: TrainConfig) -> Dict[str, Any]:
+    """The config's training options as {dotted key: JSON value}, every key but :data:`RESUME_MAY_DIFFER`
+    (saved with each training state; a resumed run must give the same record: :func:`resume_mismatches`)."""
+    def flat(value, prefix):
+        if isinstance(value, dict) and value and prefix not in RESUME_MAY_DIFFER:
+            out = {}
+            for k, v in value.items():
+                out.update(flat(v, f"{prefix}.{k}" if prefix else k))
+            return out
+        return {} if prefix in RESUME_MAY_DIFFER else {prefix: value}
+
+    return json.loads(json.dumps(flat(config.to_dict(), "")))  # JSON's values: what the state file reads back
+
+
+def resume_mismatches(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
+    """``key: saved X, this config Y`` for every training option that differs from the saved run's."""
+    now = resume_record(config)
+
+    def shown(record: dict, key: str) -> str:
+        return repr(record[key]) if key in record else "(not set)"
+
+    return [f"{k}: saved {shown(saved, k)}, this config {shown(now, k)}" for k in sorted(set(saved) | set(now))
+            if k not in saved or k not in now or saved[k] != now[k]]
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -677,6 +723,37 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> TrainConfig
         if str(exc).startswith("--set "):  # blamed on an override, not on the file
             raise
         raise InputError.of(path, exc) from None
+
+
+#: The schedule keys whose epochs each stage of a setting trains (see :func:`stages_for`).
+_STAGE_KEYS = {"visual": ("stage1_epochs",), "text": ("stage2_epochs",), "joint": ("stage1_epochs", "stage2_epochs"),
+               "train": ("stage1_epochs", "stage2_epochs")}
+
+
+def _check_stages_train(setting: str, schedule: "ScheduleConfig") -> None:
+    """Refuse a schedule whose trained stage (epochs > 0) has no epoch after its warm-up: with the
+    warm-up at ``warmup_lr`` (1e-5) such a stage barely moves the prompts, and the run ends near its
+    start without a word. A stage of 0 epochs is not trained (fine); ``warmup_lr == lr`` is no warm-up."""
+    warm = schedule.warmup_epochs
+    if warm == 0 or schedule.warmup_lr >= schedule.lr:
+        return
+    for stage in stages_for(setting, schedule):
+        if stage.epochs <= warm:
+            keys = " + ".join(f"schedule.{k}" for k in _STAGE_KEYS[stage.name])
+            raise ValueError(
+                f"{keys} ({stage.epochs}) must be greater than schedule.warmup_epochs ({warm}): stage "
+                f"{stage.name!r} of setting {setting!r} would run only its warm-up at schedule.warmup_lr "
+                f"({schedule.warmup_lr:g}) and train nothing; give it more epochs, or set schedule.warmup_epochs: "
+                f"{stage.epochs - 1}")
+
+
+def warmup_that_fits(*stage_epochs: int, warmup: int = 1) -> int:
+    """``warmup`` epochs when every trained stage (epochs > 0) keeps an epoch after them, else 0.
+
+    For schedules built from command-line epochs (``opendas demo --epochs 1``, the eval scripts): a
+    short stage trains from its first epoch instead of being refused; a config file is validated as written.
+    """
+    return warmup if all(e > warmup for e in stage_epochs if e > 0) else 0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from .config import DatasetSpec, TrainConfig
 from .data import PreparedSegments, prepare_segments
 from .evaluate import EvalResult, evaluate, zero_shot_encoder
 from .shots import SHOTS_FILE, few_shot_segments, short_classes_note, shots_summary
-from .trainer import fit, read_log, resolve_device
+from .state import latest_state
+from .trainer import check_resumable, fit, read_log, resolve_device
 
 METRIC_KEYS = ("acc", "weighted_f1", "base_f1", "novel_f1")
 
@@ -186,6 +187,15 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     run_dir = config.output_dir
     is_main = _is_main_process()
     os.makedirs(run_dir, exist_ok=True)
+    if resume:  # a mismatched config is refused before any work, and before config.json is rewritten
+        folder = latest_state(run_dir)
+        if folder is not None:
+            with open(os.path.join(folder, "trainer_state.json")) as f:
+                state = json.load(f)
+            check_resumable(folder, state, config)
+            finished = finished_results(run_dir, config, state)
+            if finished is not None:
+                return finished
     if is_main:
         config.save(os.path.join(run_dir, "config.json"))
     device = resolve_device(config.runtime.device)
@@ -250,6 +260,30 @@ def prepare_distiller(config: TrainConfig, data: ExperimentData, model, progress
     return Distiller(images=images, text_input=tokenizer(classes) if tokenizer else classes, classes=classes,
                      weight=d.weight, temperature=d.temperature, batch_size=d.batch_size,
                      logit_scale=model.logit_scale.exp().detach().float())
+
+
+def finished_results(run_dir: str, config: TrainConfig, state: dict) -> Optional[dict]:
+    """The saved ``results.json`` of a run that finished (its newest training state is the last epoch of
+    its last stage, its exported checkpoint is complete), marked ``"finished_before": True`` (not written
+    back); None when the run has more to do. Resuming a finished run trains, evaluates and rewrites nothing."""
+    from ..core.checkpoint import read_checkpoint_config
+    from .config import stages_for
+
+    path = os.path.join(run_dir, "results.json")
+    stages = stages_for(config.setting, config.schedule)
+    counters = state.get("counters", {})
+    if not stages or not os.path.isfile(path) or \
+            (counters.get("stage_index"), counters.get("epoch")) != (len(stages) - 1, stages[-1].epochs - 1):
+        return None
+    try:
+        completed = read_checkpoint_config(os.path.join(run_dir, "final")).get("metadata", {}).get("completed")
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not completed or not isinstance(results, dict):
+        return None
+    return dict(results, finished_before=True)
 
 
 def choose_lowrank_merge(config: TrainConfig, data: ExperimentData, model, device, final_dir: str, run_dir: str,

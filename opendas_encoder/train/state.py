@@ -19,7 +19,7 @@ import shutil
 from typing import Dict, Optional, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..core.checkpoint import atomic_write_bytes, read_checkpoint_config, read_checkpoint_tensors, save_checkpoint
 
@@ -58,12 +58,13 @@ AVERAGED_FILE = "averaged.safetensors"
 
 def save_state(run_dir: str, model, optimizer: Optional[torch.optim.Optimizer], param_names: Dict[int, str],
                counters: dict, metadata: dict, scheduler: Optional[dict] = None,
-               averaged: Optional[Dict[str, torch.Tensor]] = None) -> str:
+               averaged: Optional[Dict[str, torch.Tensor]] = None, config: Optional[dict] = None) -> str:
     """Write a complete state folder and point ``LATEST`` at it; returns its path.
 
     scheduler: the learning-rate scheduler's ``state_dict()`` (plain numbers and lists), stored in
     ``trainer_state.json`` under ``"scheduler"``. averaged: the running prompt average of the stage
-    (``PromptAverager.state()``), stored in ``averaged.safetensors``.
+    (``PromptAverager.state()``), stored in ``averaged.safetensors``. config: the run's training options
+    (``config.resume_record``), stored under ``"config"``; a resumed run must have the same.
     """
     state_root = os.path.join(run_dir, "state")
     os.makedirs(state_root, exist_ok=True)
@@ -76,12 +77,13 @@ def save_state(run_dir: str, model, optimizer: Optional[torch.optim.Optimizer], 
         shutil.rmtree(tmp)
     save_checkpoint(model, tmp, **metadata)
     opt_tensors, opt_scalars = optimizer_tensors(optimizer, param_names) if optimizer is not None else ({}, {})
-    save_file(opt_tensors, os.path.join(tmp, "optimizer.safetensors"))
+    # safetensors' save_file writes mode 0600; atomic_write_bytes gives open()'s mode like every other run file
+    atomic_write_bytes(os.path.join(tmp, "optimizer.safetensors"), save(opt_tensors))
     if averaged is not None:
-        save_file({k: v.contiguous() for k, v in averaged.items()}, os.path.join(tmp, AVERAGED_FILE))
+        atomic_write_bytes(os.path.join(tmp, AVERAGED_FILE), save({k: v.contiguous() for k, v in averaged.items()}))
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump({"counters": counters, "optimizer_scalars": opt_scalars, "scheduler": scheduler}, f, indent=1,
-                  sort_keys=True, allow_nan=False)
+        json.dump({"counters": counters, "optimizer_scalars": opt_scalars, "scheduler": scheduler, "config": config},
+                  f, indent=1, sort_keys=True, allow_nan=False)
     os.replace(tmp, folder)
     atomic_write_bytes(os.path.join(state_root, "LATEST"), (name + "\n").encode())
     for other in os.listdir(state_root):

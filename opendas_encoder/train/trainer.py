@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoint import atomic_write_bytes, save_checkpoint
 from .averaging import PromptAverager
-from .config import Stage, TrainConfig, stages_for
+from .config import Stage, TrainConfig, resume_mismatches, resume_record, stages_for
 from .data import EpochShardSampler, PreparedSegments
 from .losses import consistency_loss, opendas_text_loss
 from .schedule import lr_scheduler, triplet_weight
@@ -425,6 +425,8 @@ class Trainer:
                     iterations[stage.name] = sr.iterations
         finally:
             self.forwards.restore()
+        if start.stage >= len(self.stages):  # resumed after the last epoch: keep what the finished run measured
+            seconds, iterations = finished_run_timing(self.run_dir)
         final_dir = self.export(seconds)
         return FitResult(run_dir=self.run_dir, final_dir=final_dir, label_space=self.label_space,
                          seconds=time.perf_counter() - t_start, seconds_per_iter=seconds, iterations=iterations,
@@ -442,14 +444,19 @@ class Trainer:
                 os.remove(self.log_path)
             return ResumePoint()
         prompts, opt_tensors, state = load_state(folder)
-        self.model.load_learned_state_dict(dict(prompts), source=folder)
-        counters = state["counters"]
         if "scheduler" not in state:
             raise ValueError(f"{folder}: no learning-rate scheduler state (written by an older version); "
                              "start the run again without resuming")
+        check_resumable(folder, state, self.config)
+        self.model.load_learned_state_dict(dict(prompts), source=folder)
+        counters = state["counters"]
         point = ResumePoint(counters["stage_index"], counters["epoch"] + 1, counters["global_step"], folder,
                             opt_tensors, state.get("optimizer_scalars", {}), state["scheduler"],
                             state.get("averaged"))
+        if point.scheduler is not None and point.averaged is None and self.config.averaging.mode != "off" and \
+                point.epoch < self.stages[point.stage].epochs:
+            raise ValueError(f"{folder}: saved without prompt averaging, but this config has averaging.mode: "
+                             f"{self.config.averaging.mode}; resume with the run's own config")
         if point.epoch >= self.stages[point.stage].epochs:  # that stage was complete: next one from scratch
             point = ResumePoint(point.stage + 1, 0, point.global_step, folder)
         if self.is_main:
@@ -680,7 +687,7 @@ class Trainer:
         if self.is_main:
             save_state(self.run_dir, self.model, sr.optimizer, self.param_names, counters,
                        dict(self.metadata, stage=sr.stage.name, epoch=epoch + 1), sr.scheduler.state_dict(),
-                       averaged=averaged)
+                       averaged=averaged, config=resume_record(self.config))
         if self.world > 1:
             dist.barrier()
         if self.on_epoch_end is not None:
@@ -716,6 +723,37 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
     with flush_denormal():
         trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata, distiller)
         return trainer.run(resume)
+
+
+def finished_run_timing(run_dir: str) -> Tuple[Dict[str, float], Dict[str, int]]:
+    """(seconds per iteration, iterations) per stage as the finished run recorded them: its exported
+    checkpoint's ``seconds_per_iter`` and its log's step counts ({} when there is no such record)."""
+    from ..core.checkpoint import read_checkpoint_config
+
+    try:
+        meta = read_checkpoint_config(os.path.join(run_dir, "final")).get("metadata", {})
+    except (OSError, ValueError):
+        return {}, {}
+    counts: Dict[str, int] = {}
+    for record in read_log(run_dir):
+        counts[record["stage"]] = counts.get(record["stage"], 0) + 1
+    seconds = dict(meta.get("seconds_per_iter") or {})
+    return seconds, {k: v for k, v in counts.items() if k in seconds}
+
+
+def check_resumable(folder: str, state: dict, config: TrainConfig) -> None:
+    """Refuse to resume the training state in ``folder`` (its ``trainer_state.json`` read as ``state``)
+    under a config whose training options differ from the saved run's (``config.resume_record``; the
+    keys allowed to differ are ``config.RESUME_MAY_DIFFER``): ValueError naming each key and both values.
+    States written before the options were recorded are not compared (averaging is still checked)."""
+    saved = state.get("config")
+    if saved is None:
+        return
+    mismatches = resume_mismatches(saved, config)
+    if mismatches:
+        raise ValueError(f"{folder}: saved by a run with other training options, so --resume would not continue "
+                         "it; resume with that run's config or train into a new output_dir. Differences: "
+                         + "; ".join(mismatches))
 
 
 def training_options(config: TrainConfig) -> dict:
