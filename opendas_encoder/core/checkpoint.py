@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional, Tuple
@@ -32,6 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from ..errors import InputError, read_json
+from ..files import atomic_write_bytes  # noqa: F401  (re-exported: training state and scan files use it)
 from ..version import __version__
 from .encoder import tokenizer_for
 from .hub import CARD_NAME, HUB_PREFIX, download_checkpoint, model_card, push_checkpoint
@@ -45,33 +45,6 @@ LEGACY_TENSORS_FILE = "prompts.safetensors"
 FORMAT_VERSION = 3
 _KNOWN_KEYS = {"base_fingerprint", "base_model", "format", "format_version", "method", "method_config", "metadata",
                "model_name", "opendas_encoder_version", "pretrained", "prompts", "tensors", "tensors_file"}
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file).
-
-    The file gets the mode ``open()`` would give it (0666 less the umask: 0644 by default), not
-    ``mkstemp``'s private 0600."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it: the os module has no getter)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _json_default(obj):

@@ -25,13 +25,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_folder
 from ..threed.projection import scale_intrinsic
 from .conventions import OPENGL_TO_OPENCV, UP_TO_Z, WORLD_UP_CHOICES, estimate_world_up, pose_problem, to_opencv_z_up
 from .errors import ScanInputError
@@ -177,28 +177,9 @@ def import_scan(src: str, out: str, options: Optional[ImportOptions] = None, *, 
         up = estimate_world_up([f.cam_to_world for f in frames], cap.camera_convention)
         up_how = "estimated: the signed world axis closest to the mean camera up vector"
 
-    parent = os.path.dirname(out)
-    made_parent = not os.path.isdir(parent)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out)}.importing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # overwrite: the old OUT goes only once the new one is complete
+    with atomic_folder(out, prefix=f".{os.path.basename(out)}.importing-") as tmp:
         meta = _write_scan(cap, frames, opts, up, up_how, tmp, os.path.basename(out), progress)
-        if os.path.exists(out):  # overwrite: the old OUT goes only once the new one is complete
-            old = tmp + ".old"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            if os.path.isdir(old):
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.remove(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if made_parent and not os.listdir(parent):
-            os.rmdir(parent)
-        raise
     return ImportResult(out=out, num_frames=meta["num_frames"], num_points=meta["num_points"], metadata=meta)
 
 

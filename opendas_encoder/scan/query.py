@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..files import atomic_folder
 from .index import SceneIndex
 
 COLORMAP = "turbo"
@@ -178,10 +177,7 @@ def write_query_outputs(index: SceneIndex, result: QueryResult, out_dir: str, th
     from ..data.ply import write_ply
 
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-query-", dir=parent)
-    try:
+    with atomic_folder(out_dir, prefix=".tmp-query-") as tmp:
         write_ply(os.path.join(tmp, "scene.ply"), index.points,
                   point_colors(index, result.scores, threshold, vmin, vmax))
         files = []
@@ -197,10 +193,4 @@ def write_query_outputs(index: SceneIndex, result: QueryResult, out_dir: str, th
                     "instance_files": files, "scene_file": "scene.ply"})
         with open(os.path.join(tmp, "result.json"), "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

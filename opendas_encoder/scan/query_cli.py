@@ -14,6 +14,33 @@ DEFAULT_MODEL = "opendas-world-vit"
 DEFAULT_PRETRAINED = "generated-world"
 
 
+def add_encoder_options(parser) -> None:
+    """--checkpoint / --model / --pretrained / --proposals: which encoder and proposals a scene command uses
+    (``opendas query`` and ``opendas view``; read by :func:`load_query_encoder`)."""
+    parser.add_argument("--checkpoint",
+                        help="adapted encoder checkpoint folder (default: zero-shot --model/--pretrained)")
+    parser.add_argument("--model", default=None, help=f"open_clip model for zero-shot queries (default "
+                        f"{DEFAULT_MODEL}, the generated world's small CLIP: use e.g. ViT-B-16 --pretrained openai "
+                        "for real scans)")
+    parser.add_argument("--pretrained", default=None, help=f"its weights tag (default {DEFAULT_PRETRAINED})")
+    parser.add_argument("--proposals", default="auto", help="auto (the scene's Mask3D *_masks.pt if any, else the "
+                        "CPU fallback), fallback, or a proposal file (.pt/.npy, num_points x num_masks)")
+
+
+def add_colour_scale_options(parser) -> None:
+    """--vmin / --vmax: the absolute colour scale (cosine similarity) of a scene command."""
+    parser.add_argument("--vmin", type=float, default=DEFAULT_VMIN, help=f"similarity at the colour scale's low end "
+                        f"(default {DEFAULT_VMIN})")
+    parser.add_argument("--vmax", type=float, default=DEFAULT_VMAX,
+                        help=f"similarity at its high end (default {DEFAULT_VMAX})")
+
+
+def add_run_options(parser, device_help: str) -> None:
+    """--device / --quiet of a scene command."""
+    parser.add_argument("--device", default="cpu", help=device_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or stage timings")
+
+
 def add_query_parser(sub) -> None:
     """Add the ``query`` subcommand to the CLI's subparsers."""
     q = sub.add_parser("query", help="query a processed scan in free text: ranked instances, coloured PLYs, JSON",
@@ -24,21 +51,12 @@ def add_query_parser(sub) -> None:
     q.add_argument("texts", nargs="+", metavar="TEXT", help="query text(s); a mask matches when it matches any")
     q.add_argument("--negative", action="append", default=[], metavar="TEXT",
                    help="push down masks closer to this text than to the query; repeat for more")
-    q.add_argument("--checkpoint", help="adapted encoder checkpoint folder (default: zero-shot --model/--pretrained)")
-    q.add_argument("--model", default=None, help=f"open_clip model for zero-shot queries (default {DEFAULT_MODEL}, "
-                   "the generated world's small CLIP: use e.g. ViT-B-16 --pretrained openai for real scans)")
-    q.add_argument("--pretrained", default=None, help=f"its weights tag (default {DEFAULT_PRETRAINED})")
-    q.add_argument("--proposals", default="auto", help="auto (the scene's Mask3D *_masks.pt if any, else the CPU "
-                   "fallback), fallback, or a proposal file (.pt/.npy, num_points x num_masks)")
+    add_encoder_options(q)
     q.add_argument("--top-k", type=int, default=10, help="instances to return (default 10)")
     q.add_argument("--threshold", type=float, default=None, help="colour only masks scoring at least this")
-    q.add_argument("--vmin", type=float, default=DEFAULT_VMIN, help=f"similarity at the colour scale's low end "
-                   f"(default {DEFAULT_VMIN})")
-    q.add_argument("--vmax", type=float, default=DEFAULT_VMAX,
-                   help=f"similarity at its high end (default {DEFAULT_VMAX})")
+    add_colour_scale_options(q)
     q.add_argument("--out", help="output folder (default SCENE/queries/<text>)")
-    q.add_argument("--device", default="cpu", help="torch device for feature extraction (default cpu)")
-    q.add_argument("--quiet", action="store_true", help="no progress bars or stage timings")
+    add_run_options(q, "torch device for feature extraction (default cpu)")
     q.set_defaults(func=cmd_query)
 
 

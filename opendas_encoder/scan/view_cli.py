@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from .query_cli import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_VMAX, DEFAULT_VMIN, load_query_encoder
+from .query_cli import add_colour_scale_options, add_encoder_options, add_run_options, load_query_encoder
 
 
 def add_view_parser(sub) -> None:
@@ -16,12 +16,7 @@ def add_view_parser(sub) -> None:
                        "slider, click-to-isolate and the top views behind each result. --export DIR writes an "
                        "offline copy for the --query texts instead of serving.")
     v.add_argument("scene", help="processed scene folder (OpenMask3D's layout, e.g. written by `opendas scan import`)")
-    v.add_argument("--checkpoint", help="adapted encoder checkpoint folder (default: zero-shot --model/--pretrained)")
-    v.add_argument("--model", default=None, help=f"open_clip model for zero-shot queries (default {DEFAULT_MODEL}, "
-                   "the generated world's small CLIP: use e.g. ViT-B-16 --pretrained openai for real scans)")
-    v.add_argument("--pretrained", default=None, help=f"its weights tag (default {DEFAULT_PRETRAINED})")
-    v.add_argument("--proposals", default="auto", help="auto (the scene's Mask3D *_masks.pt if any, else the CPU "
-                   "fallback), fallback, or a proposal file (.pt/.npy, num_points x num_masks)")
+    add_encoder_options(v)
     v.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if taken)")
     v.add_argument("--query", action="append", default=[], metavar="TEXT",
@@ -30,13 +25,9 @@ def add_view_parser(sub) -> None:
     v.add_argument("--export", metavar="DIR", help="write an offline copy (index.html + one self-contained page per "
                    "query) to DIR and exit instead of serving")
     v.add_argument("--threshold", type=float, default=None, help="start of the threshold slider (default --vmin)")
-    v.add_argument("--vmin", type=float, default=DEFAULT_VMIN, help=f"similarity at the colour scale's low end "
-                   f"(default {DEFAULT_VMIN})")
-    v.add_argument("--vmax", type=float, default=DEFAULT_VMAX,
-                   help=f"similarity at its high end (default {DEFAULT_VMAX})")
+    add_colour_scale_options(v)
     v.add_argument("--top-k", type=int, default=10, help="instances listed (default 10)")
-    v.add_argument("--device", default="cpu", help="torch device for feature extraction and queries (default cpu)")
-    v.add_argument("--quiet", action="store_true", help="no progress bars or stage timings")
+    add_run_options(v, "torch device for feature extraction and queries (default cpu)")
     v.set_defaults(func=cmd_view)
 
 

@@ -22,14 +22,13 @@ import base64
 import html
 import io
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..files import atomic_folder
 from .index import SceneIndex
 from .query import COLORMAP, QueryResult, colour_table, point_colors, query_scene
 
@@ -438,15 +437,9 @@ def export_static(viewer: SceneViewer, out_dir: str, queries: Sequence[Sequence[
     ``query_<n>_<text>.html`` per query (or ``scene.html`` without queries) and ``index.html``. Written
     into a temporary folder beside ``out_dir`` and renamed at the end. Returns ``out_dir``."""
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-view-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the export is meant to be shared
     idx = viewer.index
     name = os.path.basename(os.path.normpath(idx.scene_dir))
-    try:
+    with atomic_folder(out_dir, prefix=".tmp-view-") as tmp:  # shared: mode 0777 less the umask
         sections = []
         for q, texts in enumerate(queries or [()]):
             if texts:
@@ -473,12 +466,6 @@ def export_static(viewer: SceneViewer, out_dir: str, queries: Sequence[Sequence[
         doc += sections + ["</body></html>"]
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as f:
             f.write("".join(doc))
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
