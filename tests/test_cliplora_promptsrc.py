@@ -226,7 +226,8 @@ def test_a_few_training_steps_export_a_checkpoint_that_loads(method, tmp_path):
     base = copy.deepcopy(model.clip)
     train = prepare_segments(make_square_segments(n_per_class=2), model.preprocess, BASE, model.image_size,
                              progress=False)
-    cfg = TrainConfig(method=method, schedule=ScheduleConfig(batch_size=4, stage1_epochs=1, stage2_epochs=1),
+    cfg = TrainConfig(method=method, schedule=ScheduleConfig(batch_size=4, stage1_epochs=1, stage2_epochs=1,
+                                                                                   warmup_epochs=0),
                       runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path))
     start = {n: t.clone() for n, t in model.learned_state_dict().items()}
     result = fit(model, train, BASE + ["orange square"], cfg, str(tmp_path / "run"), progress=False)

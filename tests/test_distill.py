@@ -176,7 +176,7 @@ def test_experiment_marks_the_run_transductive_and_never_reads_the_unlabelled_la
                                                         options={"n_scenes": 6, "seed": 0}),
                                       test=DatasetSpec(name="generated-world", split="test",
                                                        options={"n_scenes": 3, "seed": 1})),
-                      schedule=ScheduleConfig(batch_size=16, stage1_epochs=1, stage2_epochs=1),
+                      schedule=ScheduleConfig(batch_size=16, stage1_epochs=1, stage2_epochs=1, warmup_epochs=0),
                       distill={"weight": 0.5, "temperature": 2.0, "unlabelled": unlabelled},
                       runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path))
     res = pipeline.run_experiment(cfg, progress=False, plots=False)

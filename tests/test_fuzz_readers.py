@@ -201,15 +201,21 @@ def _read_generic_dataset(root: str):
     return ds
 
 
+def fresh_copy(src: str, dst: str, name: str):
+    """A fresh copy of the folder ``src`` at ``dst`` (hypothesis reuses tmp_path across examples):
+    (path of ``name`` in it, its bytes)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, name)
+    with open(path, "rb") as f:
+        return path, f.read()
+
+
 @FUZZ
 @given(which=st.sampled_from(GENERIC_FILES), data=st.data())
 def test_generic_dataset_files(tmp_path, generic_root, which, data):
     root = str(tmp_path / "ds")
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(generic_root, root)
-    path = os.path.join(root, which)
-    with open(path, "rb") as f:
-        raw = f.read()
+    path, raw = fresh_copy(generic_root, root, which)
     if which.endswith(".json"):
         new = data.draw(json_mutated(json.loads(raw)))
     elif which.endswith(".txt"):
@@ -226,7 +232,7 @@ def _config_text(tmp_path) -> str:
     cfg = {"name": "fuzz", "seed": 0, "model": {"name": "opendas-tiny-vit", "pretrained": None},
            "prompts": {"visual_tokens": 2, "text_tokens": 4},
            "data": {"train": {"name": "generic", "root": "toy", "split": "train"}},
-           "schedule": {"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "lr": 0.0025},
+           "schedule": {"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0, "lr": 0.0025},
            "runtime": {"device": "cpu"}, "output_dir": "runs/fuzz"}
     return yaml.safe_dump(cfg)
 
@@ -431,11 +437,7 @@ def _load_checkpoint(directory: str, model):
 def test_checkpoint_files(tmp_path, tiny_checkpoint, which, data):
     src, model = tiny_checkpoint
     directory = str(tmp_path / "ckpt")
-    shutil.rmtree(directory, ignore_errors=True)
-    shutil.copytree(src, directory)
-    path = os.path.join(directory, which)
-    with open(path, "rb") as f:
-        raw = f.read()
+    path, raw = fresh_copy(src, directory, which)
     if which.endswith(".json"):
         new = data.draw(json_mutated(json.loads(raw)))
     else:

@@ -113,7 +113,7 @@ def test_training_chooses_on_held_out_base_classes_and_the_checkpoint_loads(tmp_
                                                         options={"n_scenes": 6, "seed": 0}),
                                       test=DatasetSpec(name="generated-world", split="test",
                                                        options={"n_scenes": 3, "seed": 1})),
-                      schedule=ScheduleConfig(batch_size=16, stage1_epochs=1, stage2_epochs=1),
+                      schedule=ScheduleConfig(batch_size=16, stage1_epochs=1, stage2_epochs=1, warmup_epochs=0),
                       runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path))
     res = run_experiment(cfg, progress=False, plots=False)
     sel = res["lowrank_selection"]

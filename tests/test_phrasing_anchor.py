@@ -44,11 +44,8 @@ def _truth(clip, texts):
     return F.normalize(f.mean(0), dim=-1)
 
 
-def test_targets_are_the_mean_of_open_clips_own_description_features(tmp_path, monkeypatch):
-    path = tmp_path / "descriptions.json"
-    path.write_text(json.dumps(DESCRIPTIONS))
-    torch.manual_seed(1)
-    model = oe.create_model("opendas-tiny-vit", prompts=PromptConfig.paper())
+def spy_on_text_targets(monkeypatch) -> dict:
+    """Record the frozen text features the trainer's consistency term pulls toward (``seen["text"]``)."""
     seen = {}
     real = Trainer.zero_shot_features
 
@@ -58,6 +55,15 @@ def test_targets_are_the_mean_of_open_clips_own_description_features(tmp_path, m
         return out
 
     monkeypatch.setattr(Trainer, "zero_shot_features", spy)
+    return seen
+
+
+def test_targets_are_the_mean_of_open_clips_own_description_features(tmp_path, monkeypatch):
+    path = tmp_path / "descriptions.json"
+    path.write_text(json.dumps(DESCRIPTIONS))
+    torch.manual_seed(1)
+    model = oe.create_model("opendas-tiny-vit", prompts=PromptConfig.paper())
+    seen = spy_on_text_targets(monkeypatch)
     train = prepare_segments(make_square_segments(seed=0), model.preprocess, BASE, model.image_size, progress=False)
     fit(model, train, LABEL_SPACE, _config(tmp_path, path), str(tmp_path / "run"), progress=False)
     text = seen["text"]
@@ -128,15 +134,7 @@ def test_generated_world_run_anchors_each_class_to_its_own_descriptions(tmp_path
     spec = get_domain("frames")
     torch.manual_seed(2)
     model = oe.create_model("opendas-tiny-vit", prompts=PromptConfig.paper())
-    seen = {}
-    real = Trainer.zero_shot_features
-
-    def spy(self):
-        out = real(self)
-        seen["text"] = out[1].clone()
-        return out
-
-    monkeypatch.setattr(Trainer, "zero_shot_features", spy)
+    seen = spy_on_text_targets(monkeypatch)
     base = spec.base_classes
     train = prepare_segments(build_domain("frames", 2, seed=0, split="train"), model.preprocess, base, model.image_size,
                              progress=False)

@@ -11,7 +11,8 @@ from opendas_encoder.train.config import PRESETS, ScheduleConfig, TrainConfig, p
 
 
 def base(preset="default"):
-    return TrainConfig(preset=preset, schedule=ScheduleConfig(batch_size=8, stage1_epochs=2, stage2_epochs=1),
+    return TrainConfig(preset=preset, schedule=ScheduleConfig(batch_size=8, stage1_epochs=2, stage2_epochs=1,
+                                                                                  warmup_epochs=0),
                        output_dir="/tmp/never")
 
 

@@ -33,7 +33,7 @@ def test_files_the_dataset_drops_reach_the_report_and_results(tmp_path):
     dropped = broken_generic(root)
     spec = {"name": "generic", "root": str(root), "split": "train"}
     config = write_config(tmp_path, data={"train": spec, "test": spec},
-                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1})
+                          schedule={"batch_size": 16, "stage1_epochs": 1, "stage2_epochs": 1, "warmup_epochs": 0})
     assert main(["train", str(config), "--quiet", "--no-plots"]) == 0
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
