@@ -150,10 +150,12 @@ def prepare_domain_seed(config: TrainConfig, domain: str, progress: bool) -> Tup
 
 
 def run_domain_seed(domain: str, runs: Sequence[RunSpec], seed: int, sizes: Sizes, out_dir: str, device: str,
-                    progress: bool, held_out: bool = False) -> Tuple[Dict[str, dict], dict]:
+                    progress: bool, held_out: bool = False, resume: bool = False) -> Tuple[Dict[str, dict], dict]:
     """Zero-shot and every training of ``runs`` on one domain and seed: ({key: metrics}, predictions) with
     "zeroshot" always; predictions = {"y_true": [...], "y_pred": {key: [...]}, "labels", "base", "novel"}
-    (class names per test segment, the same segments for every key)."""
+    (class names per test segment, the same segments for every key). resume: a run whose folder holds a
+    finished run of the same configuration is read back, a partial one continues from its last state
+    (``opendas train --resume``); a folder trained with other options is refused."""
     from opendas_encoder.train.evaluate import evaluate, zero_shot_encoder
     from opendas_encoder.train.pipeline import run_experiment
     from opendas_encoder.train.trainer import resolve_device
@@ -174,7 +176,7 @@ def run_domain_seed(domain: str, runs: Sequence[RunSpec], seed: int, sizes: Size
         key = training_key(config)
         if key not in done:
             t0 = time.perf_counter()
-            res = run_experiment(config, progress=progress, plots=False, model=build_model(config),
+            res = run_experiment(config, resume=resume, progress=progress, plots=False, model=build_model(config),
                                  data=data if run.method == "opendas" else plain, zero_shot=False)
             done[key] = dict(res["adapted"], seconds=time.perf_counter() - t0)
             predicted[key] = res["test_predictions"]["adapted"]
@@ -248,10 +250,10 @@ def format_suite(summary: Dict[str, Dict[str, dict]], meta: dict) -> str:
 
 def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes: Sizes, out_dir: str,
               device: str = "auto", progress: bool = False, quick: bool = False, first_seed: int = 0,
-              held_out: bool = False) -> dict:
+              held_out: bool = False, resume: bool = False) -> dict:
     """Every method on every domain and on ``seeds`` seeds from ``first_seed`` (train seed s, test scenes of
     ``evaluation_seed(s, held_out)``); held_out: test scenes no selection run saw. docs/selection.md's
-    held-out check uses seeds 3-5."""
+    held-out check uses seeds 3-5. resume: reuse finished runs under ``out_dir`` (:func:`run_domain_seed`)."""
     runs = [resolve_method(m) for m in methods]  # every name checked before any work
     for d in domains:
         get_domain(d)
@@ -265,7 +267,8 @@ def run_suite(methods: Sequence[str], domains: Sequence[str], seeds: int, sizes:
     predictions: Dict[str, List[dict]] = {d: [] for d in domains}
     for domain in domains:
         for seed in range(first_seed, first_seed + seeds):
-            res, predicted = run_domain_seed(domain, runs, seed, sizes, out_dir, device, progress, held_out)
+            res, predicted = run_domain_seed(domain, runs, seed, sizes, out_dir, device, progress, held_out,
+                                             resume)
             predictions[domain].append(predicted)
             for k in keys:
                 per_seed[domain][k].append(res[k])
@@ -297,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/suite")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished runs under --out (same configuration) and continue interrupted ones, "
+                        "so a long suite can be stopped and started again")
     p.add_argument("--held-out", action="store_true",
                    help=f"test on held-out scenes (seeds {HELD_OUT_TEST_SEED_OFFSET} + s) that no selection run saw; "
                         f"default: seeds {TEST_SEED_OFFSET} + s, the scenes the library default was selected on")
@@ -325,7 +331,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         sizes = replace(sizes, stage1_epochs=args.epochs[0], stage2_epochs=args.epochs[1])
     torch.set_flush_denormal(True)  # entry point: denormals slow CPU training of the tiny CLIP
     result = run_suite(args.methods, args.domains or domain_names(), args.seeds, sizes, args.out, args.device,
-                       progress=args.progress, quick=args.quick, first_seed=args.first_seed, held_out=args.held_out)
+                       progress=args.progress, quick=args.quick, first_seed=args.first_seed, held_out=args.held_out,
+                       resume=args.resume)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "suite.json"), "w") as f:
         json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1, sort_keys=True, default=float)

@@ -29,7 +29,7 @@ def test_method_keys_resolve_to_training_runs():
 
 
 @pytest.mark.slow
-def test_tiny_suite_end_to_end(tmp_path):
+def test_tiny_suite_end_to_end(tmp_path, monkeypatch):
     s = run_suite
     import opendas_encoder as oe
     from opendas_encoder.generated.world import WORLD_MODEL_NAME, WORLD_PRETRAINED
@@ -62,6 +62,20 @@ def test_tiny_suite_end_to_end(tmp_path):
     table = out["table"]
     assert "generated" in table and "`frames`" in table and "OpenDAS (paper)" in table and "VPT" in table
     assert os.path.isfile(os.path.join(tmp_path, "frames", "vpt", "seed1", "results.json"))
+
+    # --resume reads every finished run back (no training: fit is never called) and gives the same table
+    from opendas_encoder.train import pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(pipeline, "fit", no_training)
+    again = s.run_suite(["zeroshot", "opendas-paper", "opendas-default", "vpt"], ["frames"], seeds=2, sizes=sizes,
+                        out_dir=str(tmp_path), resume=True)
+    def rows_of(t):
+        return [ln for ln in t.splitlines() if ln.startswith("|")]
+
+    assert rows_of(again["table"]) == rows_of(table) and again["predictions"] == out["predictions"]
 
 
 def test_distillation_runs_are_transductive_and_get_their_own_rows():
