@@ -156,3 +156,28 @@ def test_the_card_says_generated_from_the_dataset_spec_not_from_words_in_the_met
     assert trains_on_generated_data(config("generated-world"))
     assert not trains_on_generated_data(config("generic", str(tmp_path / "mine")))
     assert trains_on_generated_data(config("generic", str(tmp_path / "made")))
+
+
+@pytest.mark.parametrize("pretrained", [None, "generated-world"])
+def test_the_cards_use_block_loads_the_checkpoint_it_describes(tmp_path, pretrained):
+    """The card's Python block, with its placeholders filled, loads the checkpoint and gives the saved encoder's
+    text features (truth: the encoder that was saved). A random base (no pretrained tag) needs its weights."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = oe.create_model("opendas-world-vit", pretrained=pretrained,
+                            prompts=oe.PromptConfig(visual_tokens=2, text_tokens=4))
+    with torch.no_grad():
+        model.text_prompts.add_(0.1)
+    folder = oe.save_checkpoint(model, str(tmp_path / "ckpt"))
+    weights = str(tmp_path / "base.safetensors")
+    save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()}, weights)
+    card = open(os.path.join(folder, "README.md")).read()
+    code = card.split("## Use")[1].split("```python")[1].split("```")[0]
+    assert ("pretrained=" in code) == (pretrained is None)
+    code = code.replace("<this folder or hf-hub:ORG/REPO>", folder).replace("<base weights .safetensors>", weights)
+    scope = {}
+    exec(code, scope)
+    with torch.no_grad():
+        want = model.encode_text(["chair", "door frame"], normalize=True)
+    assert torch.allclose(scope["features"], want, atol=1e-6)

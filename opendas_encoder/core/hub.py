@@ -112,9 +112,13 @@ def model_card(config: dict) -> str:
         lines += ["", "## Results of its run", "", _table(rows)]
     if meta.get("command"):
         lines += ["", "## Command", "", "```bash", str(meta["command"]), "```"]
-    lines += ["", "## Use", "", "```python", "import opendas_encoder as oe",
-              'encoder = oe.load_encoder("<this folder or hf-hub:ORG/REPO>")',
-              'features = encoder.encode_text(["chair", "door frame"], normalize=True)', "```", ""]
+    if tag:
+        load = ['encoder = oe.load_encoder("<this folder or hf-hub:ORG/REPO>")']
+    else:  # a random base cannot be rebuilt from a tag: its weights are handed over (or the model itself)
+        load = [f"# the base {name} had random weights (no pretrained tag): hand over those weights",
+                'encoder = oe.load_encoder("<this folder or hf-hub:ORG/REPO>", pretrained="<base weights .safetensors>")']
+    lines += ["", "## Use", "", "```python", "import opendas_encoder as oe"] + load + \
+        ['features = encoder.encode_text(["chair", "door frame"], normalize=True)', "```", ""]
     return "\n".join(lines)
 
 
