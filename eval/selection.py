@@ -96,6 +96,41 @@ def format_choice(choice: dict) -> str:
     return "\n".join(lines)
 
 
+def baseline_gap_intervals(results: Dict[str, Dict[str, dict]], predictions: Dict[str, List[dict]], key: str,
+                           baselines: Sequence[str] = BASELINES) -> Dict[str, Dict[str, dict]]:
+    """Per domain and metric (B-F1, N-F1): ``key`` minus the best baseline by that metric's mean, with the paired
+    95 % bootstrap interval over the test segments pooled over seeds (the issue's precision check: the
+    interval within ±3 points). predictions: suite.json's ``predictions`` ({domain: [per seed: y_true,
+    y_pred {key: [...]}, labels, base, novel]}); a domain without them is left out."""
+    from opendas_encoder.metrics.intervals import paired_segment_bootstrap
+
+    out: Dict[str, Dict[str, dict]] = {}
+    for domain, rows in results.items():
+        seeds = predictions.get(domain) or []
+        present = [b for b in baselines if b in rows]
+        if not seeds or not present or key not in rows:
+            continue
+        out[domain] = {}
+        for metric in ("base_f1", "novel_f1"):
+            best = max(present, key=lambda b: rows[b][metric])
+            groups = [(s["y_true"], s["y_pred"][key], s["y_pred"][best]) for s in seeds]
+            diff = paired_segment_bootstrap(groups, seeds[0]["labels"], seeds[0]["base"], seeds[0]["novel"])[metric]
+            out[domain][metric] = dict(diff, baseline=best, half_width=(diff["high"] - diff["low"]) / 2.0)
+    return out
+
+
+def format_gaps(key: str, gaps: Dict[str, Dict[str, dict]]) -> str:
+    lines = [f"{key} minus the best baseline (per metric), 95 % paired bootstrap over test segments (generated data)",
+             "", "| domain | metric | best baseline | difference [95 % interval] | half-width <= 3 |",
+             "|---|---|---|---|---|"]
+    for domain, by_metric in gaps.items():
+        for metric, g in by_metric.items():
+            lines.append(f"| `{domain}` | {'B-F1' if metric == 'base_f1' else 'N-F1'} | {g['baseline']} | "
+                         f"{g['mean']:+.1f} [{g['low']:+.1f}, {g['high']:+.1f}] | "
+                         f"{'yes' if g['half_width'] <= 3.0 else 'no'} ({g['half_width']:.1f}) |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     from opendas_encoder.generated.world.domains import held_out_domain_names
 
@@ -103,18 +138,34 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("files", nargs="+", help="suite.json files (eval/run_suite.py)")
     p.add_argument("--candidates", nargs="+", required=True, help="suite keys, simplest first (the last tie-break)")
     p.add_argument("--baselines", nargs="+", default=list(BASELINES))
+    p.add_argument("--intervals", metavar="KEY", help="also print KEY minus the best baseline per domain with its "
+                   "paired bootstrap interval over test segments (every domain in the files, held-out ones too)")
     args = p.parse_args(argv)
     results: Dict[str, Dict[str, dict]] = {}
+    predictions: Dict[str, List[dict]] = {}
     for path in args.files:
         with open(path) as f:
-            for domain, rows in json.load(f)["results"].items():
-                results.setdefault(domain, {}).update(rows)
+            suite = json.load(f)
+        for domain, rows in suite["results"].items():
+            results.setdefault(domain, {}).update(rows)
+        for domain, seeds in (suite.get("predictions") or {}).items():
+            if domain not in predictions:
+                predictions[domain] = seeds
+            else:  # several files on one domain: the same test segments per seed, more methods' predictions
+                for mine, theirs in zip(predictions[domain], seeds):
+                    if mine["y_true"] != theirs["y_true"]:
+                        raise SystemExit(f"{path}: domain {domain!r} was tested on other segments than an "
+                                         "earlier file's; intervals need the same test scenes")
+                    mine["y_pred"].update(theirs["y_pred"])
     held = [d for d in results if d in held_out_domain_names()]
     chosen_on = {d: rows for d, rows in results.items() if d not in held}
     choice = choose(chosen_on, args.candidates, args.baselines)
     print(format_choice(choice))
     if held:
         print(f"\nheld-out domains in the files, not chosen on: {held}")
+    if args.intervals:
+        choice["intervals"] = baseline_gap_intervals(results, predictions, args.intervals, args.baselines)
+        print("\n" + format_gaps(args.intervals, choice["intervals"]))
     return choice
 
 

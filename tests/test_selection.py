@@ -80,3 +80,35 @@ def test_every_candidate_written_in_the_rule_is_a_valid_suite_run():
             assert cfg.transductive == ("distill" in k)
             assert (cfg.consistency.text_target == "descriptions") == ("descriptions" in key)
             assert (cfg.prompts.get("lowrank_rank") == 2) == ("lowrank_rank" in key)
+
+
+def test_gap_to_the_best_baseline_is_the_per_seed_f1_difference_with_an_interval_around_it():
+    """The interval's point is the mean over seeds of F1(candidate) - F1(best baseline by the metric's mean),
+    F1 computed here by scikit-learn from the same predictions (the paper's B-F1 / N-F1: weighted F1 over the
+    segments whose truth is a base / novel class, predictions over the whole vocabulary)."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    labels, base, novel = ["a", "b", "c", "d"], ["a", "b"], ["c", "d"]
+    seeds, per_seed = [], {k: [] for k in ("A", "vpt", "maple", "zeroshot")}
+    for _ in range(3):
+        truth = list(rng.choice(labels, 200))
+        preds = {k: [t if rng.random() < q else str(rng.choice(labels)) for t in truth]
+                 for k, q in (("A", 0.8), ("vpt", 0.7), ("maple", 0.5), ("zeroshot", 0.4))}
+        seeds.append({"y_true": truth, "y_pred": preds, "labels": labels, "base": base, "novel": novel})
+        for k, y in preds.items():
+            t, p = np.asarray(truth), np.asarray(y)
+            per_seed[k].append({m: 100 * f1_score(t[np.isin(t, cls)], p[np.isin(t, cls)], labels=labels,
+                                                  average="weighted", zero_division=0)
+                                for m, cls in (("base_f1", base), ("novel_f1", novel))})
+    results = {"cast": {k: {m: float(np.mean([r[m] for r in rows])) for m in ("base_f1", "novel_f1")} | {
+        "per_seed": rows} for k, rows in per_seed.items()}}
+    gaps = selection.baseline_gap_intervals(results, {"cast": seeds}, "A", ["vpt", "maple"])["cast"]
+    for metric in ("base_f1", "novel_f1"):
+        g = gaps[metric]
+        assert g["baseline"] == "vpt"  # the better baseline by construction (70 % vs 50 % right)
+        want = np.mean([a[metric] - b[metric] for a, b in zip(per_seed["A"], per_seed["vpt"])])
+        assert g["mean"] == pytest.approx(want, abs=1e-9)
+        assert g["low"] <= g["mean"] <= g["high"] and g["half_width"] == pytest.approx((g["high"] - g["low"]) / 2)
+        assert g["n"] == 600
