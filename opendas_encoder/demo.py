@@ -150,10 +150,13 @@ def format_demo_table(summary: dict) -> str:
     else:
         head += (f"; test scenes of seeds {TEST_SEED_OFFSET} + s: the library default was selected on a prefix of "
                  "them (not held-out; --held-out tests on fresh scenes)")
-    notes = ("opendas: the library default (preset 'default', chosen on the generated domain suite: "
-             "docs/ablations.md); opendas-paper: the paper's method exactly (preset 'paper'); opendas-carry: the "
-             "paper's with deep text prompts starting as the frozen CLIP's hidden states (text_deep_init='carry'). "
-             "Brackets: change against zero-shot CLIP. " + zero_shot_note())
+    described = {"opendas": "opendas: the library default (preset 'default', chosen on the generated domain suite: "
+                            "docs/ablations.md)",
+                 "opendas-paper": "opendas-paper: the paper's method exactly (preset 'paper')",
+                 "opendas-carry": "opendas-carry: the paper's with deep text prompts starting as the frozen CLIP's "
+                                  "hidden states (text_deep_init='carry')"}
+    shown = [described[m] for m in methods if m in described]  # only the variants this table has
+    notes = ("; ".join(shown) + ". " if shown else "") + "Brackets: change against zero-shot CLIP. " + zero_shot_note()
     ckpts = "\n".join(f"  {m}: {p}" for m, p in summary["checkpoint"].items())
     return head + "\n\n" + format_table(rows, ["encoder", "Acc", "W-F1", "B-F1", "N-F1"]) + "\n\n" + notes + \
         f"\n\ntotal time: {summary['seconds']:.0f} s; adapted checkpoints (seed 0):\n{ckpts}"

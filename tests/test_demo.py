@@ -13,6 +13,8 @@ def test_demo_prints_the_labelled_table_and_writes_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "generated world" in text and "not a real dataset" in text
     assert "zero-shot CLIP" in text and "| opendas " in text and "| opendas-paper" in text
+    # the legend explains the variants in the table and no other (opendas-carry was not run)
+    assert "opendas-paper: the paper's method exactly" in text and "opendas-carry" not in text
     result = json.loads((tmp_path / "demo.json").read_text())
     for key in ("zero_shot", "opendas", "opendas-paper"):
         assert set(result[key]) >= {"acc", "weighted_f1", "base_f1", "novel_f1"}
