@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> dict:
-    from opendas_encoder.generated.world.domains import GENERATED_LABEL, build_domain, domain_names, get_domain
+    from opendas_encoder.generated.world.domains import (GENERATED_LABEL, build_domain, domain_names, evaluation_seed,
+                                                         get_domain)
     from opendas_encoder.metrics.intervals import mean_std
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -48,8 +49,8 @@ def main(argv=None) -> dict:
         spec = get_domain(name)
         v = spec.vocabulary()
         rows = []
-        for seed in range(1000, 1000 + args.seeds):
-            ds = build_domain(name, args.scenes, seed, "test")
+        for seed in range(args.seeds):
+            ds = build_domain(name, args.scenes, evaluation_seed(seed), "test")
             own = target_zero_shot_report(enc.clip, enc.preprocess, enc.tokenizer, ds, v["base"], v["novel"])
             canon = target_zero_shot_report(enc.clip, enc.preprocess, enc.tokenizer, ds, v["base"], v["novel"],
                                             spec.canonical_names())

@@ -25,10 +25,10 @@ from PIL import Image
 
 def write_world_generic(root: str, train_scenes: int = 24, test_scenes: int = 12, seed: int = 0,
                         domain: str = "cast") -> Dict[str, int]:
-    """Write the generated ``domain`` (train scenes from ``seed``, test scenes from ``1000 + seed``, as the
-    demo) under ``root`` in the generic layout; returns {split: segments written}."""
+    """Write the generated ``domain`` (train scenes from ``seed``, test scenes from ``evaluation_seed(seed)``,
+    as the demo) under ``root`` in the generic layout; returns {split: segments written}."""
     from ..data.registry import build_dataset
-    from .world.domains import get_domain
+    from .world.domains import evaluation_seed, get_domain
 
     words = get_domain(domain).vocabulary()
     os.makedirs(root, exist_ok=True)
@@ -39,7 +39,7 @@ def write_world_generic(root: str, train_scenes: int = 24, test_scenes: int = 12
     with open(os.path.join(root, "vocabulary.json"), "w", encoding="utf-8") as f:
         json.dump({"base": words["base"], "test": words["test"]}, f, indent=1)
     counts = {}
-    for split, n, split_seed in (("train", train_scenes, seed), ("test", test_scenes, 1000 + seed)):
+    for split, n, split_seed in (("train", train_scenes, seed), ("test", test_scenes, evaluation_seed(seed))):
         ds = build_dataset("generated-world", None, split, n_scenes=n, seed=split_seed, domain=domain)
         scenes: Dict[str, List] = defaultdict(list)
         for i in range(len(ds)):
