@@ -106,17 +106,17 @@ def suite_base(domain: str, seed: int, sizes: Sizes, out_dir: str, device: str, 
     def split(name: str, n: int, s: int) -> DatasetSpec:
         return DatasetSpec(name="generated-world", split=name, options={"n_scenes": n, "seed": s, "domain": domain})
 
+    test = split("test", sizes.test_scenes, evaluation_seed(seed, held_out))
     return TrainConfig(
         name=f"{GENERATED_LABEL} domain {domain} seed {seed}", seed=seed, preset="default",
         model=ModelSpec(name=WORLD_MODEL_NAME, pretrained=WORLD_PRETRAINED),
-        data=DataConfig(train=split("train", sizes.train_scenes, seed),
-                        test=split("test", sizes.test_scenes, evaluation_seed(seed, held_out))),
+        data=DataConfig(train=split("train", sizes.train_scenes, seed), test=test),
         schedule=ScheduleConfig(batch_size=sizes.batch_size, stage1_epochs=sizes.stage1_epochs,
                                 stage2_epochs=sizes.stage2_epochs,
                                 warmup_epochs=warmup_that_fits(sizes.stage1_epochs, sizes.stage2_epochs)),
         # the distillation option's unlabelled images (used only with @distill.weight>0, a transductive run): the
         # test split's scenes, read without labels
-        distill={"unlabelled": split("test", sizes.test_scenes, evaluation_seed(seed, held_out))},
+        distill={"unlabelled": test},
         runtime=RuntimeConfig(device=device), output_dir=os.path.join(out_dir, domain, "base", f"seed{seed}"))
 
 
