@@ -111,10 +111,14 @@ def baseline_gap_intervals(results: Dict[str, Dict[str, dict]], predictions: Dic
         if not seeds or not present or key not in rows:
             continue
         out[domain] = {}
+        against: Dict[str, Dict[str, dict]] = {}  # baseline -> every metric's interval (one bootstrap each)
         for metric in ("base_f1", "novel_f1"):
             best = max(present, key=lambda b: rows[b][metric])
-            groups = [(s["y_true"], s["y_pred"][key], s["y_pred"][best]) for s in seeds]
-            diff = paired_segment_bootstrap(groups, seeds[0]["labels"], seeds[0]["base"], seeds[0]["novel"])[metric]
+            if best not in against:
+                groups = [(s["y_true"], s["y_pred"][key], s["y_pred"][best]) for s in seeds]
+                against[best] = paired_segment_bootstrap(groups, seeds[0]["labels"], seeds[0]["base"],
+                                                         seeds[0]["novel"])
+            diff = against[best][metric]
             out[domain][metric] = dict(diff, baseline=best, half_width=(diff["high"] - diff["low"]) / 2.0)
     return out
 
