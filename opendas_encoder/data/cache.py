@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..files import atomic_write_bytes
 from .segments import DEFAULT_MIN_PIXELS, SegmentDataset, SegmentError, SkipReport, crop_segment
 
 SHARD_SIZE = 1000
@@ -112,10 +113,8 @@ class SegmentCache:
         data = {"settings": self.settings, "complete": complete,
                 "skipped": {str(k): v for k, v in sorted(self.skipped.items())},
                 "skipped_sources": {str(k): v for k, v in sorted(self.skipped_sources.items())}}
-        tmp = f"{self.manifest_path}.{os.getpid()}.tmp"  # data-parallel ranks may share the folder
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.manifest_path)
+        # a unique temporary name per call: data-parallel ranks may share the folder
+        atomic_write_bytes(self.manifest_path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
     # ------------------------------------------------------------------ entries
     def path(self, index: int) -> str:

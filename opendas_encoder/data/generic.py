@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import InputError, read_json
+from ..files import atomic_write_bytes
 from ..vocab import read_class_list
 from .registry import register_dataset
 from .segments import (DEFAULT_MIN_PIXELS, Segment, SegmentDataset, SegmentError, SkipReport,
@@ -204,10 +205,7 @@ def _load_index_cache(path: Optional[str]) -> dict:
 
 def _save_index_cache(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
 
 
 def require_dir(path: str, what: str) -> str:
