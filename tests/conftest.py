@@ -19,6 +19,14 @@ def repo_root():
     return ROOT
 
 
+def save_weights(module, path) -> str:
+    """``module``'s state dict as a safetensors file at ``path`` (str), the form ``pretrained=FILE`` reads."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    return str(path)
+
+
 def make_tiny_clip(seed=0, **overrides):
     """A tiny random open_clip CLIP (3 + 3 layers, 32 px) in eval mode; ``overrides`` update its tower configs."""
     import open_clip

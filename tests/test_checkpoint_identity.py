@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import opendas_encoder as oe
-from conftest import make_tiny_clip
+from conftest import make_tiny_clip, save_weights
 from opendas_encoder.core.checkpoint import CONFIG_NAME
 
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -147,7 +147,7 @@ def test_a_random_base_is_not_rebuilt_but_handed_over(tmp_path):
     with pytest.raises(ValueError, match=f"^{folder}: .*random weights"):
         load_base_model(folder)
     weights = str(tmp_path / "base.safetensors")
-    save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()}, weights)
+    save_weights(model.clip, weights)
     loaded = oe.load_encoder(folder, pretrained=weights)
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(IMAGES), model.encode_image(IMAGES))

@@ -13,13 +13,12 @@ def tiny_base_weights(tmp_path) -> str:
     """Random weights of ``opendas-tiny-vit`` (seed 0) in a file: a base ``opendas eval`` can rebuild."""
     import open_clip
     import torch
-    from safetensors.torch import save_file
+    from conftest import save_weights
 
     path = tmp_path / "tiny_base.safetensors"
     if not path.exists():
         torch.manual_seed(0)
-        save_file({k: v.contiguous() for k, v in open_clip.create_model("opendas-tiny-vit").state_dict().items()},
-                  str(path))
+        save_weights(open_clip.create_model("opendas-tiny-vit"), path)
     return str(path)
 
 
@@ -421,7 +420,7 @@ def test_eval_refuses_a_random_base_unless_its_weights_are_given(tmp_path, capsy
     """Issue 25.8: a checkpoint trained on random weights (pretrained None) cannot be rebuilt: exit 2 with one
     line naming the checkpoint; with --pretrained FILE (its weights) the table is printed."""
     import torch
-    from safetensors.torch import save_file
+    from conftest import save_weights
 
     import opendas_encoder as oe
     from opendas_encoder.generated.datasets import write_generic
@@ -436,12 +435,12 @@ def test_eval_refuses_a_random_base_unless_its_weights_are_given(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"opendas eval: error: {folder}: ") and "random weights" in err and "\n" not in err
     weights = str(tmp_path / "base.safetensors")
-    save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()}, weights)
+    save_weights(model.clip, weights)
     assert main(args + ["--pretrained", weights]) == 0
     assert "zero-shot CLIP" in capsys.readouterr().out
     torch.manual_seed(1)
     other = oe.create_model("opendas-tiny-vit")
-    save_file({k: v.contiguous() for k, v in other.clip.state_dict().items()}, weights)
+    save_weights(other.clip, weights)
     assert main(args + ["--pretrained", weights]) == 2
     assert "weights differ" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import opendas_encoder as oe
-from conftest import make_tiny_clip
+from conftest import make_tiny_clip, save_weights
 from opendas_encoder.core.checkpoint import CONFIG_NAME, LEGACY_TENSORS_FILE as WEIGHTS_NAME
 
 TINY = "opendas-tiny-vit"
@@ -242,11 +242,11 @@ def test_save_load_roundtrip_is_bit_identical(tmp_path):
 
 
 def test_load_rebuilds_base_model_from_metadata(tmp_path):
-    from safetensors.torch import save_file
+    from conftest import save_weights
 
     torch.manual_seed(0)
     weights = str(tmp_path / "base.safetensors")
-    save_file({k: v.contiguous() for k, v in oe.create_model(TINY).clip.state_dict().items()}, weights)
+    save_weights(oe.create_model(TINY).clip, weights)
     model = oe.create_model(TINY, pretrained=weights)  # recorded as the weights file (a random base is refused)
     oe.save_checkpoint(model, str(tmp_path / "c"))
     loaded = oe.load_encoder(str(tmp_path / "c"))

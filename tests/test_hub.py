@@ -34,7 +34,7 @@ def cache_snapshot(cache, repo):
 def write_open_clip_repo(cache, repo, repo_root):
     """An open_clip model repo (open_clip_config.json + open_clip_model.safetensors), as open_clip pushes them."""
     import open_clip
-    from safetensors.torch import save_file
+    from conftest import save_weights
 
     cfg = json.load(open(os.path.join(repo_root, "opendas_encoder", "model_configs", "opendas-tiny-vit.json")))
     torch.manual_seed(0)
@@ -42,7 +42,7 @@ def write_open_clip_repo(cache, repo, repo_root):
     snap = cache_snapshot(cache, repo)
     with open(os.path.join(snap, "open_clip_config.json"), "w") as f:
         json.dump({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.481, 0.458, 0.408], "std": [0.269, 0.261, 0.276]}}, f)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(snap, "open_clip_model.safetensors"))
+    save_weights(model, os.path.join(snap, "open_clip_model.safetensors"))
 
 
 DRIVER = r"""
@@ -162,7 +162,7 @@ def test_the_card_says_generated_from_the_dataset_spec_not_from_words_in_the_met
 def test_the_cards_use_block_loads_the_checkpoint_it_describes(tmp_path, pretrained):
     """The card's Python block, with its placeholders filled, loads the checkpoint and gives the saved encoder's
     text features (truth: the encoder that was saved). A random base (no pretrained tag) needs its weights."""
-    from safetensors.torch import save_file
+    from conftest import save_weights
 
     torch.manual_seed(0)
     model = oe.create_model("opendas-world-vit", pretrained=pretrained,
@@ -171,7 +171,7 @@ def test_the_cards_use_block_loads_the_checkpoint_it_describes(tmp_path, pretrai
         model.text_prompts.add_(0.1)
     folder = oe.save_checkpoint(model, str(tmp_path / "ckpt"))
     weights = str(tmp_path / "base.safetensors")
-    save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()}, weights)
+    save_weights(model.clip, weights)
     card = open(os.path.join(folder, "README.md")).read()
     code = card.split("## Use")[1].split("```python")[1].split("```")[0]
     assert ("pretrained=" in code) == (pretrained is None)

@@ -169,7 +169,7 @@ def test_openmask3d_feature_step_with_override(scene_dir, tmp_path, repo_root):
     import open_clip
 
     import opendas_encoder as oe
-    from safetensors.torch import save_file
+    from conftest import save_weights
 
     from opendas_encoder.threed import MaskFeatureConfig, compute_mask_features
 
@@ -180,7 +180,7 @@ def test_openmask3d_feature_step_with_override(scene_dir, tmp_path, repo_root):
     open_clip.add_model_config(str(cfg_path))
     torch.manual_seed(0)
     base = oe.create_model("opendas-tiny-om3d-test", None)
-    save_file({k: v.contiguous() for k, v in base.clip.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    save_weights(base.clip, tmp_path / "base.safetensors")
     enc = oe.create_model("opendas-tiny-om3d-test", str(tmp_path / "base.safetensors"))
     with torch.no_grad():
         for p in enc.prompt_parameters():

@@ -30,13 +30,12 @@ run_3d = _load_run_3d()
 def tiny_checkpoint(tmp_path_factory):
     import opendas_encoder as oe
 
-    from safetensors.torch import save_file
+    from conftest import save_weights
 
     torch.manual_seed(0)
     d = str(tmp_path_factory.mktemp("ckpt"))
     weights = os.path.join(d, "..", "base.safetensors")  # a base the checkpoint can name (a random one is refused)
-    save_file({k: v.contiguous() for k, v in oe.create_model("opendas-tiny-vit", None).clip.state_dict().items()},
-              weights)
+    save_weights(oe.create_model("opendas-tiny-vit", None).clip, weights)
     oe.save_checkpoint(oe.create_model("opendas-tiny-vit", os.path.abspath(weights)), d)
     return d
 
