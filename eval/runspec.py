@@ -9,7 +9,8 @@ its runs with one syntax::
   ``run_cls.py`` the paper's preset, the suite and the few-shot curves the library default),
   ``opendas-paper`` / ``opendas-default`` (that preset), ``opendas-carry`` (the paper's with
   ``text_deep_init: carry``), or a baseline method (``cocoop``, ``vpt``, ``rpo``, ``maple``,
-  ``wiseft-text``, ``wiseft-visual``, ``cliplora``, ``promptsrc``) with its paper options
+  ``wiseft-text``, ``wiseft-visual``, ``cliplora``, ``promptsrc``; ``wiseft-both``, issue 24's weight-space
+  candidate) with its paper options
   (:data:`METHOD_OPTIONS`);
 * ``:SETTING``: another training setting (``opendas-paper:visual-only``);
 * ``@dotted.key=value``: any training-config key over the name's (values read as YAML):
@@ -36,6 +37,7 @@ METHOD_OPTIONS: Dict[str, dict] = {
     "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "depth": None},
     "wiseft-text": {"alpha": 0.5},
     "wiseft-visual": {"alpha": 0.5},
+    "wiseft-both": {"alpha": 0.5},
     "cliplora": {},
     "promptsrc": {},
 }
@@ -51,6 +53,7 @@ DISPLAY: Dict[str, str] = {
     "zeroshot": "zero-shot CLIP", "opendas": "OpenDAS", "opendas-paper": "OpenDAS (paper)",
     "opendas-default": "OpenDAS (default)", "opendas-carry": "OpenDAS (carry)", "cocoop": "CoCoOp", "vpt": "VPT",
     "rpo": "RPO", "maple": "MaPLe", "wiseft-text": "WiSE-FT (text)", "wiseft-visual": "WiSE-FT (visual)",
+    "wiseft-both": "WiSE-FT (both towers)",
     "cliplora": "CLIP-LoRA", "promptsrc": "PromptSRC",
 }
 #: keys a spec may not override (its NAME and :SETTING say them; the script owns the rest of these)

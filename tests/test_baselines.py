@@ -16,11 +16,11 @@ from opendas_encoder.core.checkpoint import CONFIG_NAME
 from opendas_encoder.core.engine import run_vision
 
 TINY = "opendas-tiny-vit"
-METHODS = ["cocoop", "vpt", "rpo", "maple", "wiseft-text", "wiseft-visual"]
+METHODS = ["cocoop", "vpt", "rpo", "maple", "wiseft-text", "wiseft-visual", "wiseft-both"]
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 NAMES = ["chair", "office chair", "lamp"]
 SMALL = {"vpt": dict(n_tokens=3), "rpo": dict(k=4), "maple": dict(), "cocoop": dict(),
-         "wiseft-text": dict(alpha=0.5), "wiseft-visual": dict(alpha=0.5), "cliplora": dict(), "promptsrc": dict()}
+         "wiseft-text": dict(alpha=0.5), "wiseft-visual": dict(alpha=0.5), "wiseft-both": dict(alpha=0.5), "cliplora": dict(), "promptsrc": dict()}
 #: issue 24's baselines (their own tests: tests/test_cliplora_promptsrc.py); CLIP-LoRA's A matrices get no gradient
 #: on the first step (B starts at zero), so the one-step test above keeps to METHODS
 NEW_METHODS = ["cliplora", "promptsrc"]
@@ -64,12 +64,16 @@ def vit_l14():
 
 @pytest.mark.parametrize("method,expected", [("opendas", 233_472), ("cocoop", 77_616), ("vpt", 786_432),
                                              ("rpo", 43_008), ("maple", 18_935_808),
-                                             ("wiseft-text", 123_060_480), ("wiseft-visual", 303_966_208)])
+                                             ("wiseft-text", 123_060_480), ("wiseft-visual", 303_966_208),
+                                             ("wiseft-both", 427_026_688)])
 def test_vit_l14_trainable_counts_match_paper(vit_l14, method, expected):
     model = oe.wrap_clip(method, vit_l14)
     assert n_trainable(model) == expected
     assert sum(p.numel() for p in model.learned_parameters()) == expected
-    if method.startswith("wiseft"):
+    if method == "wiseft-both":  # every weight of open_clip's ViT-L-14 but logit_scale and the text projection
+        assert expected == sum(p.numel() for n, p in vit_l14.named_parameters()
+                               if n not in ("logit_scale", "text_projection"))
+    elif method.startswith("wiseft"):
         assert round(expected / 1e6) == {"wiseft-text": 123, "wiseft-visual": 304}[method]
         tower = method.split("-")[1]
         assert all(p.requires_grad == (n.startswith("visual.") == (tower == "visual")) or "proj" in n

@@ -12,7 +12,7 @@ from opendas_encoder.train.evaluate import zero_shot_encoder
 NAMES = ["chair", "office swivel chair", "lamp"]
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 SMALL = {"opendas": dict(visual_tokens=2, text_tokens=4), "vpt": dict(n_tokens=2), "rpo": dict(k=2),
-         "maple": dict(), "cocoop": dict(), "wiseft-text": dict(), "wiseft-visual": dict(), "zeroshot": dict(),
+         "maple": dict(), "cocoop": dict(), "wiseft-text": dict(), "wiseft-visual": dict(), "wiseft-both": dict(), "zeroshot": dict(),
          "cliplora": dict(), "promptsrc": dict(visual_tokens=2)}
 
 

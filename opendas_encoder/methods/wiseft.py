@@ -1,7 +1,9 @@
 """WiSE-FT (Wortsman et al., CVPR 2022): fine-tune one CLIP tower, then interpolate with zero-shot weights.
 
-``wiseft-text`` trains the text tower, ``wiseft-visual`` the image tower (the other stays frozen);
-text is encoded with ``template`` ("a photo of a {}."). After training, :meth:`WiSEFT.finalize`
+``wiseft-text`` trains the text tower, ``wiseft-visual`` the image tower (the other stays frozen),
+``wiseft-both`` both towers together (one stage, each tower with its own merge coefficient and, with
+``visual_lr_scale``, its own learning rate: issue 24's weight-space candidate, not a baseline of the
+paper); text is encoded with ``template`` ("a photo of a {}."). After training, :meth:`WiSEFT.finalize`
 sets every tower weight to ``theta = (1 - alpha) * theta_zero_shot + alpha * theta_fine_tuned``
 (alpha = 0: zero-shot CLIP exactly; alpha = 1: the fine-tuned weights exactly).
 
@@ -11,8 +13,9 @@ the weights were interpolated, so loading onto the zero-shot base model rebuilds
 
 Trained tensors on ViT-L-14 (paper Tab. 6: 123M / 304M): the visual tower with its projection,
 303,966,208; the text tower without its output projection (token and positional embeddings, the 12
-blocks, ``ln_final``), 123,060,480 (with the projection it would be 123,650,304, i.e. 124M).
-``train_projection`` overrides the projection choice.
+blocks, ``ln_final``), 123,060,480 (with the projection it would be 123,650,304, i.e. 124M); both,
+427,026,688 (every ViT-L-14 weight but ``logit_scale`` and ``text_projection``). ``train_projection``
+overrides the projection choice.
 """
 
 from __future__ import annotations
@@ -51,6 +54,33 @@ class WiSEFTConfig(MethodConfig):
         split_template(self.template, "WiSEFTConfig")
 
 
+@dataclass(frozen=True)
+class WiSEFTBothConfig(WiSEFTConfig):
+    """WiSE-FT of both towers. alpha_visual / alpha_text: each tower's interpolation weight (None: ``alpha``);
+    visual_lr_scale: the image tower's learning rate as a multiple of the schedule's (the text tower trains at
+    the schedule's lr)."""
+
+    alpha_visual: Optional[float] = None
+    alpha_text: Optional[float] = None
+    visual_lr_scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("alpha_visual", "alpha_text"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= value <= 1.0):
+                raise ValueError(f"WiSEFTBothConfig.{name} must be None or a number in [0, 1], got {value!r}")
+        scale = self.visual_lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < float("inf"):
+            raise ValueError(f"WiSEFTBothConfig.visual_lr_scale must be a positive number, got {scale!r}")
+
+    def tower_alpha(self, tower: str) -> float:
+        """The interpolation weight of ``tower`` ("visual" or "text")."""
+        own = self.alpha_visual if tower == "visual" else self.alpha_text
+        return self.alpha if own is None else own
+
+
 _PROJECTIONS = ("visual.proj", "text_projection", "text.text_projection")
 
 
@@ -83,7 +113,8 @@ class _Store(nn.Module):
 
 
 class WiSEFT(AdaptedCLIP):
-    """open_clip with one trainable tower and weight-space ensembling. Use :class:`WiSEFTText` / :class:`WiSEFTVisual`."""
+    """open_clip with trainable towers and weight-space ensembling. Use :class:`WiSEFTText`, :class:`WiSEFTVisual`
+    or :class:`WiSEFTBoth`."""
 
     method = ""
     tower = ""
@@ -91,12 +122,13 @@ class WiSEFT(AdaptedCLIP):
     tensors_file = "towers.safetensors"  # whole fine-tuned tower weights, not prompts
 
     def __init__(self, clip_model: nn.Module, config: WiSEFTConfig = WiSEFTConfig(), **kwargs):
-        if self.tower not in ("text", "visual"):
-            raise TypeError("use WiSEFTText or WiSEFTVisual")
+        if self.tower not in ("text", "visual", "both"):
+            raise TypeError("use WiSEFTText, WiSEFTVisual or WiSEFTBoth")
         super().__init__(clip_model, config, **kwargs)
         cfg = self.config
-        train_projection = (self.tower == "visual") if cfg.train_projection is None else cfg.train_projection
-        self._names = tower_parameter_names(self.clip, self.tower, train_projection)
+        towers = ("visual", "text") if self.tower == "both" else (self.tower,)
+        self._names = [name for tower in towers for name in tower_parameter_names(
+            self.clip, tower, (tower == "visual") if cfg.train_projection is None else cfg.train_projection)]
         params = dict(self.clip.named_parameters())
         self.set_trainable(True, True)
         self.zero_shot = _Store([params[n] for n in self._names])
@@ -114,9 +146,8 @@ class WiSEFT(AdaptedCLIP):
         Also restores ``requires_grad`` after something froze the shared open_clip model (e.g. a
         zero-shot wrapper built over ``self.clip``).
         """
-        on = visual if self.tower == "visual" else text
-        for p in self.named_learned_parameters().values():
-            p.requires_grad_(on)
+        for name, p in self.named_learned_parameters().items():
+            p.requires_grad_(visual if name.startswith("visual.") else text)
 
     def base_fingerprint(self) -> dict:
         """Fingerprint of the zero-shot weights this encoder started from (the live ones are fine-tuned)."""
@@ -142,8 +173,12 @@ class WiSEFT(AdaptedCLIP):
         self.fine_tuned = None
         self.config = replace(self.config, interpolated=False)
         self._pending_alpha = None
-        if alpha is not None:
-            self.finalize(alpha)
+        if alpha is not None:  # the recorded weight(s): finalize() without an argument keeps per-tower ones
+            self.config = replace(self.config, alpha=alpha)
+            self.finalize()
+
+    def _tower_alpha(self, name: str) -> float:
+        return self.config.alpha
 
     def finalize(self, alpha: Optional[float] = None) -> "WiSEFT":
         """Interpolate: theta = (1 - alpha) * zero_shot + alpha * fine_tuned (alpha None: the config's)."""
@@ -154,7 +189,8 @@ class WiSEFT(AdaptedCLIP):
             if self.fine_tuned is None:
                 self.fine_tuned = _Store([params[n] for n in self._names])
             for name, zero, tuned in zip(self._names, self.zero_shot.tensors(), self.fine_tuned.tensors()):
-                params[name].copy_((1.0 - alpha) * zero + alpha * tuned)
+                a = self._tower_alpha(name)
+                params[name].copy_((1.0 - a) * zero + a * tuned)
         return self
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -180,3 +216,26 @@ class WiSEFTVisual(WiSEFT):
 
     method = "wiseft-visual"
     tower = "visual"
+
+
+@register_method
+class WiSEFTBoth(WiSEFT):
+    """WiSE-FT of both towers, trained together; each tower merged with its own weight (``alpha_visual``,
+    ``alpha_text``; :meth:`finalize` with an explicit ``alpha`` sets both) and trained at its own rate
+    (:meth:`learning_rate_scales`)."""
+
+    method = "wiseft-both"
+    tower = "both"
+    config_class = WiSEFTBothConfig
+
+    def _tower_alpha(self, name: str) -> float:
+        return self.config.tower_alpha("visual" if name.startswith("visual.") else "text")
+
+    def finalize(self, alpha: Optional[float] = None) -> "WiSEFTBoth":
+        if alpha is not None:  # one explicit weight for both towers
+            self.config = replace(self.config, alpha_visual=None, alpha_text=None)
+        return super().finalize(alpha)
+
+    def learning_rate_scales(self) -> Dict[str, float]:
+        """{learned parameter name: multiple of the schedule's lr} for the trainer's parameter groups."""
+        return {n: self.config.visual_lr_scale if n.startswith("visual.") else 1.0 for n in self._names}

@@ -128,7 +128,15 @@ def _amp_context(device: torch.device, amp: str):
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
-def _make_optimizer(params, cfg) -> torch.optim.Optimizer:
+def _make_optimizer(params, cfg, scales: Optional[Dict[int, float]] = None) -> torch.optim.Optimizer:
+    """The schedule's optimizer over ``params``; ``scales`` ({id(param): multiple of cfg.lr}, from a model's
+    ``learning_rate_scales``) puts parameters with another rate in groups of their own (first group: scale 1)."""
+    params = list(params)
+    groups: Dict[float, list] = {}
+    for p in params:
+        groups.setdefault((scales or {}).get(id(p), 1.0), []).append(p)
+    if len(groups) > 1:
+        params = [{"params": ps, "lr": cfg.lr * scale} for scale, ps in sorted(groups.items(), key=lambda g: g[0] != 1.0)]
     if cfg.optimizer.lower() == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -469,7 +477,9 @@ class Trainer:
         order, image-feature cache or image loader, frozen text features, the (DDP-wrapped) objective."""
         cfg, rt = self.config, self.config.runtime
         params = _set_stage_trainable(self.model, stage)
-        optimizer = _make_optimizer(params, cfg.schedule)
+        named = getattr(self.model, "named_learned_parameters", dict)()
+        scales = {id(named[n]): s for n, s in getattr(self.model, "learning_rate_scales", dict)().items()}
+        optimizer = _make_optimizer(params, cfg.schedule, scales)
         scheduler = lr_scheduler(optimizer, stage.epochs, cfg.schedule.warmup_epochs, cfg.schedule.warmup_lr)
         if start.scheduler is not None:
             restore_optimizer(optimizer, self.param_names, start.optimizer_tensors, start.optimizer_scalars)
