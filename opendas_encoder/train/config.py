@@ -222,6 +222,39 @@ class ConsistencyConfig(_Section):
         return (self.text, self.image, self.logits)
 
 
+#: keys ``selection.options`` may not choose (they name the run, not a training option)
+SELECTION_FIXED_KEYS = ("name", "seed", "output_dir", "method", "preset", "selection", "data", "runtime")
+#: most combinations a choice may train (each one is a training run of its own)
+SELECTION_MAX_CHOICES = 16
+
+
+class SelectionConfig(_Section):
+    """Options chosen on held-out BASE classes before the run trains (:mod:`opendas_encoder.train.holdout`).
+
+    ``options``: {dotted config key: [candidate values]} (``method_options.visual_lr_scale: [1, 5]``); every
+    combination trains on three quarters of the base classes and is scored on the held-out quarter and on
+    held-out segments (harmonic mean of the two accuracies); the best is the run's config (ties: the
+    earlier combination, so list the preferred value first). Empty (the default): nothing is chosen.
+    Novel classes are never looked at.
+    """
+
+    options: Dict[StrictStr, List[Any]] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
+        n = 1
+        for key, values in value.items():
+            if key.split(".")[0] in SELECTION_FIXED_KEYS:
+                raise ValueError(f"{key!r}: a choice may not change {', '.join(SELECTION_FIXED_KEYS)}")
+            if not values:
+                raise ValueError(f"{key!r}: give at least one candidate value")
+            n *= len(values)
+        if n > SELECTION_MAX_CHOICES:
+            raise ValueError(f"{n} combinations; at most {SELECTION_MAX_CHOICES} (each trains a run of its own)")
+        return value
+
+
 class DistillConfig(_Section):
     """Distillation on unlabelled target images (issue 24 2b; weight 0 = off, the paper's and the default's).
 
@@ -360,6 +393,7 @@ class TrainConfig(_Section):
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)  # off unless distill.weight > 0 (transductive)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)  # options chosen on held-out base classes
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: StrictStr = "runs/opendas"
 
@@ -422,7 +456,29 @@ class TrainConfig(_Section):
                                  f"{self.method} trains without it")
             _validate_dataclass(_method_config_class(self.method), self.method_options, "method_options")
         _check_stages_train(setting, self.schedule)
+        for choice in self.selection_choices() if self.selection.options else ():
+            try:  # every combination is validated before any work
+                self.with_choice(choice)
+            except (ValidationError, ValueError) as exc:
+                shown = ", ".join(f"{k}={v!r}" for k, v in choice.items())
+                detail = "; ".join(_describe(e) for e in exc.errors()) if isinstance(exc, ValidationError) else exc
+                raise ValueError(f"selection.options: the combination {shown} is not a valid config: {detail}") from None
         return self
+
+    def selection_choices(self) -> List[Dict[str, Any]]:
+        """Every combination of ``selection.options`` ({dotted key: value}), in order (the first key varies slowest)."""
+        import itertools
+
+        keys = list(self.selection.options)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.selection.options[k] for k in keys))]
+
+    def with_choice(self, choice: Dict[str, Any]) -> "TrainConfig":
+        """This config with ``choice`` ({dotted key: value}) written in and nothing left to choose; validated."""
+        data = self.model_dump(mode="json")
+        data["selection"] = {}
+        for key, value in choice.items():
+            set_dotted(data, key, value)
+        return type(self).model_validate(data)
 
     def prompt_config(self) -> PromptConfig:
         """OpenDAS's prompts for this run: ``prompts`` over the preset's, with the setting's identity.

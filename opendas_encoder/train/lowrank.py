@@ -20,55 +20,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import replace
-from typing import Dict, List, Sequence
+from typing import List
 
-import numpy as np
 import torch
 
 from .data import PreparedSegments
-from .shots import subset_segments
+from .holdout import BASE_VAL_EVERY, HOLDOUT_FRACTION, holdout_data, holdout_split, relabelled  # noqa: F401
 
 #: merge coefficients tried per tower
 MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-HOLDOUT_FRACTION = 0.25
-#: every k-th segment of each trained class is kept out of the selection run's training
-BASE_VAL_EVERY = 5
-
-
-def holdout_split(segments: PreparedSegments, seed: int) -> Dict[str, object]:
-    """{"held_out": class names, "trained": class names, "train": positions, "base_val": positions,
-    "novel_val": positions} of ``segments`` (labels index ``segments.label_names``)."""
-    names = list(segments.label_names)
-    present = sorted({names[int(i)] for i in segments.labels.tolist()})
-    if len(present) < 3:
-        raise ValueError(f"prompts.lowrank_rank: choosing the merge coefficients holds out base classes, which needs "
-                         f"at least 3 base classes with training segments (got {len(present)})")
-    n_out = max(1, int(round(HOLDOUT_FRACTION * len(present))))
-    rng = np.random.default_rng(seed)
-    held = sorted(rng.choice(present, size=n_out, replace=False).tolist())
-    train, base_val, novel_val = [], [], []
-    seen: Dict[str, int] = {}
-    for pos, label in enumerate(segments.labels.tolist()):
-        name = names[int(label)]
-        if name in held:
-            novel_val.append(pos)
-            continue
-        k = seen.get(name, 0)
-        seen[name] = k + 1
-        (base_val if k % BASE_VAL_EVERY == BASE_VAL_EVERY - 1 else train).append(pos)
-    return {"held_out": held, "trained": [n for n in present if n not in held], "train": train,
-            "base_val": base_val, "novel_val": novel_val}
-
-
-def relabelled(segments: PreparedSegments, positions: Sequence[int], names: List[str]) -> PreparedSegments:
-    """The segments at ``positions`` with labels indexing ``names`` (every one of theirs must be in it)."""
-    subset = subset_segments(segments, positions)
-    index = {n: i for i, n in enumerate(names)}
-    labels = torch.tensor([index[segments.label_names[int(i)]] for i in subset.labels.tolist()], dtype=torch.long)
-    out = PreparedSegments(subset.cache, subset.indices, labels, names, subset.to_tensor, subset.image_size,
-                           subset.skips)
-    out.parent = segments
-    return out
 
 
 @torch.no_grad()
@@ -113,25 +73,16 @@ def select_lowrank_merge(config, data, device, run_dir: str, progress: bool = Fa
     from .pipeline import build_model
     from .trainer import fit
 
-    split = holdout_split(data.train, config.seed)
-    trained, held = split["trained"], split["held_out"]
-    queries = [q for q in data.negatives.queries if q not in held and q not in trained]
-    train = relabelled(data.train, split["train"], trained)
-    all_base = list(data.train.label_names)
-    present = sorted(trained + held, key=all_base.index)
-    base_val = relabelled(data.train, split["base_val"], present)
-    novel_val = relabelled(data.train, split["novel_val"], present)
-    if not len(base_val) or not len(novel_val):
-        raise ValueError("prompts.lowrank_rank: too few training segments to hold out a validation part "
-                         f"({len(base_val)} base, {len(novel_val)} held-out-class segments)")
+    split = holdout_data(data, config.seed)
+    train, base_val, novel_val, present = split["train"], split["base_val"], split["novel_val"], split["names"]
     sub_dir = os.path.join(run_dir, "lowrank_selection")
     model = build_model(config)
     # the selection run trains without distillation (its unlabelled images are of the real label space)
-    fit(model, train, trained + queries, config.updated(output_dir=sub_dir, distill={"weight": 0.0}), sub_dir,
+    fit(model, train, split["label_space"], config.updated(output_dir=sub_dir, distill={"weight": 0.0}), sub_dir,
         progress=progress)
     rows = merge_scores(model, base_val, novel_val, present, device, config.runtime.eval_batch_size)
     best = max(rows, key=lambda r: (r["hm"], -r["visual"] - r["text"]))
-    return {"visual": best["visual"], "text": best["text"], "held_out": held, "trained": trained,
+    return {"visual": best["visual"], "text": best["text"], "held_out": split["held_out"], "trained": split["trained"],
             "segments": {"train": len(train), "base_val": len(base_val), "novel_val": len(novel_val)},
             "grid": rows, "best": best}
 

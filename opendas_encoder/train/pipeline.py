@@ -24,6 +24,7 @@ from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative
 from .config import DatasetSpec, TrainConfig
 from .data import PreparedSegments, prepare_segments
 from .evaluate import EvalResult, evaluate, zero_shot_encoder
+from .holdout import choose_options, recorded_choice
 from .shots import SHOTS_FILE, few_shot_segments, short_classes_note, shots_summary
 from .state import latest_state
 from .trainer import check_resumable, fit, read_log, resolve_device
@@ -187,13 +188,15 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     run_dir = config.output_dir
     is_main = _is_main_process()
     os.makedirs(run_dir, exist_ok=True)
+    chosen = recorded_choice(config, run_dir) if resume else None
+    trained_config = config.with_choice(chosen) if chosen is not None else config  # what the final run trains
     if resume:  # a mismatched config is refused before any work, and before config.json is rewritten
         folder = latest_state(run_dir)
         if folder is not None:
             with open(os.path.join(folder, "trainer_state.json")) as f:
                 state = json.load(f)
-            check_resumable(folder, state, config)
-            finished = finished_results(run_dir, config, state)
+            check_resumable(folder, state, trained_config)
+            finished = finished_results(run_dir, trained_config, state)
             if finished is not None:
                 return finished
     if is_main:
@@ -211,6 +214,11 @@ def run_experiment(config: TrainConfig, resume: bool = False, progress: bool = T
     if shots is not None:
         results["shots"] = {k: shots[k] for k in ("shots", "seed", "segments", "available", "short_classes")} | \
             {"file": os.path.join(run_dir, SHOTS_FILE) if is_main else None, "summary": shots_summary(shots)}
+    if config.selection.options:  # options chosen on held-out base classes, then the run trains with them
+        selection = choose_options(config, data, device, run_dir, progress)
+        config = config.with_choice(selection["options"])
+        model = build_model(config)
+        results["selection"] = {k: selection[k] for k in ("options", "candidates", "held_out", "segments")}
     zs = None
     if data.test is not None and zero_shot:
         zs = evaluate(zero_shot_encoder(model), data.test, data.vocab, device, config.runtime.eval_batch_size,
