@@ -161,8 +161,8 @@ def test_optimizer_holds_only_the_stage_prompts_and_frozen_weights_get_no_gradie
     made = []
     real = trainer_module._make_optimizer
 
-    def recording(params, cfg):
-        made.append(real(params, cfg))
+    def recording(params, cfg, scales=None):
+        made.append(real(params, cfg, scales))
         return made[-1]
 
     monkeypatch.setattr(trainer_module, "_make_optimizer", recording)
