@@ -98,3 +98,15 @@ def test_an_interrupted_run_reuses_the_recorded_choice_and_trains_no_candidate_a
     assert again["adapted"] == pytest.approx(first["adapted"])
     finished = run_experiment(cfg, resume=True, progress=False, plots=False)  # finished: read back, nothing trains
     assert finished["adapted"] == pytest.approx(first["adapted"])
+
+
+def test_a_run_saved_before_the_selection_section_existed_still_resumes(tmp_path):
+    """Training states of 0.3 record no ``selection`` key: a config that chooses nothing gives the same record
+    (the full-mode suite's states of 0.3 resumed under 0.4 were refused for 'selection.options' before this),
+    one that chooses something does not."""
+    from opendas_encoder.train.config import resume_mismatches, resume_record
+
+    plain = config(tmp_path, selection={})
+    saved_by_0_3 = {k: v for k, v in resume_record(plain).items() if not k.startswith("selection")}
+    assert resume_mismatches(saved_by_0_3, plain) == []
+    assert [m.split(":")[0] for m in resume_mismatches(saved_by_0_3, config(tmp_path))] == ["selection.options"]

@@ -556,7 +556,10 @@ def resume_record(config: TrainConfig) -> Dict[str, Any]:
             return out
         return {} if prefix in RESUME_MAY_DIFFER else {prefix: value}
 
-    return json.loads(json.dumps(flat(config.to_dict(), "")))  # JSON's values: what the state file reads back
+    record = flat(config.to_dict(), "")
+    if record.get("selection.options") == {}:  # nothing chosen: the record of runs saved before 0.4 (no such key)
+        del record["selection.options"]
+    return json.loads(json.dumps(record))  # JSON's values: what the state file reads back
 
 
 def resume_mismatches(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
