@@ -109,4 +109,5 @@ def test_a_run_saved_before_the_selection_section_existed_still_resumes(tmp_path
     plain = config(tmp_path, selection={})
     saved_by_0_3 = {k: v for k, v in resume_record(plain).items() if not k.startswith("selection")}
     assert resume_mismatches(saved_by_0_3, plain) == []
-    assert [m.split(":")[0] for m in resume_mismatches(saved_by_0_3, config(tmp_path))] == ["selection.options"]
+    assert [m.split(":")[0] for m in resume_mismatches(saved_by_0_3, config(tmp_path))] == \
+        ["selection.options.method_options.alpha"]
