@@ -25,7 +25,8 @@ from typing import List
 import torch
 
 from .data import PreparedSegments
-from .holdout import BASE_VAL_EVERY, HOLDOUT_FRACTION, holdout_data, holdout_split, relabelled  # noqa: F401
+from .holdout import (BASE_VAL_EVERY, HOLDOUT_FRACTION, harmonic_mean, holdout_data, holdout_split,  # noqa: F401
+                      relabelled)
 
 #: merge coefficients tried per tower
 MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -59,7 +60,7 @@ def merge_scores(model, base_val: PreparedSegments, novel_val: PreparedSegments,
             for feats, data in zip(images[cv], (base_val, novel_val)):
                 pred = (feats @ texts[ct].T).argmax(dim=1).cpu()
                 accs.append(float((pred == data.labels).float().mean()) * 100.0)
-            hm = 0.0 if min(accs) == 0 else 2 * accs[0] * accs[1] / (accs[0] + accs[1])
+            hm = harmonic_mean(accs[0], accs[1])
             rows.append({"visual": cv, "text": ct, "base_acc": accs[0], "novel_acc": accs[1], "hm": hm})
     return rows
 
