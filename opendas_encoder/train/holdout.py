@@ -69,19 +69,16 @@ def harmonic_mean(a: float, b: float) -> float:
     return 0.0 if min(a, b) <= 0 else 2 * a * b / (a + b)
 
 
-@torch.no_grad()
 def heldout_accuracy(model, base_val: PreparedSegments, novel_val: PreparedSegments, names: List[str], device,
                      batch_size: int = 64) -> Tuple[float, float]:
-    """(accuracy on ``base_val``, on ``novel_val``) in percent, classifying among ``names`` (their labels index it)."""
-    model.eval().to(device)
-    text = model.encode_text(model.tokenizer(names), normalize=True).float()
+    """(accuracy on ``base_val``, on ``novel_val``) in percent, classifying among ``names`` (their labels index it)
+    with the evaluation's own :func:`~.evaluate.class_scores`."""
+    from .evaluate import class_scores
+
     accs = []
     for data in (base_val, novel_val):
-        correct = 0
-        for i in range(0, len(data), batch_size):
-            feats = model.encode_image(data.images[i:i + batch_size].to(device), normalize=True).float()
-            correct += int(((feats @ text.T).argmax(dim=1).cpu() == data.labels[i:i + batch_size]).sum())
-        accs.append(100.0 * correct / max(len(data), 1))
+        pred = class_scores(model, data.images, names, device, batch_size).argmax(dim=1)
+        accs.append(100.0 * int((pred == data.labels).sum()) / max(len(data), 1))
     return accs[0], accs[1]
 
 
@@ -119,11 +116,7 @@ def choose_options(config, data, device, run_dir: str, progress: bool = False) -
 
     choices = config.selection_choices()
     path = os.path.join(run_dir, SELECTION_FILE)
-    rows: List[dict] = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            recorded = json.load(f)
-        rows = [r for r, c in zip(recorded.get("candidates", []), choices) if r.get("options") == c]
+    rows = _recorded(config, run_dir)[1]
     split = holdout_data(data, config.seed)
     record = {"held_out": split["held_out"], "trained": split["trained"],
               "segments": {k: len(split[k]) for k in ("train", "base_val", "novel_val")}}
@@ -146,15 +139,27 @@ def choose_options(config, data, device, run_dir: str, progress: bool = False) -
     return record
 
 
-def recorded_choice(config, run_dir: str):
-    """The options a finished choice in ``run_dir`` recorded for ``config`` (None: none finished)."""
+def _recorded(config, run_dir: str) -> Tuple[dict, List[dict]]:
+    """(``run_dir/selection.json`` or {}, its candidate rows that score ``config``'s combinations, in order, as far
+    as they go)."""
     path = os.path.join(run_dir, SELECTION_FILE)
-    if not config.selection.options or not os.path.isfile(path):
-        return None
+    if not os.path.isfile(path):
+        return {}, []
     with open(path) as f:
         recorded = json.load(f)
-    choices = config.selection_choices()
-    rows = recorded.get("candidates", [])
-    if "options" not in recorded or [r.get("options") for r in rows] != choices:
+    rows = []
+    for row, choice in zip(recorded.get("candidates", []), config.selection_choices()):
+        if row.get("options") != choice:
+            break
+        rows.append(row)
+    return recorded, rows
+
+
+def recorded_choice(config, run_dir: str):
+    """The options a finished choice in ``run_dir`` recorded for ``config`` (None: none finished)."""
+    if not config.selection.options:
+        return None
+    recorded, rows = _recorded(config, run_dir)
+    if "options" not in recorded or len(rows) != len(config.selection_choices()):
         return None
     return recorded["options"]
