@@ -70,6 +70,15 @@ def check_int(owner: str, name: str, value, minimum: int, allow_none: bool = Fal
         raise ValueError(f"{owner}.{name} must be {hint}an integer >= {minimum}, got {value!r}")
 
 
+def check_fraction(owner: str, name: str, value, allow_none: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number in [0, 1] (or None when allowed); a bool is no number."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        hint = "None or " if allow_none else ""
+        raise ValueError(f"{owner}.{name} must be {hint}a number in [0, 1], got {value!r}")
+
+
 def normal_(shape, std: float, like: torch.Tensor) -> torch.Tensor:
     """A float32 tensor of ``shape`` on ``like``'s device drawn from N(0, std^2)."""
     return torch.empty(shape, device=like.device, dtype=torch.float32).normal_(std=std)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..core import engine
-from ..core.encoder import AdaptedCLIP, MethodConfig, check_int
+from ..core.encoder import AdaptedCLIP, MethodConfig, check_fraction, check_int
 from ..core.factory import create_base_model_and_transforms
 from ..core.registry import register_method
 from ..core.tokens import TemplateTokenizer, TextInput, phrase_ids
@@ -101,9 +101,7 @@ class PromptConfig(MethodConfig):
         for name in ("visual_tokens", "text_tokens", "visual_start", "text_start", "lowrank_rank"):
             check_int("PromptConfig", name, getattr(self, name), 0)
         for name in ("lowrank_merge_visual", "lowrank_merge_text"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"PromptConfig.{name} must be a number in [0, 1], got {value!r}")
+            check_fraction("PromptConfig", name, getattr(self, name))
         for name in ("visual_depth", "text_depth"):
             check_int("PromptConfig", name, getattr(self, name), 1, allow_none=True)
         if not isinstance(self.text_init, str):

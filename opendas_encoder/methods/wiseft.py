@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..core import engine
-from ..core.encoder import AdaptedCLIP, MethodConfig
+from ..core.encoder import AdaptedCLIP, MethodConfig, check_fraction
 from ..core.registry import register_method
 from ..core.tokens import ZERO_SHOT_TEMPLATE, TemplateTokenizer, split_template
 from ..core.towers import weights_fingerprint
@@ -45,8 +45,7 @@ class WiSEFTConfig(MethodConfig):
     interpolated: bool = False
 
     def __post_init__(self):
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"WiSEFTConfig.alpha must be a number in [0, 1], got {self.alpha!r}")
+        check_fraction("WiSEFTConfig", "alpha", self.alpha)
         if self.train_projection not in (None, True, False):
             raise ValueError(f"WiSEFTConfig.train_projection must be None or a bool, got {self.train_projection!r}")
         if not isinstance(self.interpolated, bool):
@@ -67,10 +66,7 @@ class WiSEFTBothConfig(WiSEFTConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("alpha_visual", "alpha_text"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0.0 <= value <= 1.0):
-                raise ValueError(f"WiSEFTBothConfig.{name} must be None or a number in [0, 1], got {value!r}")
+            check_fraction("WiSEFTBothConfig", name, getattr(self, name), allow_none=True)
         scale = self.visual_lr_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < float("inf"):
             raise ValueError(f"WiSEFTBothConfig.visual_lr_scale must be a positive number, got {scale!r}")
