@@ -77,7 +77,7 @@ def test_runtime_log_every_is_gone():
 def test_omitted_keys_give_the_papers_defaults():
     cfg = config_from_dict({"data": {"train": WORLD_TRAIN}})
     assert (cfg.model.name, cfg.model.pretrained) == ("ViT-L-14", "openai")
-    assert cfg.prompt_config() == PromptConfig()
+    assert cfg.prompt_config() == PromptConfig(lowrank_rank=2)  # the default preset: prompts + rank-2 updates
     pc = cfg.prompt_config().resolved(24, 12)  # the paper's 233,472 parameters on ViT-L-14
     assert pc.visual_tokens * pc.visual_depth * 1024 + pc.text_tokens * pc.text_depth * 768 == 233_472
     s = cfg.schedule
@@ -146,7 +146,7 @@ def test_an_untrained_tower_is_configured_as_clips_own():
         TrainConfig(setting="text-only", prompts={"visual_tokens": 8})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert TrainConfig(setting="two-stage").prompt_config() == PromptConfig()  # trained towers: untouched
+        assert TrainConfig(setting="two-stage").prompt_config() == PromptConfig(lowrank_rank=2)  # trained towers: untouched
 
 
 # ------------------------------------------------------------------------------------------- files

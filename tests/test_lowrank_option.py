@@ -28,9 +28,10 @@ IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
 NAMES = ["chair", "lamp"]
 
 
-def test_off_in_both_presets_and_the_count_is_clip_loras():
-    assert PromptConfig.paper().lowrank_rank == 0 and PromptConfig().lowrank_rank == 0
+def test_off_in_the_paper_preset_rank_2_in_the_default_and_the_count_is_clip_loras():
+    assert PromptConfig.paper().lowrank_rank == 0 and PromptConfig().lowrank_rank == 0  # the plain encoder: none
     assert TrainConfig(preset="paper").prompt_config().lowrank_rank == 0
+    assert TrainConfig().prompt_config().lowrank_rank == 2  # the selection rule's pick (docs/selection.md)
     with torch.device("meta"):
         b16 = open_clip.create_model("ViT-B-16", device="meta")
     model = oe.wrap_clip("opendas", b16, lowrank_rank=2)
@@ -127,3 +128,29 @@ def test_training_chooses_on_held_out_base_classes_and_the_checkpoint_loads(tmp_
     torch.manual_seed(cfg.seed)  # build_model's random base weights (pretrained=None)
     loaded = oe.load_encoder(res["checkpoint"], model=oe.create_encoder("opendas", "opendas-tiny-vit").clip)
     assert (loaded.config.lowrank_merge_visual, loaded.config.lowrank_rank) == (sel["visual"], 2)
+
+
+def test_the_default_preset_with_too_few_segments_to_hold_out_merges_at_zero_and_says_why(tmp_path):
+    """2 shots per class leave no fifth segment to validate on: no selection run, c = 0 (zero-shot weights), a
+    warning, and the reason in the results and the checkpoint; the split itself refuses 2 classes by name."""
+    from opendas_encoder.train.holdout import TooFewToHoldOut
+    from opendas_encoder.train.pipeline import run_experiment
+
+    cfg = TrainConfig(name="fewshot-default", model=ModelSpec(name="opendas-tiny-vit", pretrained=None),
+                      data=DataConfig(train=DatasetSpec(name="generated-world", split="train",
+                                                        options={"n_scenes": 6, "seed": 0}), shots=2),
+                      schedule=ScheduleConfig(batch_size=8, stage1_epochs=1, stage2_epochs=1, warmup_epochs=0),
+                      runtime=RuntimeConfig(device="cpu"), output_dir=str(tmp_path))
+    assert cfg.prompt_config().lowrank_rank == 2
+    with pytest.warns(UserWarning, match="too few training segments.*merged with coefficient 0"):
+        res = run_experiment(cfg, progress=False, plots=False)
+    sel = res["lowrank_selection"]
+    assert (sel["visual"], sel["text"]) == (0.0, 0.0) and "too few training segments" in sel["skipped"]
+    assert not os.path.exists(os.path.join(str(tmp_path), "lowrank_selection"))  # nothing trained for it
+    saved = json.load(open(os.path.join(res["checkpoint"], "opendas_config.json")))
+    assert (saved["method_config"]["lowrank_merge_visual"], saved["method_config"]["lowrank_merge_text"]) == (0, 0)
+    model = oe.create_encoder("opendas", "opendas-tiny-vit")
+    two = prepare_segments(make_square_segments(n_per_class=6, classes=("red square", "blue square")),
+                           model.preprocess, ["red square", "blue square"], model.image_size, progress=False)
+    with pytest.raises(TooFewToHoldOut, match="at least 3 base classes with training segments \\(got 2\\)"):
+        holdout_split(two, seed=0)

@@ -497,7 +497,7 @@ def test_preset_paper_fills_every_option_with_the_papers_value():
 
 def test_default_preset_is_the_library_default_and_round_trips(tmp_path):
     cfg = TrainConfig()
-    assert cfg.preset == "default" and cfg.prompt_config() == PromptConfig()
+    assert cfg.preset == "default" and cfg.prompt_config() == PromptConfig(lowrank_rank=2)
     for section, values in PRESETS["default"].items():
         assert {k: getattr(cfg, section).model_dump()[k] for k in values} == values, section
     saved = tmp_path / "config.json"

@@ -229,6 +229,41 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert len(read_log(str(tmp_path / "run"))) == len(read_log(str(tmp_path / "ref")))
 
 
+def test_dropout_of_the_low_rank_updates_resumes_exactly_whatever_the_callers_generator(tmp_path):
+    """The low-rank updates' dropout (0.25) draws from the global generator: a run killed mid-stage and resumed
+    after other draws learns what the uninterrupted run learned, and fit() leaves the caller's generator as
+    it found it (same process: equal up to float32 summation order, 1e-6)."""
+    base = ["red square", "green square", "blue square"]
+    label_space = base + ["pink square"]
+    ref_model = tiny_model(2, lowrank_rank=2)
+    cfg = small_config(tmp_path, epochs=(2, 2))
+    train = prepared(ref_model, make_segments(), base)
+    before = torch.get_rng_state()
+    fit(ref_model, train, label_space, cfg, str(tmp_path / "ref"), progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert ref_model.visual_lowrank_B.abs().max() > 0  # the updates trained (dropout was on)
+
+    class Killed(Exception):
+        pass
+
+    def kill(stage, epoch):
+        if (stage, epoch) == (0, 0):
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(tiny_model(2, lowrank_rank=2), train, label_space, cfg, str(tmp_path / "run"), progress=False,
+            on_epoch_end=kill)
+    torch.manual_seed(12345)  # another process: another generator state
+    resumed = tiny_model(2, lowrank_rank=2)  # a fresh process: what was learned must come from the state
+    with torch.no_grad():
+        for name in ("visual_prompts", "text_prompts", "visual_lowrank_A", "visual_lowrank_B"):
+            getattr(resumed, name).zero_()
+    fit(resumed, train, label_space, cfg, str(tmp_path / "run"), resume=True, progress=False)
+    got, want = resumed.learned_state_dict(), ref_model.learned_state_dict()
+    for name in ("visual_prompts", "text_prompts", "visual_lowrank_B", "text_lowrank_B"):
+        assert torch.allclose(got[name], want[name], atol=1e-6), name
+
+
 def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
     base = ["red square", "green square", "blue square"]
     model = tiny_model(3)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
@@ -579,8 +579,8 @@ PRESET_SECTIONS = ("triplet", "consistency", "averaging")
 
 #: The OpenDAS training options of each preset, per section. "paper": the paper's method exactly (Sec. 4,
 #: 5; every option off). "default": the library default, the variant chosen by measurement on the
-#: generated domain suite (docs/ablations.md). Its prompts are ``PromptConfig()``, the paper's
-#: ``PromptConfig.paper()``.
+#: generated domain suite (docs/ablations.md, docs/selection.md). Its prompts are ``PromptConfig()`` with
+#: :data:`PRESET_PROMPTS`, the paper's ``PromptConfig.paper()``.
 PRESETS: Dict[str, Dict[str, dict]] = {
     "paper": {"triplet": {"margin": 1.5, "lambda_start": 0.0, "lambda_end": 5.0, "distance": "euclidean"},
               "consistency": {"text": 0.0, "image": 0.0, "logits": 0.0, "distance": "l1"},
@@ -594,9 +594,16 @@ PRESETS: Dict[str, Dict[str, dict]] = {
 }
 
 
+#: PromptConfig fields a preset sets beyond ``PromptConfig()`` (the plain prompted encoder). "default": rank-2
+#: low-rank q/k/v updates per tower with merge coefficients chosen on held-out base classes, the pick of the
+#: committed selection rule at its own sizes (docs/selection.md, "The rule at its own sizes: full mode": total
+#: shortfall 71.6 against 73.2 for the prompt-only default on the four selection domains, generated data).
+PRESET_PROMPTS: Dict[str, dict] = {"paper": {}, "default": {"lowrank_rank": 2}}
+
+
 def preset_prompts(preset: str) -> dict:
     """PromptConfig fields of a preset (legacy_conventions is no choice of a preset)."""
-    cfg = PromptConfig.paper() if preset == "paper" else PromptConfig()
+    cfg = PromptConfig.paper() if preset == "paper" else replace(PromptConfig(), **PRESET_PROMPTS.get(preset, {}))
     return {k: v for k, v in cfg.to_dict().items() if k != "legacy_conventions"}
 
 

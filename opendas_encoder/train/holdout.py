@@ -26,6 +26,12 @@ HOLDOUT_FRACTION = 0.25
 #: every k-th segment of each trained class is kept out of the selection run's training
 BASE_VAL_EVERY = 5
 SELECTION_FILE = "selection.json"
+#: fewest base classes with training segments a split can hold a quarter of out of (and keep two to train)
+MIN_CLASSES = 3
+
+
+class TooFewToHoldOut(ValueError):
+    """The training data cannot be split into trained and held-out base classes (with validation segments)."""
 
 
 def holdout_split(segments: PreparedSegments, seed: int) -> Dict[str, object]:
@@ -33,9 +39,9 @@ def holdout_split(segments: PreparedSegments, seed: int) -> Dict[str, object]:
     "novel_val": positions} of ``segments`` (labels index ``segments.label_names``)."""
     names = list(segments.label_names)
     present = sorted({names[int(i)] for i in segments.labels.tolist()})
-    if len(present) < 3:
-        raise ValueError(f"choosing on held-out base classes (selection.options, prompts.lowrank_rank) needs at least "
-                         f"3 base classes with training segments (got {len(present)})")
+    if len(present) < MIN_CLASSES:
+        raise TooFewToHoldOut(f"choosing on held-out base classes (selection.options, prompts.lowrank_rank) needs at "
+                              f"least {MIN_CLASSES} base classes with training segments (got {len(present)})")
     n_out = max(1, int(round(HOLDOUT_FRACTION * len(present))))
     rng = np.random.default_rng(seed)
     held = sorted(rng.choice(present, size=n_out, replace=False).tolist())
@@ -96,7 +102,7 @@ def holdout_data(data, seed: int) -> dict:
            "base_val": relabelled(data.train, split["base_val"], names),
            "novel_val": relabelled(data.train, split["novel_val"], names)}
     if not len(out["base_val"]) or not len(out["novel_val"]):
-        raise ValueError("choosing on held-out base classes: too few training segments to hold out a validation "
+        raise TooFewToHoldOut("choosing on held-out base classes: too few training segments to hold out a validation "
                          f"part ({len(out['base_val'])} base, {len(out['novel_val'])} held-out-class segments)")
     return out
 

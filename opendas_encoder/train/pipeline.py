@@ -24,7 +24,7 @@ from ..vocab import NegativeQueries, Vocabulary, load_negatives, select_negative
 from .config import DatasetSpec, TrainConfig
 from .data import PreparedSegments, prepare_segments
 from .evaluate import EvalResult, evaluate, zero_shot_encoder
-from .holdout import choose_options, recorded_choice
+from .holdout import TooFewToHoldOut, choose_options, recorded_choice
 from .shots import SHOTS_FILE, few_shot_segments, short_classes_note, shots_summary
 from .state import latest_state
 from .trainer import check_resumable, fit, read_log, resolve_device
@@ -301,9 +301,14 @@ def choose_lowrank_merge(config: TrainConfig, data: ExperimentData, model, devic
     from ..core.checkpoint import read_checkpoint_config, save_checkpoint
     from .lowrank import apply_merge, select_lowrank_merge
 
-    selection = select_lowrank_merge(config, data, device, run_dir, progress)
+    try:
+        selection = select_lowrank_merge(config, data, device, run_dir, progress)
+    except TooFewToHoldOut as e:  # nothing to choose on: the zero-shot weights (c = 0), the prompts as trained
+        warnings.warn(f"{e}; the low-rank updates are merged with coefficient 0 (the zero-shot weights)", UserWarning,
+                      stacklevel=2)
+        selection = {"visual": 0.0, "text": 0.0, "held_out": [], "segments": {}, "best": None, "skipped": str(e)}
     apply_merge(model, selection["visual"], selection["text"])
-    summary = {k: selection[k] for k in ("visual", "text", "held_out", "segments", "best")}
+    summary = {k: selection[k] for k in ("visual", "text", "held_out", "segments", "best", "skipped") if k in selection}
     if is_main:
         metadata = read_checkpoint_config(final_dir).get("metadata", {})
         save_checkpoint(model, final_dir, **dict(metadata, lowrank_selection=summary))

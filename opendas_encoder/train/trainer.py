@@ -588,6 +588,9 @@ class Trainer:
                    disable=not self.progress, leave=False)
         for b in bar:
             t0 = time.perf_counter()
+            # the global generator (dropout, e.g. the low-rank updates') from the seed and the step alone, so a
+            # resumed run draws what the uninterrupted one drew; fit() restores the caller's generator after
+            torch.manual_seed(self.config.seed * 7_919 + self.global_step + 104_729 * self.rank)
             record = self.step(sr, epoch, b, next(source, None))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # per-iteration times include the queued GPU work
@@ -732,7 +735,8 @@ def fit(model, train: PreparedSegments, label_space: List[str], config: TrainCon
                          f"build the config with method: {method} (its setting, options and preset depend on it)")
     with flush_denormal():
         trainer = Trainer(model, train, label_space, config, run_dir, progress, on_epoch_end, extra_metadata, distiller)
-        return trainer.run(resume)
+        with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+            return trainer.run(resume)
 
 
 def finished_run_timing(run_dir: str) -> Tuple[Dict[str, float], Dict[str, int]]:
