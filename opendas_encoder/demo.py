@@ -24,7 +24,7 @@ from .train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, Sc
 from .train.pipeline import METRIC_KEYS, mean_std, prepare_experiment, run_experiment, zero_shot_note
 
 #: OpenDAS variants the demo can run, as (preset, prompt fields): the library default (``preset: default``,
-#: chosen on the generated domain suite, docs/ablations.md), the paper's method exactly (``preset: paper``),
+#: chosen on the generated domain suite, docs/selection.md), the paper's method exactly (``preset: paper``),
 #: and the paper's with deep text prompts that start as the frozen model's own hidden states
 #: (``text_deep_init="carry"``, exact zero-shot CLIP at step 0).
 OPENDAS_VARIANTS = {
@@ -150,8 +150,8 @@ def format_demo_table(summary: dict) -> str:
     else:
         head += (f"; test scenes of seeds {TEST_SEED_OFFSET} + s: the library default was selected on a prefix of "
                  "them (not held-out; --held-out tests on fresh scenes)")
-    described = {"opendas": "opendas: the library default (preset 'default', chosen on the generated domain suite: "
-                            "docs/ablations.md)",
+    described = {"opendas": "opendas: the library default (preset 'default': prompts + rank-2 low-rank updates "
+                            "merged toward zero-shot, chosen on the generated domain suite: docs/selection.md)",
                  "opendas-paper": "opendas-paper: the paper's method exactly (preset 'paper')",
                  "opendas-carry": "opendas-carry: the paper's with deep text prompts starting as the frozen CLIP's "
                                   "hidden states (text_deep_init='carry')"}

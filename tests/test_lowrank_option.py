@@ -40,6 +40,19 @@ def test_off_in_the_paper_preset_rank_2_in_the_default_and_the_count_is_clip_lor
         PromptConfig(lowrank_merge_text=1.5)
 
 
+def test_the_default_presets_encoder_on_vit_l14_is_the_papers_prompts_plus_rank_2_pairs():
+    """ViT-L-14 under preset default: the paper's 233,472 prompt values plus rank-2 A/B pairs on q, k, v of 24
+    image layers (width 1024) and 12 text layers (width 768): 24*3*2*2*1024 + 12*3*2*2*768 = 405,504; 638,976 in
+    all (2.6 MB in fp32, the README's figure)."""
+    with torch.device("meta"):
+        l14 = open_clip.create_model("ViT-L-14", device="meta")
+    model = oe.wrap_clip("opendas", l14, **{k: v for k, v in TrainConfig().prompt_config().to_dict().items()
+                                           if k != "legacy_conventions"})
+    learned = model.named_learned_parameters()
+    assert sum(p.numel() for n, p in learned.items() if "lowrank" not in n) == 233_472
+    assert sum(p.numel() for p in learned.values()) == 638_976
+
+
 @pytest.mark.parametrize("c", [0.0, 0.5, 1.0])
 def test_merge_coefficient_is_wiseft_of_the_low_rank_delta(c):
     """Features with coefficient c = open_clip with W + c s B A (hand-merged), same prompts (1e-5: float32 order)."""
@@ -125,6 +138,9 @@ def test_training_chooses_on_held_out_base_classes_and_the_checkpoint_loads(tmp_
     assert (saved["method_config"]["lowrank_merge_visual"], saved["method_config"]["lowrank_merge_text"]) == \
         (sel["visual"], sel["text"]) and saved["metadata"]["lowrank_selection"]["held_out"] == sel["held_out"]
     assert os.path.isdir(os.path.join(str(tmp_path), "lowrank_selection", "final"))
+    report = open(os.path.join(str(tmp_path), "report.md")).read()  # the choice, where a user reads the run
+    assert f"low-rank merge coefficients: image {sel['visual']:g}, text {sel['text']:g}" in report
+    assert f"chosen on held-out base classes {sel['held_out']}" in report
     torch.manual_seed(cfg.seed)  # build_model's random base weights (pretrained=None)
     loaded = oe.load_encoder(res["checkpoint"], model=oe.create_encoder("opendas", "opendas-tiny-vit").clip)
     assert (loaded.config.lowrank_merge_visual, loaded.config.lowrank_rank) == (sel["visual"], 2)
@@ -147,6 +163,8 @@ def test_the_default_preset_with_too_few_segments_to_hold_out_merges_at_zero_and
     sel = res["lowrank_selection"]
     assert (sel["visual"], sel["text"]) == (0.0, 0.0) and "too few training segments" in sel["skipped"]
     assert not os.path.exists(os.path.join(str(tmp_path), "lowrank_selection"))  # nothing trained for it
+    assert "low-rank merge coefficients: image 0, text 0 (0 = zero-shot weights; not chosen (choosing on held-out " \
+        "base classes: too few training segments" in open(os.path.join(str(tmp_path), "report.md")).read()
     saved = json.load(open(os.path.join(res["checkpoint"], "opendas_config.json")))
     assert (saved["method_config"]["lowrank_merge_visual"], saved["method_config"]["lowrank_merge_text"]) == (0, 0)
     model = oe.create_encoder("opendas", "opendas-tiny-vit")

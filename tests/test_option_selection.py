@@ -77,6 +77,8 @@ def test_the_choice_sees_base_classes_only_scores_each_candidate_by_its_accuracy
     assert sel["options"] == {"method_options.alpha": chosen}
     saved = json.load(open(os.path.join(res["checkpoint"], "opendas_config.json")))
     assert saved["method_config"]["alpha"] == chosen
+    report = (tmp_path / "report.md").read_text()  # the choice, where a user reads the run
+    assert f'options chosen on held-out base classes {sel["held_out"]}: {{"method_options.alpha": {chosen}}}' in report
 
 
 def test_an_interrupted_run_reuses_the_recorded_choice_and_trains_no_candidate_again(tmp_path, monkeypatch):

@@ -63,7 +63,8 @@ class PromptConfig(MethodConfig):
         ``text_start .. text_depth - 1``), initialised as ``text_deep_init`` says for deep prompts.
     lowrank_rank: rank of low-rank updates of the q, k, v projections of every layer of both towers
         (CLIP-LoRA's placement, alpha 1, dropout 0.25: :mod:`.cliplora`), trained with the prompts of the
-        same tower; 0 = none (the paper's). An option of issue 24, off in both presets.
+        same tower; 0 = none (the paper's, and this class's default). Issue 24's option: rank 2 in the
+        training preset ``default`` (the selection rule's pick, docs/selection.md), 0 in ``paper``.
     lowrank_merge_visual, lowrank_merge_text: coefficient c of each tower's low-rank update, W + c s B A
         (WiSE-FT for the delta: 0 = the zero-shot weights, 1 = the trained ones); training chooses them on
         held-out base classes (:mod:`opendas_encoder.train.lowrank`).

@@ -24,7 +24,7 @@ which data it trains on (the generated world too: ``{name: generated-world, spli
 and OpenDAS's training options (``prompts``, ``triplet``, ``consistency``, ``averaging``), which come
 from the ``preset``: ``paper`` is the paper's method exactly (every option off); ``default`` (when
 omitted) is the library default chosen by measurement on the generated domain suite
-(docs/ablations.md, :data:`PRESETS`). A key written in the config wins over its preset.
+(docs/selection.md, :data:`PRESETS`, :data:`PRESET_PROMPTS`). A key written in the config wins over its preset.
 
 The training setting defaults per method (``opendas``: ``two-stage``; every baseline: ``one-stage-ce``,
 its single training stage) and a method/setting pair that cannot train is refused here. A setting that

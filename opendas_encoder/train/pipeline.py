@@ -386,8 +386,27 @@ def format_report(results: dict, data: ExperimentData) -> str:
         lines.append(results["shots"]["summary"])
     if data.test is not None:
         lines.append(f"test: {data.test.skips.summary()}")
+    lines += [line for line in (selection_summary(results),) if line]
     lines.append(f"seconds per iteration: {json.dumps({k: round(v, 4) for k, v in results['seconds_per_iter'].items()})}")
     return "\n".join(lines) + "\n"
+
+
+def selection_summary(results: dict) -> str:
+    """What the run chose on held-out base classes (options, low-rank merge coefficients), one line each; ""
+    when it chose nothing."""
+    lines = []
+    chosen = results.get("selection")
+    if chosen:
+        scores = ", ".join(f"{json.dumps(c['options'], sort_keys=True)} HM {c['hm']:.1f}" for c in chosen["candidates"])
+        lines.append(f"options chosen on held-out base classes {chosen['held_out']}: "
+                     f"{json.dumps(chosen['options'], sort_keys=True)} ({scores})")
+    merge = results.get("lowrank_selection")
+    if merge:
+        how = (f"not chosen ({merge['skipped']})" if "skipped" in merge else
+               f"chosen on held-out base classes {merge['held_out']}, HM {merge['best']['hm']:.1f}")
+        lines.append(f"low-rank merge coefficients: image {merge['visual']:g}, text {merge['text']:g} "
+                     f"(0 = zero-shot weights; {how})")
+    return "\n".join(lines)
 
 
 def _is_main_process() -> bool:
