@@ -201,67 +201,43 @@ def test_stage2_cached_features_equal_uncached(tmp_path):
     assert torch.allclose(results[0], results[1], atol=1e-5)
 
 
-def test_interrupted_run_resumes_exactly(tmp_path):
-    base = ["red square", "green square", "blue square"]
-    ref_model = tiny_model(2)
-    cfg = small_config(tmp_path, epochs=(2, 2))
-    train = prepared(ref_model, make_segments(), base)
-    fit(ref_model, train, base + ["pink square"], cfg, str(tmp_path / "ref"), progress=False)
-
-    model = tiny_model(2)
-
-    class Killed(Exception):
-        pass
-
-    def kill(stage, epoch):
-        if (stage, epoch) == (1, 0):
-            raise Killed
-
-    with pytest.raises(Killed):
-        fit(model, train, base + ["pink square"], cfg, str(tmp_path / "run"), progress=False, on_epoch_end=kill)
-    resumed = tiny_model(2)
-    with torch.no_grad():  # a fresh process: prompts start from scratch and must come from the state
-        resumed.visual_prompts.zero_()
-    result = fit(resumed, train, base + ["pink square"], cfg, str(tmp_path / "run"), resume=True, progress=False)
-    assert result.resumed_from is not None and "s1-epoch-0000" in result.resumed_from
-    assert torch.allclose(resumed.visual_prompts, ref_model.visual_prompts, atol=1e-6)
-    assert torch.allclose(resumed.text_prompts, ref_model.text_prompts, atol=1e-6)
-    assert len(read_log(str(tmp_path / "run"))) == len(read_log(str(tmp_path / "ref")))
-
-
-def test_dropout_of_the_low_rank_updates_resumes_exactly_whatever_the_callers_generator(tmp_path):
-    """The low-rank updates' dropout (0.25) draws from the global generator: a run killed mid-stage and resumed
-    after other draws learns what the uninterrupted run learned, and fit() leaves the caller's generator as
-    it found it (same process: equal up to float32 summation order, 1e-6)."""
+@pytest.mark.parametrize("prompts,kill_at", [({}, (1, 0)), ({"lowrank_rank": 2}, (0, 0))], ids=["prompts", "lowrank"])
+def test_interrupted_run_resumes_exactly_whatever_the_callers_generator(tmp_path, prompts, kill_at):
+    """A run killed after an epoch and resumed in a "fresh process" (learned tensors zeroed, the global generator
+    elsewhere) learns what the uninterrupted run learned; the low-rank updates' dropout (0.25) draws from the
+    global generator, which fit() leaves as it found it (same process: equal up to float32 order, 1e-6)."""
     base = ["red square", "green square", "blue square"]
     label_space = base + ["pink square"]
-    ref_model = tiny_model(2, lowrank_rank=2)
+    ref_model = tiny_model(2, **prompts)
     cfg = small_config(tmp_path, epochs=(2, 2))
     train = prepared(ref_model, make_segments(), base)
     before = torch.get_rng_state()
     fit(ref_model, train, label_space, cfg, str(tmp_path / "ref"), progress=False)
     assert torch.equal(torch.get_rng_state(), before)
-    assert ref_model.visual_lowrank_B.abs().max() > 0  # the updates trained (dropout was on)
 
     class Killed(Exception):
         pass
 
     def kill(stage, epoch):
-        if (stage, epoch) == (0, 0):
+        if (stage, epoch) == kill_at:
             raise Killed
 
     with pytest.raises(Killed):
-        fit(tiny_model(2, lowrank_rank=2), train, label_space, cfg, str(tmp_path / "run"), progress=False,
-            on_epoch_end=kill)
-    torch.manual_seed(12345)  # another process: another generator state
-    resumed = tiny_model(2, lowrank_rank=2)  # a fresh process: what was learned must come from the state
+        fit(tiny_model(2, **prompts), train, label_space, cfg, str(tmp_path / "run"), progress=False, on_epoch_end=kill)
+    torch.manual_seed(12345)
+    resumed = tiny_model(2, **prompts)
+    learned = list(resumed.learned_state_dict())
     with torch.no_grad():
-        for name in ("visual_prompts", "text_prompts", "visual_lowrank_A", "visual_lowrank_B"):
+        for name in learned:
             getattr(resumed, name).zero_()
-    fit(resumed, train, label_space, cfg, str(tmp_path / "run"), resume=True, progress=False)
+    result = fit(resumed, train, label_space, cfg, str(tmp_path / "run"), resume=True, progress=False)
+    assert result.resumed_from is not None and "s%d-epoch-0000" % kill_at[0] in result.resumed_from
     got, want = resumed.learned_state_dict(), ref_model.learned_state_dict()
-    for name in ("visual_prompts", "text_prompts", "visual_lowrank_B", "text_lowrank_B"):
+    for name in learned:
         assert torch.allclose(got[name], want[name], atol=1e-6), name
+    assert len(read_log(str(tmp_path / "run"))) == len(read_log(str(tmp_path / "ref")))
+    if prompts:
+        assert ref_model.visual_lowrank_B.abs().max() > 0  # the updates trained (with dropout)
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
