@@ -94,7 +94,9 @@ def _cli_config(tmp_path, name: str) -> str:
 
     (tmp_path / "negatives.json").write_text(json.dumps(world_negatives()))
     cfg = {"name": name, "seed": 0, "model": {"name": "opendas-tiny-vit", "pretrained": None},
-           "prompts": {"visual_tokens": 2, "text_tokens": 4},
+           # no low-rank updates: their dropout masks are drawn per rank (seed, step, rank), so with them a DDP run
+           # equals a single-process one in distribution, not value for value
+           "prompts": {"visual_tokens": 2, "text_tokens": 4, "lowrank_rank": 0},
            "data": {"train": {"name": "generated-world", "split": "train", "options": {"n_scenes": 4, "seed": 0}},
                     "test": {"name": "generated-world", "split": "test", "options": {"n_scenes": 2, "seed": 1}},
                     "negatives": "negatives.json"},
