@@ -22,7 +22,8 @@ from opendas_encoder.train import prepare_segments
 from opendas_encoder.train.config import (DataConfig, DatasetSpec, ModelSpec, RuntimeConfig, ScheduleConfig,
                                           TrainConfig)
 from opendas_encoder.train.evaluate import class_scores
-from opendas_encoder.train.lowrank import BASE_VAL_EVERY, MERGE_GRID, holdout_split, merge_scores, relabelled
+from opendas_encoder.train.holdout import BASE_VAL_EVERY, holdout_split, relabelled
+from opendas_encoder.train.lowrank import MERGE_GRID, merge_scores
 
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
 NAMES = ["chair", "lamp"]

@@ -603,7 +603,8 @@ PRESET_PROMPTS: Dict[str, dict] = {"paper": {}, "default": {"lowrank_rank": 2}}
 
 def preset_prompts(preset: str) -> dict:
     """PromptConfig fields of a preset (legacy_conventions is no choice of a preset)."""
-    cfg = PromptConfig.paper() if preset == "paper" else replace(PromptConfig(), **PRESET_PROMPTS.get(preset, {}))
+    base = PromptConfig.paper() if preset == "paper" else PromptConfig()
+    cfg = replace(base, **PRESET_PROMPTS.get(preset, {}))
     return {k: v for k, v in cfg.to_dict().items() if k != "legacy_conventions"}
 
 

@@ -103,7 +103,7 @@ def holdout_data(data, seed: int) -> dict:
            "novel_val": relabelled(data.train, split["novel_val"], names)}
     if not len(out["base_val"]) or not len(out["novel_val"]):
         raise TooFewToHoldOut("choosing on held-out base classes: too few training segments to hold out a validation "
-                         f"part ({len(out['base_val'])} base, {len(out['novel_val'])} held-out-class segments)")
+                              f"part ({len(out['base_val'])} base, {len(out['novel_val'])} held-out-class segments)")
     return out
 
 

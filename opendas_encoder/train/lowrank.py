@@ -25,8 +25,7 @@ from typing import List
 import torch
 
 from .data import PreparedSegments
-from .holdout import (BASE_VAL_EVERY, HOLDOUT_FRACTION, harmonic_mean, holdout_data, holdout_split,  # noqa: F401
-                      relabelled)
+from .holdout import harmonic_mean, holdout_data
 
 #: merge coefficients tried per tower
 MERGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)

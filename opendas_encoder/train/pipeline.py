@@ -386,13 +386,13 @@ def format_report(results: dict, data: ExperimentData) -> str:
         lines.append(results["shots"]["summary"])
     if data.test is not None:
         lines.append(f"test: {data.test.skips.summary()}")
-    lines += [line for line in (selection_summary(results),) if line]
+    lines += selection_lines(results)
     lines.append(f"seconds per iteration: {json.dumps({k: round(v, 4) for k, v in results['seconds_per_iter'].items()})}")
     return "\n".join(lines) + "\n"
 
 
-def selection_summary(results: dict) -> str:
-    """What the run chose on held-out base classes (options, low-rank merge coefficients), one line each; ""
+def selection_lines(results: dict) -> List[str]:
+    """What the run chose on held-out base classes (options, low-rank merge coefficients), one line each; none
     when it chose nothing."""
     lines = []
     chosen = results.get("selection")
@@ -406,7 +406,7 @@ def selection_summary(results: dict) -> str:
                f"chosen on held-out base classes {merge['held_out']}, HM {merge['best']['hm']:.1f}")
         lines.append(f"low-rank merge coefficients: image {merge['visual']:g}, text {merge['text']:g} "
                      f"(0 = zero-shot weights; {how})")
-    return "\n".join(lines)
+    return lines
 
 
 def _is_main_process() -> bool:
